@@ -1,0 +1,83 @@
+//! Events about sending: outbound messages, the Graph API's answers, status
+//! transitions, push notifications and stored media.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::status::DeliveryStatus;
+use crate::webhook::ApiError;
+
+/// A message to send (`messages.outbound`, keyed by `phone_number_id`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutboundMessage {
+    /// Idempotency key: the API's command id. A retried command never sends twice.
+    pub id: String,
+    pub org: String,
+    pub phone_number_id: String,
+    pub conversation_id: String,
+    pub to: String,
+    pub sent_by: String,
+    pub at_ms: i64,
+    /// The Graph API message body (`type` plus the object named by it).
+    pub payload: Value,
+}
+
+/// The Graph API's answer to one outbound message (`messages.outbound.results`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutboundResult {
+    /// The outbound message id.
+    pub id: String,
+    pub org: String,
+    pub phone_number_id: String,
+    pub conversation_id: String,
+    /// The wamid Meta assigned, when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wamid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    pub at_ms: i64,
+}
+
+/// A message's status moved forward (`messages.status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusTransition {
+    /// `wamid:status`.
+    pub id: String,
+    pub org: String,
+    pub phone_number_id: String,
+    pub conversation_id: String,
+    pub wamid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<DeliveryStatus>,
+    pub to: DeliveryStatus,
+    pub at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// An Expo push message for an agent with no online device (`notifications.push`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PushNotification {
+    pub id: String,
+    pub org: String,
+    pub agent_id: String,
+    pub title: String,
+    pub body: String,
+    pub conversation_id: String,
+    pub at_ms: i64,
+}
+
+/// Media copied from the Graph API to S3 (`media.stored`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MediaStored {
+    /// Meta's media id.
+    pub media_id: String,
+    pub org: String,
+    pub wamid: String,
+    pub bucket: String,
+    /// `{org}/{sha256}`.
+    pub key: String,
+    pub mime_type: String,
+    pub bytes: u64,
+}

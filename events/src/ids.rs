@@ -1,0 +1,54 @@
+//! Deterministic ids: the same input always yields the same id, so a redelivered
+//! webhook or a replay is recognised by every sink.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// `{phone_number_id}-{wa_id}`: one thread per customer per business number. Both parts
+/// are digits, so the id is safe in MQTT topics and URLs.
+pub fn conversation_id(phone_number_id: &str, contact_wa_id: &str) -> String {
+    format!("{phone_number_id}-{contact_wa_id}")
+}
+
+/// `wamid:status`: one event per status a message reaches.
+pub fn status_id(wamid: &str, status: &str) -> String {
+    format!("{wamid}:{status}")
+}
+
+/// `prefix:` and 32 hex digits of SHA-256 over the parts. A `Value` serializes with
+/// its keys sorted (serde_json's default map), so equal JSON hashes equally whatever
+/// order Meta sent the keys in.
+pub fn content_id(prefix: &str, parts: &[&Value]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.to_string().as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hex::encode(hasher.finalize());
+    format!("{prefix}:{}", &digest[..32])
+}
+
+/// Digits only: Meta writes the same number as `+1 650-555-1234` in the Business
+/// app's contacts and `16505551234` as a wa_id.
+pub fn digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn content_id_ignores_key_order() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":[1,2]}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b":[1,2],"a":1}"#).unwrap();
+        assert_eq!(content_id("x", &[&a]), content_id("x", &[&b]));
+        assert_ne!(content_id("x", &[&a]), content_id("x", &[&json!({"a":2})]));
+    }
+
+    #[test]
+    fn digits_strips_formatting() {
+        assert_eq!(digits("+1 (650) 555-1234"), "16505551234");
+    }
+}

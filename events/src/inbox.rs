@@ -1,0 +1,93 @@
+//! Events about agents and conversation ownership: presence from the MQTT bridge,
+//! commands from the API, and the router's assignments.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An agent device's presence or activity (`agents.presence`, keyed by org).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PresenceEvent {
+    pub org: String,
+    pub agent_id: String,
+    pub device_id: String,
+    pub state: PresenceState,
+    /// The conversation being viewed or typed in, for activity states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceState {
+    Online,
+    Away,
+    Offline,
+    Viewing,
+    Typing,
+}
+
+/// A change an agent or admin asked for (`conversations.commands`, keyed by
+/// `phone_number_id` so it meets the conversation's events in one partition).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConversationCommand {
+    /// The command id the API answered with `202 Accepted`.
+    pub id: String,
+    pub org: String,
+    pub phone_number_id: String,
+    pub conversation_id: String,
+    /// The agent (or admin) who issued it.
+    pub issued_by: String,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub action: CommandAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum CommandAction {
+    Claim,
+    /// To another agent, or back to the queue when `to_agent` is absent.
+    Transfer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_agent: Option<String>,
+    },
+    Resolve,
+    Reopen,
+    /// Admin only: assigns regardless of capacity.
+    ForceAssign {
+        to_agent: String,
+    },
+    Note {
+        text: String,
+    },
+}
+
+/// Who owns a conversation now (`conversations.assignments`), or a command's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AssignmentEvent {
+    /// Deterministic: derived from the input that caused it.
+    pub id: String,
+    pub org: String,
+    pub phone_number_id: String,
+    pub conversation_id: String,
+    pub state: ConversationState,
+    /// The owner: an agent id, `business_app`, or none while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    /// The command this answers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Set when a command was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationState {
+    Open,
+    Assigned,
+    Resolved,
+}

@@ -1,0 +1,21 @@
+//! The event model shared by every role: Meta's webhook types, the normalized events,
+//! the other topics' values, topic names, deterministic ids and the wire codec.
+//!
+//! Everything here is pure: no I/O, so parsing and normalization are tested with
+//! fixtures and properties alone.
+
+pub mod codec;
+pub mod delivery;
+pub mod event;
+pub mod ids;
+pub mod inbox;
+pub mod normalize;
+pub mod schema;
+pub mod status;
+pub mod topics;
+pub mod webhook;
+
+pub use event::{EventBody, WhatsAppEvent};
+pub use normalize::{Normalized, OrgDirectory, Rejected, normalize};
+pub use status::DeliveryStatus;
+pub use webhook::Webhook;

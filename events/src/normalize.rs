@@ -1,0 +1,333 @@
+//! Webhook → normalized events: a pure function, so every rule of it is a unit test.
+//!
+//! One webhook body fans out into one event per message, status, echo, contact-sync
+//! item and history chunk (plus one per history message). A change whose value does
+//! not fit its field's shape is returned as [`Rejected`] for the dead-letter topic,
+//! and the rest of the body still goes through.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::event::*;
+use crate::ids;
+use crate::webhook::*;
+
+/// Which org owns which business number.
+#[derive(Debug, Clone, Default)]
+pub struct OrgDirectory {
+    by_number: HashMap<String, String>,
+    default_org: String,
+}
+
+impl OrgDirectory {
+    pub fn new(
+        default_org: impl Into<String>,
+        numbers: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        Self {
+            by_number: numbers.into_iter().collect(),
+            default_org: default_org.into(),
+        }
+    }
+
+    /// The org of a `phone_number_id`; numbers not configured belong to the default
+    /// org, so nothing Meta sends is dropped for want of an owner.
+    pub fn org_for(&self, phone_number_id: &str) -> &str {
+        self.by_number
+            .get(phone_number_id)
+            .unwrap_or(&self.default_org)
+    }
+}
+
+/// A change that could not be normalized, with the reason, for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub field: String,
+    pub reason: String,
+    pub value: Value,
+}
+
+/// The result of normalizing one webhook body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Normalized {
+    pub events: Vec<WhatsAppEvent>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Splits a webhook body into normalized events.
+pub fn normalize(webhook: &Webhook, received_at_ms: i64, orgs: &OrgDirectory) -> Normalized {
+    let mut out = Normalized::default();
+    for entry in &webhook.entry {
+        for change in &entry.changes {
+            match change.parse_value() {
+                Ok(value) => {
+                    let mut builder = Builder {
+                        entry,
+                        orgs,
+                        received_at_ms,
+                        out: &mut out,
+                    };
+                    builder.change(change, value);
+                }
+                Err(err) => out.rejected.push(Rejected {
+                    field: change.field.clone(),
+                    reason: format!("`{}` change does not fit its shape: {err}", change.field),
+                    value: change.value.clone(),
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// Holds what every event of one change shares.
+struct Builder<'a> {
+    entry: &'a Entry,
+    orgs: &'a OrgDirectory,
+    received_at_ms: i64,
+    out: &'a mut Normalized,
+}
+
+impl Builder<'_> {
+    fn change(&mut self, change: &Change, value: ChangeValue) {
+        match value {
+            ChangeValue::Messages(v) => self.messages(&v),
+            ChangeValue::MessageEchoes(v) => {
+                for echo in &v.message_echoes {
+                    let customer = echo.to.clone().unwrap_or_default();
+                    let event =
+                        message_event(&v.metadata, echo, &customer, None, Origin::BusinessApp);
+                    self.push(&v.metadata, echo.id.clone(), EventBody::Message(event));
+                }
+            }
+            ChangeValue::AppStateSync(v) => {
+                for item in &v.state_sync {
+                    self.state_sync(&v.metadata, item);
+                }
+            }
+            ChangeValue::History(v) => {
+                for chunk in &v.history {
+                    self.history(&v.metadata, chunk);
+                }
+                for message in &v.messages {
+                    let customer = history_customer(&v.metadata, message);
+                    let event =
+                        message_event(&v.metadata, message, &customer, None, Origin::History);
+                    self.push(&v.metadata, message.id.clone(), EventBody::Message(event));
+                }
+            }
+            ChangeValue::Other => {
+                let id =
+                    ids::content_id("chg", &[&Value::from(change.field.clone()), &change.value]);
+                let metadata = other_metadata(&change.value);
+                let body = EventBody::Unhandled(UnhandledEvent {
+                    field: change.field.clone(),
+                    raw: change.value.clone(),
+                });
+                self.push(&metadata, id, body);
+            }
+        }
+    }
+
+    fn messages(&mut self, v: &MessagesValue) {
+        let names: HashMap<&str, &str> = v
+            .contacts
+            .iter()
+            .filter_map(|c| Some((c.wa_id.as_str(), c.profile.as_ref()?.name.as_str())))
+            .collect();
+        for message in &v.messages {
+            let name = names.get(message.from.as_str()).map(|n| n.to_string());
+            let event = message_event(&v.metadata, message, &message.from, name, Origin::Customer);
+            self.push(&v.metadata, message.id.clone(), EventBody::Message(event));
+        }
+        for status in &v.statuses {
+            let event = StatusEvent {
+                wamid: status.id.clone(),
+                conversation_id: ids::conversation_id(
+                    &v.metadata.phone_number_id,
+                    &status.recipient_id,
+                ),
+                status: status.status.clone(),
+                recipient_id: status.recipient_id.clone(),
+                at: unix_seconds(&status.timestamp),
+                errors: status.errors.clone(),
+                raw: to_value(status),
+            };
+            self.push(
+                &v.metadata,
+                ids::status_id(&status.id, &status.status),
+                EventBody::Status(event),
+            );
+        }
+        if !v.errors.is_empty() {
+            // Errors about the number itself (not a message): carried for operators.
+            let raw = serde_json::json!({ "errors": v.errors });
+            let id = ids::content_id("chg", &[&Value::from("messages.errors"), &raw]);
+            let body = EventBody::Unhandled(UnhandledEvent {
+                field: "messages".into(),
+                raw,
+            });
+            self.push(&v.metadata, id, body);
+        }
+    }
+
+    fn state_sync(&mut self, metadata: &Metadata, item: &StateSyncItem) {
+        let raw = to_value(item);
+        let id = ids::content_id(
+            "sync",
+            &[&Value::from(metadata.phone_number_id.clone()), &raw],
+        );
+        let action = match item.action.as_str() {
+            "add" | "edit" | "update" => Some(ContactAction::Upsert),
+            "remove" | "delete" => Some(ContactAction::Remove),
+            _ => None,
+        };
+        let body = match (action, &item.contact) {
+            (Some(action), Some(contact)) if item.kind == "contact" => {
+                EventBody::ContactSync(ContactSyncEvent {
+                    action,
+                    wa_id: ids::digits(&contact.phone_number),
+                    full_name: contact.full_name.clone(),
+                    first_name: contact.first_name.clone(),
+                    raw,
+                })
+            }
+            _ => EventBody::Unhandled(UnhandledEvent {
+                field: "smb_app_state_sync".into(),
+                raw,
+            }),
+        };
+        self.push(metadata, id, body);
+    }
+
+    fn history(&mut self, metadata: &Metadata, chunk: &HistoryChunk) {
+        let mut messages = 0u32;
+        for thread in &chunk.threads {
+            let customer = ids::digits(&thread.id);
+            for message in &thread.messages {
+                messages += 1;
+                let event = message_event(metadata, message, &customer, None, Origin::History);
+                self.push(metadata, message.id.clone(), EventBody::Message(event));
+            }
+        }
+        let progress_raw =
+            serde_json::json!({ "metadata": chunk.metadata, "errors": chunk.errors });
+        let id = ids::content_id(
+            "hist",
+            &[
+                &Value::from(metadata.phone_number_id.clone()),
+                &progress_raw,
+            ],
+        );
+        let meta = chunk.metadata.as_ref();
+        let body = EventBody::HistoryProgress(HistoryProgressEvent {
+            phase: meta.map_or(0, |m| m.phase),
+            chunk_order: meta.map_or(0, |m| m.chunk_order),
+            progress: meta.map_or(0, |m| m.progress),
+            threads: u32::try_from(chunk.threads.len()).unwrap_or(u32::MAX),
+            messages,
+            errors: chunk.errors.clone(),
+        });
+        self.push(metadata, id, body);
+    }
+
+    fn push(&mut self, metadata: &Metadata, id: String, body: EventBody) {
+        self.out.events.push(WhatsAppEvent {
+            id,
+            org: self.orgs.org_for(&metadata.phone_number_id).to_string(),
+            phone_number_id: metadata.phone_number_id.clone(),
+            display_phone_number: metadata.display_phone_number.clone(),
+            waba_id: self.entry.id.clone(),
+            received_at_ms: self.received_at_ms,
+            body,
+        });
+    }
+}
+
+/// A message event; `customer` is the other party's wa_id, whoever wrote.
+fn message_event(
+    metadata: &Metadata,
+    message: &Message,
+    customer: &str,
+    contact_name: Option<String>,
+    origin: Origin,
+) -> MessageEvent {
+    let direction = match origin {
+        Origin::Customer => Direction::Inbound,
+        Origin::BusinessApp | Origin::Api => Direction::Outbound,
+        // In a history thread either side may have written.
+        Origin::History if from_me(message) => Direction::Outbound,
+        Origin::History if ids::digits(&message.from) == customer => Direction::Inbound,
+        Origin::History => Direction::Outbound,
+    };
+    let reply_to = message
+        .context
+        .as_ref()
+        .and_then(|c| c.id.clone())
+        .or_else(|| message.reaction.as_ref().map(|r| r.message_id.clone()));
+    let history_status = message
+        .extra
+        .get("history_context")
+        .and_then(|h| h.get("status"))
+        .and_then(Value::as_str)
+        // Meta's docs write DELIVERED, real payloads `delivered`.
+        .map(str::to_ascii_lowercase);
+    MessageEvent {
+        wamid: message.id.clone(),
+        conversation_id: ids::conversation_id(&metadata.phone_number_id, customer),
+        contact_wa_id: customer.to_string(),
+        contact_name,
+        direction,
+        origin,
+        sent_at: unix_seconds(&message.timestamp),
+        message_type: message.kind.clone(),
+        preview: message.preview(),
+        reply_to,
+        media: message.media().map(|m| MediaRef {
+            id: m.id.clone(),
+            mime_type: m.mime_type.clone(),
+            sha256: m.sha256.clone(),
+            filename: m.filename.clone(),
+        }),
+        history_status,
+        raw: to_value(message),
+    }
+}
+
+/// `history_context.from_me`, when Meta sends it.
+fn from_me(message: &Message) -> bool {
+    message
+        .extra
+        .get("history_context")
+        .and_then(|h| h.get("from_me"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// The customer of a history message outside a thread: whoever is not the business.
+fn history_customer(metadata: &Metadata, message: &Message) -> String {
+    let business = ids::digits(&metadata.display_phone_number);
+    let from = ids::digits(&message.from);
+    match &message.to {
+        Some(to) if from == business || from_me(message) => ids::digits(to),
+        _ => from,
+    }
+}
+
+/// The business number of a change we do not model, if its value names one.
+fn other_metadata(value: &Value) -> Metadata {
+    value
+        .get("metadata")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Meta's decimal-string timestamps; 0 when absent or garbled (the raw keeps it).
+fn unix_seconds(timestamp: &str) -> i64 {
+    timestamp.trim().parse().unwrap_or(0)
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}

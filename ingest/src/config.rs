@@ -1,0 +1,52 @@
+//! `[ingest]`: the webhook receiver's settings.
+
+use runtime::Secret;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngestConfig {
+    /// Address of the webhook HTTP server.
+    pub listen: String,
+    /// The token Meta echoes in the `hub.verify_token` handshake. Empty refuses all.
+    pub verify_token: Secret,
+    /// Meta app secrets whose signatures are accepted. Empty refuses every POST.
+    pub app_secrets: Vec<Secret>,
+    /// Largest webhook body accepted (413 above). History chunks are the largest.
+    pub max_body_bytes: usize,
+    /// The org of business numbers not listed in `numbers`.
+    pub default_org: String,
+    /// Which org owns which business number.
+    pub numbers: Vec<NumberOwner>,
+}
+
+/// One business number and its org.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NumberOwner {
+    pub phone_number_id: String,
+    pub org: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            verify_token: Secret::default(),
+            app_secrets: Vec::new(),
+            max_body_bytes: 4 * 1024 * 1024,
+            default_org: "default".into(),
+            numbers: Vec::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn org_directory(&self) -> events::OrgDirectory {
+        events::OrgDirectory::new(
+            self.default_org.clone(),
+            self.numbers
+                .iter()
+                .map(|n| (n.phone_number_id.clone(), n.org.clone())),
+        )
+    }
+}

@@ -1,0 +1,246 @@
+//! The webhook receiver: `GET /webhooks/whatsapp` (Meta's subscription handshake) and
+//! `POST /webhooks/whatsapp` (signed events).
+//!
+//! A POST is answered 200 only once the raw body and every event split from it are
+//! acknowledged by Kafka; if Kafka cannot take them the answer is 503, so Meta retries
+//! (it redelivers for days; the deterministic ids absorb the repeats).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use events::normalize::Rejected;
+use events::{OrgDirectory, Webhook, WhatsAppEvent, topics};
+use futures::future::try_join_all;
+use runtime::Publisher;
+use runtime::kafka::{KafkaError, Outgoing};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::IngestConfig;
+use crate::signature::{self, SignatureError};
+
+/// Header names on `whatsapp.webhooks.raw`, so a replay sees what ingest saw.
+pub mod raw_headers {
+    pub const RECEIVED_AT_MS: &str = "coexist.received_at_ms";
+    pub const SIGNATURE: &str = "x-hub-signature-256";
+}
+
+struct Shared {
+    config: IngestConfig,
+    orgs: OrgDirectory,
+    publisher: Publisher,
+}
+
+/// The webhook routes, ready to serve.
+pub fn router(config: IngestConfig, publisher: Publisher) -> Router {
+    let limit = config.max_body_bytes;
+    let shared = Arc::new(Shared {
+        orgs: config.org_directory(),
+        config,
+        publisher,
+    });
+    Router::new()
+        .route("/webhooks/whatsapp", get(verify_subscription).post(receive))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+#[derive(Deserialize)]
+struct Handshake {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    verify_token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// Meta's subscription check: echo the challenge if the token is ours.
+async fn verify_subscription(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<Handshake>,
+) -> Response {
+    let expected = shared.config.verify_token.expose();
+    let token_ok = !expected.is_empty()
+        && q.verify_token
+            .as_deref()
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()));
+    match (q.mode.as_deref(), token_ok, q.challenge) {
+        (Some("subscribe"), true, Some(challenge)) => (StatusCode::OK, challenge).into_response(),
+        _ => error(
+            StatusCode::FORBIDDEN,
+            "verify_token_mismatch",
+            "hub.mode or hub.verify_token is wrong",
+        ),
+    }
+}
+
+async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let signature_header = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if let Err(err) = signature::verify(signature_header, &body, &shared.config.app_secrets) {
+        let code = match err {
+            SignatureError::Missing => "missing_signature",
+            SignatureError::Malformed | SignatureError::Mismatch => "invalid_signature",
+        };
+        return error(StatusCode::UNAUTHORIZED, code, &err.to_string());
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not_json",
+            "Content-Type must be application/json",
+        );
+    }
+    let webhook: Webhook = match serde_json::from_slice(&body) {
+        Ok(webhook) => webhook,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "malformed_body",
+                &format!("not a WhatsApp webhook: {err}"),
+            );
+        }
+    };
+    let received_at_ms = now_ms();
+    let signature = signature_header.unwrap_or_default().to_string();
+    match store(&shared, &webhook, &body, &signature, received_at_ms).await {
+        Ok(()) => (StatusCode::OK, "EVENT_RECEIVED").into_response(),
+        Err(err) => {
+            tracing::error!(%err, "webhook not stored; answering 503 so Meta retries");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kafka_unavailable",
+                "the event log did not acknowledge; retry",
+            )
+        }
+    }
+}
+
+/// Produces the raw body, its events and its rejects, and waits for every ack.
+async fn store(
+    shared: &Shared,
+    webhook: &Webhook,
+    body: &[u8],
+    signature: &str,
+    received_at_ms: i64,
+) -> Result<(), KafkaError> {
+    let normalized = events::normalize(webhook, received_at_ms, &shared.orgs);
+    let raw_key = raw_key(webhook);
+    let raw = shared.publisher.send(Outgoing {
+        topic: topics::WEBHOOKS_RAW,
+        key: &raw_key,
+        value: body.to_vec(),
+        headers: vec![
+            (raw_headers::RECEIVED_AT_MS, received_at_ms.to_string()),
+            (raw_headers::SIGNATURE, signature.to_string()),
+        ],
+    });
+    let events = try_join_all(
+        normalized
+            .events
+            .iter()
+            .map(|e| publish_event(&shared.publisher, e)),
+    );
+    let rejects = try_join_all(
+        normalized
+            .rejected
+            .iter()
+            .map(|r| publish_reject(&shared.publisher, r, &raw_key)),
+    );
+    tokio::try_join!(raw, events, rejects)?;
+    Ok(())
+}
+
+pub async fn publish_event(publisher: &Publisher, event: &WhatsAppEvent) -> Result<(), KafkaError> {
+    publisher
+        .send_json(
+            topics::WHATSAPP_EVENTS,
+            &event.phone_number_id,
+            event,
+            vec![("coexist.kind", kind(event))],
+        )
+        .await
+}
+
+/// A change that did not fit its shape: to `deadletter`, with the reason.
+pub async fn publish_reject(
+    publisher: &Publisher,
+    rejected: &Rejected,
+    key: &str,
+) -> Result<(), KafkaError> {
+    use runtime::consume::dlq_headers;
+    publisher
+        .send(Outgoing {
+            topic: topics::DEADLETTER,
+            key,
+            value: serde_json::to_vec(&rejected.value).unwrap_or_default(),
+            headers: vec![
+                (dlq_headers::ERROR, rejected.reason.clone()),
+                (dlq_headers::STAGE, "ingest.normalize".into()),
+                (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
+                ("coexist.field", rejected.field.clone()),
+            ],
+        })
+        .await
+}
+
+fn kind(event: &WhatsAppEvent) -> String {
+    serde_json::to_value(&event.body)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The raw topic is keyed like the others, by the first business number in the body,
+/// so a replay meets each number's events in order.
+pub fn raw_key(webhook: &Webhook) -> String {
+    webhook
+        .entry
+        .iter()
+        .flat_map(|e| &e.changes)
+        .find_map(|c| {
+            c.value
+                .get("metadata")?
+                .get("phone_number_id")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .or_else(|| webhook.entry.first().map(|e| e.id.clone()))
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,7 @@
+//! Processors: stateful stages between the event topics and the sinks (router,
+//! status, notifier). Each is a pure state machine over plain data plus a thin Kafka
+//! loop ([`runtime::consume`]). The shared status order lives in
+//! [`events::status::DeliveryStatus`], so the status processor and the sinks agree.
+
+/// The processors a deployment can run, by name.
+pub const NAMES: &[&str] = &["router", "status", "notifier"];

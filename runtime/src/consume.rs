@@ -1,0 +1,261 @@
+//! The loop around every sink and processor: take a batch, hand it to the stage, and
+//! commit the batch's offsets only after the stage says it is written.
+//!
+//! - A record the stage can never handle (unparseable, refused by the store) goes to
+//!   `deadletter` with headers naming why and where it came from; the partition
+//!   moves on.
+//! - A transient failure (store down) is retried with backoff, without committing, for
+//!   as long as it takes; at shutdown the batch is left uncommitted, so the next owner
+//!   of the partition redoes it (writes are idempotent, by event id).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::{KafkaError, Outgoing, Publisher};
+
+/// A consumed record, owned, so a batch outlives the consumer's buffers.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    fn from_message(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().unwrap_or_default().to_vec(),
+            headers,
+            timestamp_ms: message.timestamp().to_millis(),
+        }
+    }
+
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    pub fn key_str(&self) -> &str {
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A record the stage will never handle, and why.
+#[derive(Debug, Clone)]
+pub struct Reject {
+    /// Index into the batch.
+    pub index: usize,
+    pub reason: String,
+}
+
+/// One stage of the pipeline, seen by the loop.
+pub trait Stage {
+    /// Handles a batch. `Ok(rejects)`: everything else is written. `Err`: nothing may be
+    /// assumed written; the loop retries the whole batch (writes are idempotent).
+    fn handle(
+        &mut self,
+        batch: &[Record],
+    ) -> impl Future<Output = anyhow::Result<Vec<Reject>>> + Send;
+}
+
+/// `[batch]`-style knobs of the loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoopConfig {
+    /// Most records handed to the stage at once.
+    pub max_records: usize,
+    /// How long to wait for a batch to fill once its first record is in.
+    pub max_wait_ms: u64,
+    /// First retry delay after a transient failure; doubles up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 500,
+            max_wait_ms: 20,
+            retry_initial_ms: 200,
+            retry_max_ms: 5_000,
+        }
+    }
+}
+
+/// Headers a dead letter carries.
+pub mod dlq_headers {
+    pub const ERROR: &str = "coexist.error";
+    pub const STAGE: &str = "coexist.stage";
+    pub const SOURCE_TOPIC: &str = "coexist.source.topic";
+    pub const SOURCE_PARTITION: &str = "coexist.source.partition";
+    pub const SOURCE_OFFSET: &str = "coexist.source.offset";
+}
+
+/// Writes what could not be handled to `deadletter`, the original bytes untouched.
+#[derive(Clone)]
+pub struct DeadLetters {
+    publisher: Publisher,
+    stage: String,
+}
+
+impl DeadLetters {
+    pub fn new(publisher: Publisher, stage: impl Into<String>) -> Self {
+        Self {
+            publisher,
+            stage: stage.into(),
+        }
+    }
+
+    pub async fn send(&self, record: &Record, reason: &str) -> Result<(), KafkaError> {
+        tracing::warn!(stage = %self.stage, topic = %record.topic, partition = record.partition,
+            offset = record.offset, %reason, "dead-lettered");
+        self.publisher
+            .send(Outgoing {
+                topic: events::topics::DEADLETTER,
+                key: record.key_str(),
+                value: record.value.clone(),
+                headers: vec![
+                    (dlq_headers::ERROR, reason.to_string()),
+                    (dlq_headers::STAGE, self.stage.clone()),
+                    (dlq_headers::SOURCE_TOPIC, record.topic.clone()),
+                    (dlq_headers::SOURCE_PARTITION, record.partition.to_string()),
+                    (dlq_headers::SOURCE_OFFSET, record.offset.to_string()),
+                ],
+            })
+            .await
+    }
+}
+
+/// Runs `stage` over `consumer` until `shutdown`, committing after each written batch.
+pub async fn run<S: Stage>(
+    name: &str,
+    consumer: StreamConsumer,
+    mut stage: S,
+    dead_letters: DeadLetters,
+    config: LoopConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(stage = name, "started");
+    while let Some(batch) = next_batch(&consumer, &config, &shutdown).await? {
+        if !write_with_retry(name, &mut stage, &dead_letters, &batch, &config, &shutdown).await {
+            break; // shutdown while the store was down: leave the batch uncommitted
+        }
+        commit(&consumer, &batch)?;
+    }
+    tracing::info!(stage = name, "stopped");
+    Ok(())
+}
+
+/// Waits for the first record (or shutdown), then fills the batch for `max_wait_ms`.
+async fn next_batch(
+    consumer: &StreamConsumer,
+    config: &LoopConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Vec<Record>>> {
+    let first = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(None),
+        message = consumer.recv() => message?,
+    };
+    let mut batch = vec![Record::from_message(&first)];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.max_wait_ms);
+    while batch.len() < config.max_records {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(message) => batch.push(Record::from_message(&message?)),
+            Err(_elapsed) => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
+/// Returns false only when shutdown came before the batch could be written.
+async fn write_with_retry<S: Stage>(
+    name: &str,
+    stage: &mut S,
+    dead_letters: &DeadLetters,
+    batch: &[Record],
+    config: &LoopConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(config.retry_initial_ms);
+    loop {
+        let outcome = match stage.handle(batch).await {
+            Ok(rejects) => send_rejects(dead_letters, batch, &rejects).await,
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(stage = name, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64,
+                    "batch not written; retrying without committing");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms));
+            }
+        }
+    }
+}
+
+async fn send_rejects(
+    dead_letters: &DeadLetters,
+    batch: &[Record],
+    rejects: &[Reject],
+) -> anyhow::Result<()> {
+    for reject in rejects {
+        if let Some(record) = batch.get(reject.index) {
+            dead_letters.send(record, &reject.reason).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Commits the next offset of every partition in the batch.
+fn commit(consumer: &StreamConsumer, batch: &[Record]) -> anyhow::Result<()> {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for record in batch {
+        let entry = next
+            .entry((record.topic.as_str(), record.partition))
+            .or_insert(0);
+        *entry = (*entry).max(record.offset + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    }
+    if let Err(err) = consumer.commit(&list, CommitMode::Sync) {
+        // A rebalance took the partition away: its new owner redoes the batch, which
+        // the idempotent writes absorb. Anything else is worth stopping for.
+        tracing::warn!(%err, "commit failed; the batch will be redelivered");
+    }
+    Ok(())
+}

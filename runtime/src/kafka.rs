@@ -1,0 +1,215 @@
+//! The Kafka edges every role shares: an idempotent producer that encodes values (in
+//! the Confluent wire format when a Schema Registry is configured), consumers that
+//! never auto-commit, and the admin client for `coexist topics apply`.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use schema_registry_converter::async_impl::easy_json::EasyJsonEncoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// `[kafka]`: how to reach the brokers and the Schema Registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Prefix of client ids and consumer group ids (`{prefix}-{role}`).
+    pub client_id: String,
+    /// Group session timeout. Joining a group takes about half of it (STACK.md), so it
+    /// is short locally; raise it on a real cluster.
+    pub session_timeout_ms: u32,
+    pub heartbeat_interval_ms: u32,
+    /// How long a produce may take before it counts as failed.
+    pub message_timeout_ms: u32,
+    /// Producer batching delay.
+    pub linger_ms: u32,
+    /// Confluent Schema Registry URL; empty means plain JSON values.
+    pub schema_registry_url: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "coexist".into(),
+            session_timeout_ms: 6000,
+            heartbeat_interval_ms: 1000,
+            message_timeout_ms: 10_000,
+            linger_ms: 5,
+            schema_registry_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("cannot encode value for {topic}: {reason}")]
+    Encode { topic: String, reason: String },
+}
+
+impl KafkaConfig {
+    fn base(&self, role: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("{}-{role}", self.client_id));
+        config
+    }
+
+    /// The consumer group of a role: `{client_id}-{role}`.
+    pub fn group_id(&self, role: &str) -> String {
+        format!("{}-{role}", self.client_id)
+    }
+
+    /// A consumer in `role`'s group that commits only when told to.
+    pub fn consumer(&self, role: &str, topics: &[&str]) -> Result<StreamConsumer, KafkaError> {
+        let consumer: StreamConsumer = self
+            .base(role)
+            .set("group.id", self.group_id(role))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                self.heartbeat_interval_ms.to_string(),
+            )
+            .create()?;
+        consumer.subscribe(topics)?;
+        Ok(consumer)
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+        Ok(self.base("admin").create()?)
+    }
+
+    /// The idempotent producer (`acks=all`) every role writes with.
+    pub async fn publisher(&self, role: &str) -> Result<Publisher, KafkaError> {
+        let producer: FutureProducer = self
+            .base(role)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .create()?;
+        let registry = (!self.schema_registry_url.is_empty()).then(|| Registry {
+            encoder: EasyJsonEncoder::new(SrSettings::new(self.schema_registry_url.clone())),
+            schemas: Arc::new(events::schema::topic_value_schemas().into_iter().collect()),
+        });
+        Ok(Publisher { producer, registry })
+    }
+}
+
+#[derive(Clone)]
+struct Registry {
+    encoder: EasyJsonEncoder,
+    schemas: Arc<HashMap<&'static str, serde_json::Value>>,
+}
+
+/// Produces values and waits for the broker's acknowledgement.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    registry: Option<Registry>,
+}
+
+/// A record to produce.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub value: Vec<u8>,
+    pub headers: Vec<(&'a str, String)>,
+}
+
+impl Publisher {
+    /// Serializes `value` as JSON and produces it.
+    pub async fn send_json<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        headers: Vec<(&str, String)>,
+    ) -> Result<(), KafkaError> {
+        let json = serde_json::to_value(value).map_err(|e| KafkaError::Encode {
+            topic: topic.into(),
+            reason: e.to_string(),
+        })?;
+        let bytes = self.encode(topic, &json).await?;
+        self.send(Outgoing {
+            topic,
+            key,
+            value: bytes,
+            headers,
+        })
+        .await
+    }
+
+    /// JSON bytes as they go on the wire: framed with the registry's schema id when a
+    /// registry is configured and the topic has a schema.
+    pub async fn encode(
+        &self,
+        topic: &str,
+        json: &serde_json::Value,
+    ) -> Result<Vec<u8>, KafkaError> {
+        if let Some(registry) = &self.registry
+            && let Some(schema) = registry.schemas.get(topic)
+        {
+            let supplied = SuppliedSchema::new(None, SchemaType::Json, schema.to_string());
+            let strategy =
+                SubjectNameStrategy::TopicNameStrategyWithSchema(topic.into(), false, supplied);
+            return registry
+                .encoder
+                .encode(json, strategy)
+                .await
+                .map_err(|e| KafkaError::Encode {
+                    topic: topic.into(),
+                    reason: e.to_string(),
+                });
+        }
+        serde_json::to_vec(json).map_err(|e| KafkaError::Encode {
+            topic: topic.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Produces raw bytes and waits until the broker has them (`acks=all`).
+    pub async fn send(&self, record: Outgoing<'_>) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let future = FutureRecord::to(record.topic)
+            .key(record.key)
+            .payload(&record.value)
+            .headers(headers);
+        self.producer
+            .send(future, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| KafkaError::Client(err))
+    }
+
+    /// Waits for everything in flight (used at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(err) = self.producer.flush(timeout) {
+            tracing::warn!(%err, "producer flush at shutdown did not complete");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The plumbing every role shares: configuration, the Kafka edges, the
+//! consume→write→commit loop with its dead letters, and shutdown.
+
+pub mod config;
+pub mod consume;
+pub mod kafka;
+pub mod shutdown;
+
+pub use config::Secret;
+pub use consume::{DeadLetters, LoopConfig, Record, Reject, Stage};
+pub use kafka::{KafkaConfig, Publisher};

@@ -1,0 +1,30 @@
+//! Sinks: the only writers of external stores. Each consumes a topic, writes
+//! idempotently (by event id), and lets the loop commit only after the write.
+//!
+//! One folder per sink, each with the same rooms: `config.rs` (its settings),
+//! `mapping.rs` (events → writes, pure) and `mod.rs` (the I/O edge, as a [`Stage`]).
+//!
+//! [`Stage`]: runtime::Stage
+
+pub mod clickhouse;
+pub mod mongo;
+pub mod mqtt;
+
+use events::WhatsAppEvent;
+use runtime::{Record, Reject};
+
+/// Decodes a batch of `whatsapp.events` records; undecodable ones become rejects.
+pub fn decode_events(batch: &[Record]) -> (Vec<(usize, WhatsAppEvent)>, Vec<Reject>) {
+    let mut events = Vec::with_capacity(batch.len());
+    let mut rejects = Vec::new();
+    for (index, record) in batch.iter().enumerate() {
+        match events::codec::decode::<WhatsAppEvent>(&record.value) {
+            Ok(event) => events.push((index, event)),
+            Err(err) => rejects.push(Reject {
+                index,
+                reason: format!("not a whatsapp event: {err}"),
+            }),
+        }
+    }
+    (events, rejects)
+}

@@ -1,0 +1,99 @@
+//! The one configuration every role shares: `coexist.toml` (see
+//! `coexist.example.toml`) over built-in defaults, overridden by `COEXIST_*`
+//! environment variables named after each key's path (`sinks.mongo.uri` is
+//! `COEXIST_SINKS_MONGO_URI`). Secrets belong in the environment.
+
+use std::path::Path;
+
+use ingest::IngestConfig;
+use runtime::{KafkaConfig, LoopConfig};
+use serde::{Deserialize, Serialize};
+use sinks::clickhouse::ClickHouseConfig;
+use sinks::mongo::MongoConfig;
+use sinks::mqtt::MqttConfig;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub ingest: IngestConfig,
+    pub sinks: SinksConfig,
+    pub api: ApiConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `info,sinks=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `[topics]`: how `topics.yaml` is applied to the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TopicsConfig {
+    /// Create missing topics when `coexist all` starts.
+    pub apply_on_start: bool,
+    /// Replication factor of created topics (1 locally, 3 on a real cluster).
+    pub replication_factor: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            apply_on_start: true,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// `[sinks]`: the batching loop shared by every sink, and each sink's own settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SinksConfig {
+    pub batch: LoopConfig,
+    pub mongo: MongoConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub mqtt: MqttConfig,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (if given) and the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(runtime::config::load(file, std::env::vars())?)
+    }
+
+    /// Every environment variable that sets a key.
+    pub fn env_keys() -> Vec<String> {
+        runtime::config::env_keys::<Self>()
+    }
+}

@@ -1,0 +1,8 @@
+//! The `coexist` binary's library: configuration, the topic contract, and the roles
+//! that subcommands run (integration tests run them in-process through it).
+
+pub mod config;
+pub mod roles;
+pub mod topics;
+
+pub use config::Config;

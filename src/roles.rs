@@ -1,0 +1,196 @@
+//! What each subcommand runs. `all` runs every role in one process, sharing one
+//! shutdown signal; the separate subcommands run one role each, for scaling out.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use events::topics;
+use runtime::consume::{self, DeadLetters};
+use sinks::clickhouse::ClickHouseSink;
+use sinks::mongo::MongoSink;
+use sinks::mqtt::MqttSink;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+/// The sinks, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkName {
+    Mongo,
+    Clickhouse,
+    Mqtt,
+}
+
+impl SinkName {
+    pub const ALL: [SinkName; 3] = [SinkName::Mongo, SinkName::Clickhouse, SinkName::Mqtt];
+
+    /// `sink-mongo`: the role name, consumer group suffix and client id suffix.
+    pub fn role(self) -> String {
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        format!("sink-{name}")
+    }
+}
+
+/// Runs the webhook receiver.
+pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let publisher = config.kafka.publisher("ingest").await?;
+    ingest::serve(config.ingest.clone(), publisher, shutdown).await
+}
+
+/// Runs one sink over `whatsapp.events`.
+pub async fn sink(
+    config: &Config,
+    name: SinkName,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let role = name.role();
+    let publisher = config.kafka.publisher(&role).await?;
+    let dead_letters = DeadLetters::new(publisher.clone(), role.replace('-', "."));
+    let batch = config.sinks.batch.clone();
+    let result = match name {
+        SinkName::Mongo => {
+            let mongo = &config.sinks.mongo;
+            let Some(db) = until_ready("mongodb", &shutdown, || sinks::mongo::connect(mongo)).await
+            else {
+                return Ok(());
+            };
+            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            consume::run(
+                &role,
+                consumer,
+                MongoSink::new(db),
+                dead_letters,
+                batch,
+                shutdown,
+            )
+            .await
+        }
+        SinkName::Clickhouse => {
+            let ch = &config.sinks.clickhouse;
+            if until_ready("clickhouse", &shutdown, || sinks::clickhouse::migrate(ch))
+                .await
+                .is_none()
+            {
+                return Ok(());
+            }
+            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            consume::run(
+                &role,
+                consumer,
+                ClickHouseSink::new(ch),
+                dead_letters,
+                batch,
+                shutdown,
+            )
+            .await
+        }
+        SinkName::Mqtt => {
+            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            let sink = MqttSink::new(config.sinks.mqtt.clone());
+            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
+        }
+    };
+    publisher.flush(Duration::from_secs(5));
+    result
+}
+
+/// Runs the API.
+pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    api::serve(&config.api.listen, shutdown).await
+}
+
+/// Every role in one process. If one fails, the others are shut down too.
+pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if config.topics.apply_on_start {
+        apply_topics(&config).await?;
+    }
+    let mut roles = JoinSet::new();
+    let spawn = |roles: &mut JoinSet<(String, anyhow::Result<()>)>, name: String, fut| {
+        roles.spawn(async move { (name, fut.await) });
+    };
+    spawn(
+        &mut roles,
+        "ingest".into(),
+        boxed({
+            let (c, s) = (config.clone(), shutdown.clone());
+            async move { ingest(&c, s).await }
+        }),
+    );
+    spawn(
+        &mut roles,
+        "api".into(),
+        boxed({
+            let (c, s) = (config.clone(), shutdown.clone());
+            async move { api(&c, s).await }
+        }),
+    );
+    for name in SinkName::ALL {
+        let (c, s) = (config.clone(), shutdown.clone());
+        spawn(
+            &mut roles,
+            name.role(),
+            boxed(async move { sink(&c, name, s).await }),
+        );
+    }
+    let mut first_error = None;
+    while let Some(joined) = roles.join_next().await {
+        let (name, result) = joined.context("a role panicked")?;
+        match result {
+            Ok(()) => tracing::info!(role = %name, "role stopped"),
+            Err(err) => {
+                tracing::error!(role = %name, error = %format!("{err:#}"), "role failed; stopping the others");
+                shutdown.cancel();
+                first_error.get_or_insert(err.context(format!("role {name} failed")));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+type BoxedRole = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+fn boxed(fut: impl Future<Output = anyhow::Result<()>> + Send + 'static) -> BoxedRole {
+    Box::pin(fut)
+}
+
+/// Applies `topics.yaml` and logs what it did.
+pub async fn apply_topics(
+    config: &Config,
+) -> anyhow::Result<Vec<(String, crate::topics::Outcome)>> {
+    let outcomes = crate::topics::apply(&config.kafka, config.topics.replication_factor).await?;
+    for (topic, outcome) in &outcomes {
+        tracing::info!(%topic, ?outcome, "topic");
+    }
+    Ok(outcomes)
+}
+
+/// Retries `connect` until it succeeds or shutdown (a store that is down at start
+/// delays its sink, it does not crash the process).
+async fn until_ready<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut connect: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match connect().await {
+            Ok(value) => return Some(value),
+            Err(err) => tracing::warn!(%what, error = %format!("{err:#}"), "not ready; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
