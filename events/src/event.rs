@@ -32,6 +32,12 @@ pub struct WhatsAppEvent {
 }
 
 impl WhatsAppEvent {
+    /// `{org}:{id}`: ids are unique within an org, not across orgs (two businesses on
+    /// Coexist messaging each other see the same wamid), so every dedup keys on this.
+    pub fn scoped_id(&self) -> String {
+        format!("{}:{}", self.org, self.id)
+    }
+
     /// The customer this event is about, if any.
     pub fn contact_wa_id(&self) -> Option<&str> {
         match &self.body {
@@ -83,8 +89,10 @@ pub enum Origin {
 pub struct MessageEvent {
     pub wamid: String,
     /// `{phone_number_id}-{contact_wa_id}`: one thread per customer and business number.
+    /// Empty only for a history media follow-up that names no customer (it completes
+    /// a message already stored under the same wamid).
     pub conversation_id: String,
-    /// The customer's wa_id.
+    /// The customer's wa_id (empty in the same case).
     pub contact_wa_id: String,
     /// The customer's WhatsApp profile name, when Meta sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -275,7 +275,11 @@ fn message_event(
         .map(str::to_ascii_lowercase);
     MessageEvent {
         wamid: message.id.clone(),
-        conversation_id: ids::conversation_id(&metadata.phone_number_id, customer),
+        conversation_id: if customer.is_empty() {
+            String::new()
+        } else {
+            ids::conversation_id(&metadata.phone_number_id, customer)
+        },
         contact_wa_id: customer.to_string(),
         contact_name,
         direction,
@@ -309,8 +313,12 @@ fn from_me(message: &Message) -> bool {
 fn history_customer(metadata: &Metadata, message: &Message) -> String {
     let business = ids::digits(&metadata.display_phone_number);
     let from = ids::digits(&message.from);
+    let from_business = from == business || from_me(message);
     match &message.to {
-        Some(to) if from == business || from_me(message) => ids::digits(to),
+        Some(to) if from_business => ids::digits(to),
+        // A media follow-up of the business's own message names no customer: it fills
+        // in a placeholder already stored under the same wamid.
+        None if from_business => String::new(),
         _ => from,
     }
 }

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::{KafkaError, Outgoing, Publisher};
+use crate::kafka::{GroupConsumer, KafkaError, Outgoing, Publisher};
 
 /// A consumed record, owned, so a batch outlives the consumer's buffers.
 #[derive(Debug, Clone)]
@@ -158,7 +158,7 @@ impl DeadLetters {
 /// Runs `stage` over `consumer` until `shutdown`, committing after each written batch.
 pub async fn run<S: Stage>(
     name: &str,
-    consumer: StreamConsumer,
+    consumer: GroupConsumer,
     mut stage: S,
     dead_letters: DeadLetters,
     config: LoopConfig,
@@ -166,10 +166,12 @@ pub async fn run<S: Stage>(
 ) -> anyhow::Result<()> {
     tracing::info!(stage = name, "started");
     while let Some(batch) = next_batch(&consumer, &config, &shutdown).await? {
+        tracing::debug!(stage = name, records = batch.len(), "batch received");
         if !write_with_retry(name, &mut stage, &dead_letters, &batch, &config, &shutdown).await {
             break; // shutdown while the store was down: leave the batch uncommitted
         }
         commit(&consumer, &batch)?;
+        tracing::debug!(stage = name, records = batch.len(), "batch written and committed");
     }
     tracing::info!(stage = name, "stopped");
     Ok(())
@@ -177,7 +179,7 @@ pub async fn run<S: Stage>(
 
 /// Waits for the first record (or shutdown), then fills the batch for `max_wait_ms`.
 async fn next_batch(
-    consumer: &StreamConsumer,
+    consumer: &GroupConsumer,
     config: &LoopConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Vec<Record>>> {
@@ -240,7 +242,7 @@ async fn send_rejects(
 }
 
 /// Commits the next offset of every partition in the batch.
-fn commit(consumer: &StreamConsumer, batch: &[Record]) -> anyhow::Result<()> {
+fn commit(consumer: &GroupConsumer, batch: &[Record]) -> anyhow::Result<()> {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for record in batch {
         let entry = next

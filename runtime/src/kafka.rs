@@ -7,7 +7,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schema_registry_converter::async_impl::easy_json::EasyJsonEncoder;
@@ -37,6 +38,8 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// Confluent Schema Registry URL; empty means plain JSON values.
     pub schema_registry_url: String,
+    /// librdkafka debug contexts (e.g. `fetch,cgrp`), logged under target `librdkafka`.
+    pub librdkafka_debug: String,
 }
 
 impl Default for KafkaConfig {
@@ -49,6 +52,7 @@ impl Default for KafkaConfig {
             message_timeout_ms: 10_000,
             linger_ms: 5,
             schema_registry_url: String::new(),
+            librdkafka_debug: String::new(),
         }
     }
 }
@@ -67,6 +71,9 @@ impl KafkaConfig {
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", format!("{}-{role}", self.client_id));
+        if !self.librdkafka_debug.is_empty() {
+            config.set("debug", &self.librdkafka_debug).set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        }
         config
     }
 
@@ -76,19 +83,20 @@ impl KafkaConfig {
     }
 
     /// A consumer in `role`'s group that commits only when told to.
-    pub fn consumer(&self, role: &str, topics: &[&str]) -> Result<StreamConsumer, KafkaError> {
-        let consumer: StreamConsumer = self
+    pub fn consumer(&self, role: &str, topics: &[&str]) -> Result<GroupConsumer, KafkaError> {
+        let consumer: GroupConsumer = self
             .base(role)
             .set("group.id", self.group_id(role))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
+            // We never use transactions (effectively-once comes from deterministic ids
+            // and idempotent writes), so read_committed buys nothing; and tansu's last
+            // stable offset can lag its high watermark, which stalls such consumers.
+            .set("isolation.level", "read_uncommitted")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                self.heartbeat_interval_ms.to_string(),
-            )
-            .create()?;
+            .set("heartbeat.interval.ms", self.heartbeat_interval_ms.to_string())
+            .create_with_context(RebalanceLog { role: role.to_string() })?;
         consumer.subscribe(topics)?;
         Ok(consumer)
     }
@@ -111,6 +119,31 @@ impl KafkaConfig {
             schemas: Arc::new(events::schema::topic_value_schemas().into_iter().collect()),
         });
         Ok(Publisher { producer, registry })
+    }
+}
+
+/// The consumer every stage uses.
+pub type GroupConsumer = StreamConsumer<RebalanceLog>;
+
+/// Logs which partitions a role gains and loses, so "why is nothing consumed" has an
+/// answer in the log.
+pub struct RebalanceLog {
+    role: String,
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let parts: Vec<String> =
+                    list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+                tracing::info!(role = %self.role, partitions = %parts.join(","), "partitions assigned");
+            }
+            Rebalance::Revoke(list) => tracing::info!(role = %self.role, count = list.count(), "partitions revoked"),
+            Rebalance::Error(err) => tracing::warn!(role = %self.role, %err, "rebalance error"),
+        }
     }
 }
 

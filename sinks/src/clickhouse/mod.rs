@@ -82,6 +82,7 @@ impl ClickHouseSink {
 
 #[derive(Row, Deserialize)]
 struct ExistingId {
+    org: String,
     event_id: String,
 }
 
@@ -92,23 +93,24 @@ impl Stage for ClickHouseSink {
             .iter()
             .filter_map(|(_, e)| mapping::row(e))
             .collect();
+        // Ids are unique per org: dedupe on (org, event_id).
         let mut seen = HashSet::new();
-        rows.retain(|r| seen.insert(r.event_id.clone()));
+        rows.retain(|r| seen.insert((r.org.clone(), r.event_id.clone())));
         if rows.is_empty() {
             return Ok(rejects);
         }
         // Skip what an earlier attempt (or a redelivered webhook) already wrote.
         let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-        let existing: HashSet<String> = self
+        let existing: HashSet<(String, String)> = self
             .client
-            .query("SELECT event_id FROM message_events WHERE event_id IN ?")
+            .query("SELECT org, event_id FROM message_events WHERE event_id IN (SELECT arrayJoin(?))")
             .bind(ids)
             .fetch_all::<ExistingId>()
             .await?
             .into_iter()
-            .map(|e| e.event_id)
+            .map(|e| (e.org, e.event_id))
             .collect();
-        rows.retain(|r| !existing.contains(&r.event_id));
+        rows.retain(|r| !existing.contains(&(r.org.clone(), r.event_id.clone())));
         if !rows.is_empty() {
             let mut insert = self
                 .client

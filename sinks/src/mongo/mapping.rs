@@ -127,23 +127,27 @@ fn to_bson<T: serde::Serialize>(value: &T) -> Bson {
 }
 
 fn message_update(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
+    let mut set = doc! {
+        "org": &event.org,
+        "id": &m.wamid,
+        "phone_number_id": &event.phone_number_id,
+        "direction": to_bson(&m.direction),
+        "origin": to_bson(&m.origin),
+        "type": &m.message_type,
+        "preview": opt(&m.preview),
+        "reply_to": opt(&m.reply_to),
+        "media": to_bson(&m.media),
+        "history_status": opt(&m.history_status),
+        "sent_at": seconds(m.sent_at),
+        "raw": to_bson(&m.raw),
+    };
+    // A history media follow-up names no customer: keep the placeholder's.
+    if !m.contact_wa_id.is_empty() {
+        set.insert("conversation_id", &m.conversation_id);
+        set.insert("contact_wa_id", &m.contact_wa_id);
+    }
     doc! {
-        "$set": {
-            "org": &event.org,
-            "id": &m.wamid,
-            "phone_number_id": &event.phone_number_id,
-            "conversation_id": &m.conversation_id,
-            "contact_wa_id": &m.contact_wa_id,
-            "direction": to_bson(&m.direction),
-            "origin": to_bson(&m.origin),
-            "type": &m.message_type,
-            "preview": opt(&m.preview),
-            "reply_to": opt(&m.reply_to),
-            "media": to_bson(&m.media),
-            "history_status": opt(&m.history_status),
-            "sent_at": seconds(m.sent_at),
-            "raw": to_bson(&m.raw),
-        },
+        "$set": set,
         "$setOnInsert": { "first_seen_at": DateTime::from_millis(event.received_at_ms) },
     }
 }

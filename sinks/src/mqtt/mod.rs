@@ -77,7 +77,8 @@ impl Stage for MqttSink {
         while self.acks.try_recv().is_ok() {} // acks of an abandoned attempt
         let mut published = Vec::new();
         for (index, event) in &decoded {
-            if self.recent.contains(&event.id) || published.contains(&event.id) {
+            let scoped = event.scoped_id();
+            if self.recent.contains(&scoped) || published.contains(&scoped) {
                 continue;
             }
             let Some(topic) = mapping::topic_for(&self.config.topic_prefix, event) else {
@@ -90,7 +91,7 @@ impl Stage for MqttSink {
             self.client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await?;
-            published.push(event.id.clone());
+            published.push(scoped);
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.ack_timeout_ms);

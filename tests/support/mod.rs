@@ -1,0 +1,273 @@
+//! A running pipeline for integration tests: `coexist all` in-process against the
+//! real local stack (scripts/stack), isolated per test by its own org, business
+//! number, consumer groups, MongoDB database and ClickHouse database.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coexist::Config;
+use mongodb::bson::{Document, doc};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const APP_SECRET: &str = "integration-test-app-secret";
+
+pub struct Pipeline {
+    pub config: Config,
+    pub org: String,
+    pub phone_number_id: String,
+    pub webhook_url: String,
+    pub http: reqwest::Client,
+    pub mongo: mongodb::Database,
+    pub clickhouse: clickhouse::Client,
+    pub mqtt: MqttRecorder,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn unique() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Pipeline {
+    /// Starts every role against the stack named by the environment (defaults: the
+    /// local stack's ports).
+    pub async fn start(name: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .try_init();
+        let id = unique();
+        let mut config = Config::load(None).expect("config from environment");
+        let org = format!("{name}-{id}");
+        let phone_number_id = format!("9{id}");
+        config.kafka.client_id = format!("test-{name}-{id}");
+        config.ingest.listen = format!("127.0.0.1:{}", free_port());
+        config.ingest.app_secrets = vec![runtime::Secret::new(APP_SECRET)];
+        config.ingest.numbers =
+            vec![ingest::config::NumberOwner { phone_number_id: phone_number_id.clone(), org: org.clone() }];
+        config.api.listen = format!("127.0.0.1:{}", free_port());
+        config.sinks.mongo.database = format!("t_{name}_{id}").replace('-', "_");
+        config.sinks.clickhouse.database = format!("t_{name}_{id}").replace('-', "_");
+        config.sinks.mqtt.client_id = format!("test-sink-{name}-{id}");
+        // Every test pipeline reads every org's events from the shared topic; its own
+        // prefix keeps its publishes apart from another test's (the ACL allows coexist/#).
+        config.sinks.mqtt.topic_prefix = format!("coexist/t{id}");
+        if config.sinks.mqtt.password.is_empty() {
+            config.sinks.mqtt.password = runtime::Secret::new("coexist-dev");
+        }
+        config.sinks.batch.max_wait_ms = 5;
+
+        let mqtt = MqttRecorder::subscribe(&config, &format!("{}/{org}/#", config.sinks.mqtt.topic_prefix)).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(coexist::roles::all(config.clone(), shutdown.clone()));
+        let webhook_url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
+        let http = reqwest::Client::new();
+        let healthz = format!("http://{}/healthz", config.ingest.listen);
+        wait_for("ingest to answer", Duration::from_secs(60), || async {
+            http.get(&healthz).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        let mongo = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose())
+            .await
+            .unwrap()
+            .database(&config.sinks.mongo.database);
+        let clickhouse = sinks::clickhouse::client(&config.sinks.clickhouse);
+        Self { config, org, phone_number_id, webhook_url, http, mongo, clickhouse, mqtt, shutdown, task: Some(task) }
+    }
+
+    /// A webhook body from a fixture, moved onto this test's business number, with
+    /// every wamid suffixed so tests never collide.
+    pub fn fixture(&self, name: &str, wamid_suffix: &str) -> String {
+        let path = format!("{}/events/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = text.replace("106540352242922", &self.phone_number_id);
+        let mut value: Value = serde_json::from_str(&text).unwrap();
+        suffix_wamids(&mut value, wamid_suffix);
+        value.to_string()
+    }
+
+    /// POSTs `body` signed with `secret`; returns the status code.
+    pub async fn post(&self, body: &str, secret: &str) -> u16 {
+        let signature = ingest::signature::sign(body.as_bytes(), secret);
+        self.http
+            .post(&self.webhook_url)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The MQTT topic of this test's conversation with the fixtures' contact.
+    pub fn conversation_topic(&self) -> String {
+        format!("{}/{}/conversations/{}-16505551234", self.config.sinks.mqtt.topic_prefix, self.org, self.phone_number_id)
+    }
+
+    pub async fn mongo_count(&self, collection: &str, filter: Document) -> u64 {
+        let mut filter = filter;
+        filter.insert("org", &self.org);
+        self.mongo.collection::<Document>(collection).count_documents(filter).await.unwrap_or(0)
+    }
+
+    pub async fn mongo_find(&self, collection: &str, id: &str) -> Option<Document> {
+        let key = format!("{}:{id}", self.org);
+        self.mongo.collection::<Document>(collection).find_one(doc! { "_id": key }).await.ok().flatten()
+    }
+
+    /// Rows in `message_events` for this org, physically (no FINAL), optionally
+    /// restricted to one wamid.
+    pub async fn clickhouse_rows(&self, wamid: Option<&str>) -> u64 {
+        let mut query = String::from("SELECT count() FROM message_events WHERE org = ?");
+        if wamid.is_some() {
+            query.push_str(" AND wamid = ?");
+        }
+        let mut q = self.clickhouse.query(&query).bind(&self.org);
+        if let Some(w) = wamid {
+            q = q.bind(w);
+        }
+        q.fetch_one::<u64>().await.unwrap_or(0)
+    }
+
+    /// Posts a fresh text message and waits until MongoDB, ClickHouse and MQTT all
+    /// have it. Events of one number share a partition and are handled in order, so
+    /// everything posted before the marker has then been handled too.
+    pub async fn barrier(&self, tag: &str) {
+        let body = self.fixture("msg_text", &format!("marker-{tag}"));
+        assert_eq!(self.post(&body, APP_SECRET).await, 200);
+        let wamid = first_wamid(&body);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let mongo = self.mongo_find("messages", &wamid).await.is_some();
+            let clickhouse = self.clickhouse_rows(Some(&wamid)).await;
+            let mqtt = self.mqtt.count_containing(&wamid);
+            if mongo && clickhouse == 1 && mqtt == 1 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "marker {tag} not everywhere after 90 s: mongo={mongo} clickhouse_rows={clickhouse} mqtt={mqtt}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), task).await;
+            let result = result.expect("pipeline did not stop within 30 s").expect("pipeline panicked");
+            result.expect("pipeline failed");
+        }
+        let _ = self.mongo.drop().await;
+        let _ = self.clickhouse.query(&format!("DROP DATABASE IF EXISTS {}", self.config.sinks.clickhouse.database))
+            .execute()
+            .await;
+    }
+}
+
+/// The id of the first message, echo or status in a body.
+pub fn first_wamid(body: &str) -> String {
+    let value: Value = serde_json::from_str(body).unwrap();
+    let change = &value["entry"][0]["changes"][0]["value"];
+    for list in ["messages", "message_echoes", "statuses"] {
+        if let Some(id) = change[list][0]["id"].as_str() {
+            return id.to_string();
+        }
+    }
+    panic!("no wamid in {body}");
+}
+
+fn suffix_wamids(value: &mut Value, suffix: &str) {
+    match value {
+        Value::String(s) if s.starts_with("wamid.") => s.push_str(suffix),
+        Value::Array(items) => items.iter_mut().for_each(|v| suffix_wamids(v, suffix)),
+        Value::Object(map) => map.values_mut().for_each(|v| suffix_wamids(v, suffix)),
+        _ => {}
+    }
+}
+
+/// Polls `check` until it holds; panics after `limit`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Everything published on a topic filter, as the broker delivered it.
+#[derive(Clone)]
+pub struct MqttRecorder {
+    received: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl MqttRecorder {
+    pub async fn subscribe(config: &Config, filter: &str) -> Self {
+        let mqtt = &config.sinks.mqtt;
+        let mut options = MqttOptions::new(format!("rec-{}", unique()), &mqtt.host, mqtt.port);
+        let password = if mqtt.password.is_empty() { "coexist-dev" } else { mqtt.password.expose() };
+        options.set_credentials(&mqtt.username, password).set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut event_loop) = AsyncClient::new(options, 100);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let sink = received.clone();
+        client.subscribe(filter, QoS::AtLeastOnce).await.expect("queue MQTT subscribe");
+        tokio::spawn(async move {
+            let _client = client; // keeps the connection's request channel open
+            let mut subscribed_tx = Some(subscribed_tx);
+            loop {
+                match event_loop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                        sink.lock().unwrap().push((p.topic.clone(), payload));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+            .await
+            .expect("MQTT subscription not acknowledged in 10 s (is the broker up?)")
+            .ok();
+        Self { received }
+    }
+
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count_containing(&self, needle: &str) -> usize {
+        self.received.lock().unwrap().iter().filter(|(_, p)| p.contains(needle)).count()
+    }
+
+    pub fn by_topic(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for (topic, _) in self.messages() {
+            *counts.entry(topic).or_default() += 1;
+        }
+        counts
+    }
+}
