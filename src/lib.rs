@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod roles;
+pub mod simulate;
 pub mod topics;
 
 pub use config::Config;

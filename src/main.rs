@@ -39,12 +39,23 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Play Meta's side: send signed webhooks to the receiver.
+    Simulate {
+        #[command(subcommand)]
+        command: SimulateCommand,
+    },
     /// Print the effective configuration (secrets redacted) or the env variables.
     Config {
         /// List every COEXIST_* variable instead.
         #[arg(long)]
         env: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum SimulateCommand {
+    /// Customers writing in: signed inbound text webhooks at a steady rate.
+    Inbound(coexist::simulate::InboundArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +119,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Simulate {
+            command: SimulateCommand::Inbound(args),
+        } => coexist::simulate::inbound(&config, args, runtime::shutdown::on_signals()).await,
         Command::Config { env: true } => {
             Config::env_keys().iter().for_each(|k| println!("{k}"));
             Ok(())

@@ -18,7 +18,12 @@ async fn one_signed_text_webhook_lands_once_in_every_store() {
     assert_eq!(p.clickhouse_rows(Some(&wamid)).await, 1);
     assert_eq!(p.mqtt.count_containing(&wamid), 1);
     let topic = p.conversation_topic();
-    assert!(p.mqtt.messages().iter().any(|(t, payload)| t == &topic && payload.contains(&wamid)));
+    assert!(
+        p.mqtt
+            .messages()
+            .iter()
+            .any(|(t, payload)| t == &topic && payload.contains(&wamid))
+    );
 
     // The stored message is what Meta sent, normalized.
     let message = p.mongo_find("messages", &wamid).await.unwrap();
@@ -27,7 +32,14 @@ async fn one_signed_text_webhook_lands_once_in_every_store() {
     let contact = p.mongo_find("contacts", "16505551234").await.unwrap();
     assert_eq!(contact.get_str("profile_name").unwrap(), "Sheena Nelson");
     let conversation_id = format!("{}-16505551234", p.phone_number_id);
-    assert_eq!(p.mongo_find("conversations", &conversation_id).await.unwrap().get_str("state").unwrap(), "open");
+    assert_eq!(
+        p.mongo_find("conversations", &conversation_id)
+            .await
+            .unwrap()
+            .get_str("state")
+            .unwrap(),
+        "open"
+    );
 
     // Meta redelivers: nothing changes.
     assert_eq!(p.post(&body, APP_SECRET).await, 200);
@@ -41,7 +53,11 @@ async fn one_signed_text_webhook_lands_once_in_every_store() {
     let forged_wamid = first_wamid(&forged);
     assert_eq!(p.post(&forged, "not-the-app-secret").await, 401);
     p.barrier("after-forgery").await;
-    assert_eq!(p.mongo_count("messages", doc! { "id": &forged_wamid }).await, 0);
+    assert_eq!(
+        p.mongo_count("messages", doc! { "id": &forged_wamid })
+            .await,
+        0
+    );
     assert_eq!(p.clickhouse_rows(Some(&forged_wamid)).await, 0);
     assert_eq!(p.mqtt.count_containing(&forged_wamid), 0);
 
@@ -71,14 +87,30 @@ async fn statuses_only_move_forward_and_history_is_stored_but_not_pushed() {
     let message = p.mongo_find("messages", &wamid).await.unwrap();
     assert_eq!(message.get_str("status").unwrap(), "read");
     assert_eq!(message.get_str("origin").unwrap(), "business_app");
-    assert_eq!(p.mongo_count("message_statuses", doc! { "wamid": &wamid }).await, 3);
+    assert_eq!(
+        p.mongo_count("message_statuses", doc! { "wamid": &wamid })
+            .await,
+        3
+    );
     // ClickHouse: the echo and one row per distinct status.
     assert_eq!(p.clickhouse_rows(Some(&wamid)).await, 4);
     // MQTT: the echo and each distinct status once; no history.
     assert_eq!(p.mqtt.count_containing(&wamid), 4);
-    assert_eq!(p.mongo_count("messages", doc! { "origin": "history" }).await, 4);
+    assert_eq!(
+        p.mongo_count("messages", doc! { "origin": "history" })
+            .await,
+        4
+    );
     assert_eq!(p.mqtt.count_containing("\"origin\":\"history\""), 0);
-    let sync = p.mongo_find("history_syncs", &p.phone_number_id).await.unwrap();
-    assert_eq!(sync.get_i64("progress").or_else(|_| sync.get_i32("progress").map(i64::from)).unwrap(), 55);
+    let sync = p
+        .mongo_find("history_syncs", &p.phone_number_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        sync.get_i64("progress")
+            .or_else(|_| sync.get_i32("progress").map(i64::from))
+            .unwrap(),
+        55
+    );
     p.stop().await;
 }

@@ -15,17 +15,50 @@ pub fn status_id(wamid: &str, status: &str) -> String {
     format!("{wamid}:{status}")
 }
 
-/// `prefix:` and 32 hex digits of SHA-256 over the parts. A `Value` serializes with
-/// its keys sorted (serde_json's default map), so equal JSON hashes equally whatever
-/// order Meta sent the keys in.
+/// `prefix:` and 32 hex digits of SHA-256 over the parts' canonical JSON, so equal
+/// JSON hashes equally whatever order Meta sent the keys in.
 pub fn content_id(prefix: &str, parts: &[&Value]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
-        hasher.update(part.to_string().as_bytes());
+        let mut canonical = String::new();
+        write_canonical(part, &mut canonical);
+        hasher.update(canonical.as_bytes());
         hasher.update([0u8]);
     }
     let digest = hex::encode(hasher.finalize());
     format!("{prefix}:{}", &digest[..32])
+}
+
+/// JSON with object keys sorted. Written out rather than left to serde_json's map,
+/// whose order depends on a crate feature any dependency can switch on.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// Digits only: Meta writes the same number as `+1 650-555-1234` in the Business
@@ -43,6 +76,9 @@ mod tests {
     fn content_id_ignores_key_order() {
         let a: Value = serde_json::from_str(r#"{"a":1,"b":[1,2]}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"b":[1,2],"a":1}"#).unwrap();
+        let nested_a: Value = serde_json::from_str(r#"{"x":{"p":1,"q":2}}"#).unwrap();
+        let nested_b: Value = serde_json::from_str(r#"{"x":{"q":2,"p":1}}"#).unwrap();
+        assert_eq!(content_id("x", &[&nested_a]), content_id("x", &[&nested_b]));
         assert_eq!(content_id("x", &[&a]), content_id("x", &[&b]));
         assert_ne!(content_id("x", &[&a]), content_id("x", &[&json!({"a":2})]));
     }

@@ -22,3 +22,18 @@ pub const OUTBOUND_RESULTS: &str = "messages.outbound.results";
 pub const MEDIA_STORED: &str = "media.stored";
 /// What could not be parsed or written, with headers saying why.
 pub const DEADLETTER: &str = "deadletter";
+
+/// Every topic, in `topics.yaml` order.
+pub const ALL: &[&str] = &[
+    WEBHOOKS_RAW,
+    WHATSAPP_EVENTS,
+    AGENTS_PRESENCE,
+    CONVERSATION_COMMANDS,
+    CONVERSATION_ASSIGNMENTS,
+    MESSAGES_OUTBOUND,
+    OUTBOUND_RESULTS,
+    MESSAGES_STATUS,
+    NOTIFICATIONS_PUSH,
+    MEDIA_STORED,
+    DEADLETTER,
+];

@@ -17,13 +17,21 @@ fn fixtures() -> Vec<(String, String)> {
     files.sort();
     files
         .into_iter()
-        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
 /// A one-line summary per event: kind, then what decides routing and storage.
 fn summary(webhook: &Webhook) -> Vec<String> {
-    let orgs = OrgDirectory::new("acme", [("106540352242922".to_string(), "org-1".to_string())]);
+    let orgs = OrgDirectory::new(
+        "acme",
+        [("106540352242922".to_string(), "org-1".to_string())],
+    );
     let normalized = normalize(webhook, 1_739_000_000_000, &orgs);
     let mut lines: Vec<String> = normalized
         .events
@@ -40,12 +48,23 @@ fn summary(webhook: &Webhook) -> Vec<String> {
             EventBody::Status(s) => format!("status {} {}", s.status, s.recipient_id),
             EventBody::ContactSync(c) => format!("contact_sync {:?} {}", c.action, c.wa_id),
             EventBody::HistoryProgress(h) => {
-                format!("history_progress phase={} chunk={} progress={} errors={}", h.phase, h.chunk_order, h.progress, h.errors.len())
+                format!(
+                    "history_progress phase={} chunk={} progress={} errors={}",
+                    h.phase,
+                    h.chunk_order,
+                    h.progress,
+                    h.errors.len()
+                )
             }
             EventBody::Unhandled(u) => format!("unhandled {}", u.field),
         })
         .collect();
-    lines.extend(normalized.rejected.iter().map(|r| format!("rejected {}", r.field)));
+    lines.extend(
+        normalized
+            .rejected
+            .iter()
+            .map(|r| format!("rejected {}", r.field)),
+    );
     lines
 }
 
@@ -53,153 +72,194 @@ fn summary(webhook: &Webhook) -> Vec<String> {
 fn every_fixture_round_trips() {
     for (name, text) in fixtures() {
         let original: Value = serde_json::from_str(&text).unwrap();
-        let webhook: Webhook = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let webhook: Webhook =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let back = serde_json::to_value(&webhook).unwrap();
         assert_eq!(back, original, "{name} does not round-trip");
         for change in webhook.entry.iter().flat_map(|e| &e.changes) {
-            change.parse_value().unwrap_or_else(|e| panic!("{name}: {}: {e}", change.field));
+            change
+                .parse_value()
+                .unwrap_or_else(|e| panic!("{name}: {}: {e}", change.field));
         }
     }
 }
 
 /// What each fixture must normalize into (reviewed by hand against the fixture).
 const EXPECTED: &[(&str, &[&str])] = &[
-    ("history", &[
-        "message History Outbound text contact=16505551234 read",
-        "message History Outbound media_placeholder contact=16505551234 played",
-        "message History Inbound text contact=16505551234 read",
-        "message History Outbound text contact=12125557890 delivered",
-        "history_progress phase=0 chunk=1 progress=55 errors=0",
-    ]),
-    ("history_declined", &[
-        "history_progress phase=0 chunk=0 progress=0 errors=1",
-    ]),
-    ("history_lowercase_status", &[
-        "message History Outbound text contact=16505551234 read",
-        "message History Inbound text contact=16505551234 pending",
-        "history_progress phase=0 chunk=1 progress=100 errors=0",
-    ]),
-    ("history_media", &[
-        "message History Outbound image contact= ",
-    ]),
-    ("history_progress_only", &[
-        "history_progress phase=2 chunk=3 progress=100 errors=0",
-    ]),
-    ("msg_audio", &[
-        "message Customer Inbound audio contact=16505551234 ",
-    ]),
-    ("msg_button", &[
-        "message Customer Inbound button contact=16505551234 ",
-    ]),
-    ("msg_contacts", &[
-        "message Customer Inbound contacts contact=16505551234 ",
-    ]),
-    ("msg_document", &[
-        "message Customer Inbound document contact=16505551234 ",
-    ]),
-    ("msg_image", &[
-        "message Customer Inbound image contact=16505551234 ",
-    ]),
-    ("msg_interactive_button_reply", &[
-        "message Customer Inbound interactive contact=16505551234 ",
-    ]),
-    ("msg_interactive_list_reply", &[
-        "message Customer Inbound interactive contact=16505551234 ",
-    ]),
-    ("msg_location", &[
-        "message Customer Inbound location contact=16505551234 ",
-    ]),
-    ("msg_order", &[
-        "message Customer Inbound order contact=16505551234 ",
-    ]),
-    ("msg_reaction", &[
-        "message Customer Inbound reaction contact=16505551234 ",
-    ]),
-    ("msg_referral", &[
-        "message Customer Inbound text contact=16505551234 ",
-    ]),
-    ("msg_revoke", &[
-        "message Customer Inbound revoke contact=16505551234 ",
-    ]),
-    ("msg_sticker", &[
-        "message Customer Inbound sticker contact=16505551234 ",
-    ]),
-    ("msg_system", &[
-        "message Customer Inbound system contact=16505551234 ",
-    ]),
-    ("msg_system_identity", &[
-        "message Customer Inbound system contact=16505551234 ",
-    ]),
-    ("msg_system_legacy", &[
-        "message Customer Inbound system contact=16505551234 ",
-    ]),
-    ("msg_text", &[
-        "message Customer Inbound text contact=16505551234 ",
-    ]),
-    ("msg_text_reply_context", &[
-        "message Customer Inbound text contact=16505551234 ",
-    ]),
-    ("msg_unknown_type", &[
-        "message Customer Inbound poll contact=16505551234 ",
-    ]),
-    ("msg_unsupported", &[
-        "message Customer Inbound unsupported contact=16505551234 ",
-    ]),
-    ("msg_video", &[
-        "message Customer Inbound video contact=16505551234 ",
-    ]),
-    ("multi_entry", &[
-        "message Customer Inbound text contact=16505551234 ",
-        "status read 16505551234",
-        "status delivered 16505551234",
-    ]),
-    ("smb_app_state_sync", &[
-        "contact_sync Upsert 16505551234",
-        "contact_sync Upsert 12125557890",
-    ]),
-    ("smb_app_state_sync_remove", &[
-        "contact_sync Remove 12125557890",
-    ]),
-    ("smb_message_echoes", &[
-        "message BusinessApp Outbound text contact=16505551234 ",
-    ]),
-    ("smb_message_echoes_edit", &[
-        "message BusinessApp Outbound edit contact=16505551234 ",
-    ]),
-    ("smb_message_echoes_image", &[
-        "message BusinessApp Outbound image contact=16505551234 ",
-    ]),
-    ("smb_message_echoes_revoke", &[
-        "message BusinessApp Outbound revoke contact=16505551234 ",
-    ]),
-    ("status_batch_out_of_order", &[
-        "status read 16505551234",
-        "status delivered 16505551234",
-        "status delivered 16505551234",
-        "status sent 16505551234",
-        "status sent 16505551234",
-    ]),
-    ("status_delivered", &[
-        "status delivered 16505551234",
-    ]),
-    ("status_failed", &[
-        "status failed 16505551234",
-    ]),
-    ("status_read", &[
-        "status read 16505551234",
-    ]),
-    ("status_sent", &[
-        "status sent 16505551234",
-    ]),
-    ("unknown_field", &[
-        "unhandled account_update",
-    ]),
+    (
+        "history",
+        &[
+            "message History Outbound text contact=16505551234 read",
+            "message History Outbound media_placeholder contact=16505551234 played",
+            "message History Inbound text contact=16505551234 read",
+            "message History Outbound text contact=12125557890 delivered",
+            "history_progress phase=0 chunk=1 progress=55 errors=0",
+        ],
+    ),
+    (
+        "history_declined",
+        &["history_progress phase=0 chunk=0 progress=0 errors=1"],
+    ),
+    (
+        "history_lowercase_status",
+        &[
+            "message History Outbound text contact=16505551234 read",
+            "message History Inbound text contact=16505551234 pending",
+            "history_progress phase=0 chunk=1 progress=100 errors=0",
+        ],
+    ),
+    (
+        "history_media",
+        &["message History Outbound image contact= "],
+    ),
+    (
+        "history_progress_only",
+        &["history_progress phase=2 chunk=3 progress=100 errors=0"],
+    ),
+    (
+        "msg_audio",
+        &["message Customer Inbound audio contact=16505551234 "],
+    ),
+    (
+        "msg_button",
+        &["message Customer Inbound button contact=16505551234 "],
+    ),
+    (
+        "msg_contacts",
+        &["message Customer Inbound contacts contact=16505551234 "],
+    ),
+    (
+        "msg_document",
+        &["message Customer Inbound document contact=16505551234 "],
+    ),
+    (
+        "msg_image",
+        &["message Customer Inbound image contact=16505551234 "],
+    ),
+    (
+        "msg_interactive_button_reply",
+        &["message Customer Inbound interactive contact=16505551234 "],
+    ),
+    (
+        "msg_interactive_list_reply",
+        &["message Customer Inbound interactive contact=16505551234 "],
+    ),
+    (
+        "msg_location",
+        &["message Customer Inbound location contact=16505551234 "],
+    ),
+    (
+        "msg_order",
+        &["message Customer Inbound order contact=16505551234 "],
+    ),
+    (
+        "msg_reaction",
+        &["message Customer Inbound reaction contact=16505551234 "],
+    ),
+    (
+        "msg_referral",
+        &["message Customer Inbound text contact=16505551234 "],
+    ),
+    (
+        "msg_revoke",
+        &["message Customer Inbound revoke contact=16505551234 "],
+    ),
+    (
+        "msg_sticker",
+        &["message Customer Inbound sticker contact=16505551234 "],
+    ),
+    (
+        "msg_system",
+        &["message Customer Inbound system contact=16505551234 "],
+    ),
+    (
+        "msg_system_identity",
+        &["message Customer Inbound system contact=16505551234 "],
+    ),
+    (
+        "msg_system_legacy",
+        &["message Customer Inbound system contact=16505551234 "],
+    ),
+    (
+        "msg_text",
+        &["message Customer Inbound text contact=16505551234 "],
+    ),
+    (
+        "msg_text_reply_context",
+        &["message Customer Inbound text contact=16505551234 "],
+    ),
+    (
+        "msg_unknown_type",
+        &["message Customer Inbound poll contact=16505551234 "],
+    ),
+    (
+        "msg_unsupported",
+        &["message Customer Inbound unsupported contact=16505551234 "],
+    ),
+    (
+        "msg_video",
+        &["message Customer Inbound video contact=16505551234 "],
+    ),
+    (
+        "multi_entry",
+        &[
+            "message Customer Inbound text contact=16505551234 ",
+            "status read 16505551234",
+            "status delivered 16505551234",
+        ],
+    ),
+    (
+        "smb_app_state_sync",
+        &[
+            "contact_sync Upsert 16505551234",
+            "contact_sync Upsert 12125557890",
+        ],
+    ),
+    (
+        "smb_app_state_sync_remove",
+        &["contact_sync Remove 12125557890"],
+    ),
+    (
+        "smb_message_echoes",
+        &["message BusinessApp Outbound text contact=16505551234 "],
+    ),
+    (
+        "smb_message_echoes_edit",
+        &["message BusinessApp Outbound edit contact=16505551234 "],
+    ),
+    (
+        "smb_message_echoes_image",
+        &["message BusinessApp Outbound image contact=16505551234 "],
+    ),
+    (
+        "smb_message_echoes_revoke",
+        &["message BusinessApp Outbound revoke contact=16505551234 "],
+    ),
+    (
+        "status_batch_out_of_order",
+        &[
+            "status read 16505551234",
+            "status delivered 16505551234",
+            "status delivered 16505551234",
+            "status sent 16505551234",
+            "status sent 16505551234",
+        ],
+    ),
+    ("status_delivered", &["status delivered 16505551234"]),
+    ("status_failed", &["status failed 16505551234"]),
+    ("status_read", &["status read 16505551234"]),
+    ("status_sent", &["status sent 16505551234"]),
+    ("unknown_field", &["unhandled account_update"]),
 ];
 
 #[test]
 fn every_fixture_normalizes_as_expected() {
     let fixtures = fixtures();
-    assert_eq!(fixtures.len(), EXPECTED.len(), "a fixture without expectations, or the reverse");
+    assert_eq!(
+        fixtures.len(),
+        EXPECTED.len(),
+        "a fixture without expectations, or the reverse"
+    );
     for ((name, text), (expected_name, expected)) in fixtures.iter().zip(EXPECTED) {
         assert_eq!(name, expected_name);
         let webhook: Webhook = serde_json::from_str(text).unwrap();
@@ -212,7 +272,13 @@ fn redelivery_yields_the_same_ids() {
     let orgs = OrgDirectory::new("acme", []);
     for (name, text) in fixtures() {
         let webhook: Webhook = serde_json::from_str(&text).unwrap();
-        let ids = |at| normalize(&webhook, at, &orgs).events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let ids = |at| {
+            normalize(&webhook, at, &orgs)
+                .events
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
         let first = ids(1);
         assert_eq!(first, ids(2), "{name}");
         let unique: std::collections::HashSet<_> = first.iter().collect();
@@ -231,7 +297,10 @@ fn every_event_fits_the_checked_in_schema() {
         for event in normalize(&webhook, 1, &orgs).events {
             let value = serde_json::to_value(&event).unwrap();
             if let Err(error) = validator.validate(&value) {
-                panic!("{name}: event {} does not fit the schema: {error}", event.id);
+                panic!(
+                    "{name}: event {} does not fit the schema: {error}",
+                    event.id
+                );
             }
         }
     }
@@ -247,6 +316,13 @@ fn a_change_that_does_not_fit_is_rejected_and_the_rest_kept() {
     let out = normalize(&webhook, 1, &OrgDirectory::new("acme", []));
     assert_eq!(out.rejected.len(), 1);
     assert_eq!(out.rejected[0].field, "messages");
-    assert!(out.rejected[0].reason.contains("messages"), "{}", out.rejected[0].reason);
-    assert_eq!(summary(&webhook), vec!["contact_sync Upsert 15550100", "rejected messages"]);
+    assert!(
+        out.rejected[0].reason.contains("messages"),
+        "{}",
+        out.rejected[0].reason
+    );
+    assert_eq!(
+        summary(&webhook),
+        vec!["contact_sync Upsert 15550100", "rejected messages"]
+    );
 }

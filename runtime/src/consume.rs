@@ -171,7 +171,11 @@ pub async fn run<S: Stage>(
             break; // shutdown while the store was down: leave the batch uncommitted
         }
         commit(&consumer, &batch)?;
-        tracing::debug!(stage = name, records = batch.len(), "batch written and committed");
+        tracing::debug!(
+            stage = name,
+            records = batch.len(),
+            "batch written and committed"
+        );
     }
     tracing::info!(stage = name, "stopped");
     Ok(())

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schema_registry_converter::async_impl::easy_json::EasyJsonEncoder;
@@ -72,7 +72,9 @@ impl KafkaConfig {
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", format!("{}-{role}", self.client_id));
         if !self.librdkafka_debug.is_empty() {
-            config.set("debug", &self.librdkafka_debug).set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+            config
+                .set("debug", &self.librdkafka_debug)
+                .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
         }
         config
     }
@@ -95,8 +97,13 @@ impl KafkaConfig {
             // stable offset can lag its high watermark, which stalls such consumers.
             .set("isolation.level", "read_uncommitted")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
-            .set("heartbeat.interval.ms", self.heartbeat_interval_ms.to_string())
-            .create_with_context(RebalanceLog { role: role.to_string() })?;
+            .set(
+                "heartbeat.interval.ms",
+                self.heartbeat_interval_ms.to_string(),
+            )
+            .create_with_context(RebalanceLog {
+                role: role.to_string(),
+            })?;
         consumer.subscribe(topics)?;
         Ok(consumer)
     }
@@ -137,11 +144,16 @@ impl ConsumerContext for RebalanceLog {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let parts: Vec<String> =
-                    list.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+                let parts: Vec<String> = list
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
                 tracing::info!(role = %self.role, partitions = %parts.join(","), "partitions assigned");
             }
-            Rebalance::Revoke(list) => tracing::info!(role = %self.role, count = list.count(), "partitions revoked"),
+            Rebalance::Revoke(list) => {
+                tracing::info!(role = %self.role, count = list.count(), "partitions revoked")
+            }
             Rebalance::Error(err) => tracing::warn!(role = %self.role, %err, "rebalance error"),
         }
     }

@@ -30,12 +30,19 @@ pub struct Pipeline {
 }
 
 fn unique() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{}{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Pipeline {
@@ -53,8 +60,10 @@ impl Pipeline {
         config.kafka.client_id = format!("test-{name}-{id}");
         config.ingest.listen = format!("127.0.0.1:{}", free_port());
         config.ingest.app_secrets = vec![runtime::Secret::new(APP_SECRET)];
-        config.ingest.numbers =
-            vec![ingest::config::NumberOwner { phone_number_id: phone_number_id.clone(), org: org.clone() }];
+        config.ingest.numbers = vec![ingest::config::NumberOwner {
+            phone_number_id: phone_number_id.clone(),
+            org: org.clone(),
+        }];
         config.api.listen = format!("127.0.0.1:{}", free_port());
         config.sinks.mongo.database = format!("t_{name}_{id}").replace('-', "_");
         config.sinks.clickhouse.database = format!("t_{name}_{id}").replace('-', "_");
@@ -67,14 +76,21 @@ impl Pipeline {
         }
         config.sinks.batch.max_wait_ms = 5;
 
-        let mqtt = MqttRecorder::subscribe(&config, &format!("{}/{org}/#", config.sinks.mqtt.topic_prefix)).await;
+        let mqtt = MqttRecorder::subscribe(
+            &config,
+            &format!("{}/{org}/#", config.sinks.mqtt.topic_prefix),
+        )
+        .await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(coexist::roles::all(config.clone(), shutdown.clone()));
         let webhook_url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
         let http = reqwest::Client::new();
         let healthz = format!("http://{}/healthz", config.ingest.listen);
         wait_for("ingest to answer", Duration::from_secs(60), || async {
-            http.get(&healthz).send().await.is_ok_and(|r| r.status().is_success())
+            http.get(&healthz)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
         })
         .await;
         let mongo = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose())
@@ -82,13 +98,27 @@ impl Pipeline {
             .unwrap()
             .database(&config.sinks.mongo.database);
         let clickhouse = sinks::clickhouse::client(&config.sinks.clickhouse);
-        Self { config, org, phone_number_id, webhook_url, http, mongo, clickhouse, mqtt, shutdown, task: Some(task) }
+        Self {
+            config,
+            org,
+            phone_number_id,
+            webhook_url,
+            http,
+            mongo,
+            clickhouse,
+            mqtt,
+            shutdown,
+            task: Some(task),
+        }
     }
 
     /// A webhook body from a fixture, moved onto this test's business number, with
     /// every wamid suffixed so tests never collide.
     pub fn fixture(&self, name: &str, wamid_suffix: &str) -> String {
-        let path = format!("{}/events/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/events/tests/fixtures/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let text = std::fs::read_to_string(path).unwrap();
         let text = text.replace("106540352242922", &self.phone_number_id);
         let mut value: Value = serde_json::from_str(&text).unwrap();
@@ -113,18 +143,30 @@ impl Pipeline {
 
     /// The MQTT topic of this test's conversation with the fixtures' contact.
     pub fn conversation_topic(&self) -> String {
-        format!("{}/{}/conversations/{}-16505551234", self.config.sinks.mqtt.topic_prefix, self.org, self.phone_number_id)
+        format!(
+            "{}/{}/conversations/{}-16505551234",
+            self.config.sinks.mqtt.topic_prefix, self.org, self.phone_number_id
+        )
     }
 
     pub async fn mongo_count(&self, collection: &str, filter: Document) -> u64 {
         let mut filter = filter;
         filter.insert("org", &self.org);
-        self.mongo.collection::<Document>(collection).count_documents(filter).await.unwrap_or(0)
+        self.mongo
+            .collection::<Document>(collection)
+            .count_documents(filter)
+            .await
+            .unwrap_or(0)
     }
 
     pub async fn mongo_find(&self, collection: &str, id: &str) -> Option<Document> {
         let key = format!("{}:{id}", self.org);
-        self.mongo.collection::<Document>(collection).find_one(doc! { "_id": key }).await.ok().flatten()
+        self.mongo
+            .collection::<Document>(collection)
+            .find_one(doc! { "_id": key })
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Rows in `message_events` for this org, physically (no FINAL), optionally
@@ -168,11 +210,18 @@ impl Pipeline {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             let result = tokio::time::timeout(Duration::from_secs(30), task).await;
-            let result = result.expect("pipeline did not stop within 30 s").expect("pipeline panicked");
+            let result = result
+                .expect("pipeline did not stop within 30 s")
+                .expect("pipeline panicked");
             result.expect("pipeline failed");
         }
         let _ = self.mongo.drop().await;
-        let _ = self.clickhouse.query(&format!("DROP DATABASE IF EXISTS {}", self.config.sinks.clickhouse.database))
+        let _ = self
+            .clickhouse
+            .query(&format!(
+                "DROP DATABASE IF EXISTS {}",
+                self.config.sinks.clickhouse.database
+            ))
             .execute()
             .await;
     }
@@ -207,7 +256,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -222,13 +274,22 @@ impl MqttRecorder {
     pub async fn subscribe(config: &Config, filter: &str) -> Self {
         let mqtt = &config.sinks.mqtt;
         let mut options = MqttOptions::new(format!("rec-{}", unique()), &mqtt.host, mqtt.port);
-        let password = if mqtt.password.is_empty() { "coexist-dev" } else { mqtt.password.expose() };
-        options.set_credentials(&mqtt.username, password).set_max_packet_size(4 << 20, 4 << 20);
+        let password = if mqtt.password.is_empty() {
+            "coexist-dev"
+        } else {
+            mqtt.password.expose()
+        };
+        options
+            .set_credentials(&mqtt.username, password)
+            .set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut event_loop) = AsyncClient::new(options, 100);
         let received = Arc::new(Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let sink = received.clone();
-        client.subscribe(filter, QoS::AtLeastOnce).await.expect("queue MQTT subscribe");
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("queue MQTT subscribe");
         tokio::spawn(async move {
             let _client = client; // keeps the connection's request channel open
             let mut subscribed_tx = Some(subscribed_tx);
@@ -260,7 +321,12 @@ impl MqttRecorder {
     }
 
     pub fn count_containing(&self, needle: &str) -> usize {
-        self.received.lock().unwrap().iter().filter(|(_, p)| p.contains(needle)).count()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| p.contains(needle))
+            .count()
     }
 
     pub fn by_topic(&self) -> HashMap<String, usize> {

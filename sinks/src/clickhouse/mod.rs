@@ -103,7 +103,9 @@ impl Stage for ClickHouseSink {
         let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
         let existing: HashSet<(String, String)> = self
             .client
-            .query("SELECT org, event_id FROM message_events WHERE event_id IN (SELECT arrayJoin(?))")
+            .query(
+                "SELECT org, event_id FROM message_events WHERE event_id IN (SELECT arrayJoin(?))",
+            )
             .bind(ids)
             .fetch_all::<ExistingId>()
             .await?
