@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use ingest::IngestConfig;
+use runtime::mqtt::MqttConnection;
 use runtime::{KafkaConfig, LoopConfig};
 use serde::{Deserialize, Serialize};
 use sinks::clickhouse::ClickHouseConfig;
@@ -17,6 +18,7 @@ use sinks::mqtt::MqttConfig;
 pub struct Config {
     pub log: LogConfig,
     pub kafka: KafkaConfig,
+    pub mqtt: MqttConnection,
     pub topics: TopicsConfig,
     pub ingest: IngestConfig,
     pub sinks: SinksConfig,

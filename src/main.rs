@@ -39,6 +39,27 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Re-run raw webhooks through normalization: how a parser fix reaches old data.
+    /// Events keep their ids, so sinks update rather than duplicate.
+    Replay {
+        /// Replay what arrived in the last DURATION (e.g. 2h, 7days).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        /// From this time, in ms since the epoch.
+        #[arg(long, conflicts_with = "since")]
+        from_ms: Option<i64>,
+        /// Up to this time, in ms since the epoch (default: everything there now).
+        #[arg(long)]
+        to_ms: Option<i64>,
+        /// From this offset in every partition.
+        #[arg(long, conflicts_with_all = ["since", "from_ms"])]
+        from_offset: Option<i64>,
+    },
+    /// Benchmarks, each against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Play Meta's side: send signed webhooks to the receiver.
     Simulate {
         #[command(subcommand)]
@@ -50,6 +71,12 @@ enum Command {
         #[arg(long)]
         env: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Signed webhooks over HTTP vs. raw rdkafka produce of the same payloads.
+    Ingest(coexist::bench::IngestArgs),
 }
 
 #[derive(Subcommand)]
@@ -117,6 +144,56 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 std::fs::write(&path, events::schema::render(&schema))?;
                 println!("wrote {}", path.display());
             }
+            Ok(())
+        }
+        Command::Replay {
+            since,
+            from_ms,
+            to_ms,
+            from_offset,
+        } => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            let from_ms = from_ms.or(since.map(|d| now_ms - d.as_millis() as i64));
+            let range = ingest::replay::Range {
+                from_ms,
+                to_ms,
+                from_offset,
+            };
+            let plan = ingest::replay::plan(&config.kafka, &range)?;
+            let total: i64 = plan.iter().map(|(_, start, end)| end - start).sum();
+            println!(
+                "replaying {total} raw webhooks from {} partitions",
+                plan.len()
+            );
+            let publisher = config.kafka.publisher("replay").await?;
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "[{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let orgs = config.ingest.org_directory();
+            let summary =
+                ingest::replay::run(&config.kafka, &publisher, &orgs, &plan, |done, _| {
+                    bar.set_position(done)
+                })
+                .await?;
+            publisher.flush(std::time::Duration::from_secs(10));
+            bar.finish();
+            println!(
+                "replayed {} webhooks: {} events, {} changes rejected, {} unreadable bodies dead-lettered",
+                summary.records, summary.events, summary.rejected, summary.dead_lettered
+            );
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Ingest(args),
+        } => {
+            let (baseline, ingest) = coexist::bench::ingest(config, args).await?;
+            print!("{}", coexist::bench::report(&baseline, &ingest));
             Ok(())
         }
         Command::Simulate {

@@ -37,10 +37,28 @@ impl SinkName {
     }
 }
 
-/// Runs the webhook receiver.
+/// Runs the webhook receiver and, if enabled, the MQTT presence bridge.
 pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let publisher = config.kafka.publisher("ingest").await?;
-    ingest::serve(config.ingest.clone(), publisher, shutdown).await
+    let webhooks = ingest::serve(config.ingest.clone(), publisher.clone(), shutdown.clone());
+    if !config.ingest.presence.enabled {
+        return webhooks.await;
+    }
+    let presence = ingest::presence::run(
+        config.mqtt.clone(),
+        config.ingest.presence.clone(),
+        publisher,
+        shutdown.clone(),
+    );
+    // Either half stopping (failure or shutdown) stops the other.
+    let stop_all = |result: anyhow::Result<()>| {
+        shutdown.cancel();
+        result
+    };
+    let (webhooks, presence) = tokio::join!(async { stop_all(webhooks.await) }, async {
+        stop_all(presence.await)
+    });
+    webhooks.and(presence)
 }
 
 /// Runs one sink over `whatsapp.events`.
@@ -92,7 +110,7 @@ pub async fn sink(
         }
         SinkName::Mqtt => {
             let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
-            let sink = MqttSink::new(config.sinks.mqtt.clone());
+            let sink = MqttSink::new(&config.mqtt, config.sinks.mqtt.clone());
             consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
         }
     };
@@ -163,7 +181,9 @@ fn boxed(fut: impl Future<Output = anyhow::Result<()>> + Send + 'static) -> Boxe
 pub async fn apply_topics(
     config: &Config,
 ) -> anyhow::Result<Vec<(String, crate::topics::Outcome)>> {
-    let outcomes = crate::topics::apply(&config.kafka, config.topics.replication_factor).await?;
+    let contract = crate::topics::contract()?;
+    let outcomes =
+        crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
     for (topic, outcome) in &outcomes {
         tracing::info!(%topic, ?outcome, "topic");
     }

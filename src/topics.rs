@@ -64,12 +64,12 @@ pub enum Outcome {
     Drift(Vec<String>),
 }
 
-/// Creates missing topics and reports drift of existing ones. Idempotent.
+/// Creates missing topics of `contract` and reports drift of existing ones. Idempotent.
 pub async fn apply(
     kafka: &KafkaConfig,
+    contract: &Contract,
     replication_factor: i32,
 ) -> anyhow::Result<Vec<(String, Outcome)>> {
-    let contract = contract()?;
     let admin = kafka.admin()?;
     let metadata = admin
         .inner()

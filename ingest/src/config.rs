@@ -18,6 +18,8 @@ pub struct IngestConfig {
     pub default_org: String,
     /// Which org owns which business number.
     pub numbers: Vec<NumberOwner>,
+    /// The MQTT presence bridge.
+    pub presence: crate::presence::PresenceConfig,
 }
 
 /// One business number and its org.
@@ -36,6 +38,7 @@ impl Default for IngestConfig {
             max_body_bytes: 4 * 1024 * 1024,
             default_org: "default".into(),
             numbers: Vec::new(),
+            presence: Default::default(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! Ingest never writes a database: it verifies, normalizes and hands to Kafka.
 
 pub mod config;
+pub mod presence;
+pub mod replay;
 pub mod signature;
 pub mod webhook;
 

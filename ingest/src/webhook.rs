@@ -141,7 +141,6 @@ async fn store(
     signature: &str,
     received_at_ms: i64,
 ) -> Result<(), KafkaError> {
-    let normalized = events::normalize(webhook, received_at_ms, &shared.orgs);
     let raw_key = raw_key(webhook);
     let raw = shared.publisher.send(Outgoing {
         topic: topics::WEBHOOKS_RAW,
@@ -152,27 +151,55 @@ async fn store(
             (raw_headers::SIGNATURE, signature.to_string()),
         ],
     });
+    let normalized = publish_normalized(
+        &shared.publisher,
+        &shared.orgs,
+        webhook,
+        received_at_ms,
+        &raw_key,
+    );
+    tokio::try_join!(raw, normalized)?;
+    Ok(())
+}
+
+/// Normalizes a webhook and produces its events and rejects; returns how many of
+/// each. Shared by the receiver and `coexist replay`, so both split alike.
+pub async fn publish_normalized(
+    publisher: &Publisher,
+    orgs: &OrgDirectory,
+    webhook: &Webhook,
+    received_at_ms: i64,
+    key: &str,
+) -> Result<(usize, usize), KafkaError> {
+    let normalized = events::normalize(webhook, received_at_ms, orgs);
     let events = try_join_all(
         normalized
             .events
             .iter()
-            .map(|e| publish_event(&shared.publisher, e)),
+            .map(|e| publish_event(publisher, e)),
     );
     let rejects = try_join_all(
         normalized
             .rejected
             .iter()
-            .map(|r| publish_reject(&shared.publisher, r, &raw_key)),
+            .map(|r| publish_reject(publisher, r, key)),
     );
-    tokio::try_join!(raw, events, rejects)?;
-    Ok(())
+    tokio::try_join!(events, rejects)?;
+    Ok((normalized.events.len(), normalized.rejected.len()))
 }
 
+/// Keyed by business number; a change about the account rather than a number
+/// (e.g. `account_update`) is keyed by its WhatsApp Business Account id.
 pub async fn publish_event(publisher: &Publisher, event: &WhatsAppEvent) -> Result<(), KafkaError> {
+    let key = if event.phone_number_id.is_empty() {
+        &event.waba_id
+    } else {
+        &event.phone_number_id
+    };
     publisher
         .send_json(
             topics::WHATSAPP_EVENTS,
-            &event.phone_number_id,
+            key,
             event,
             vec![("coexist.kind", kind(event))],
         )

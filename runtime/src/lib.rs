@@ -4,6 +4,7 @@
 pub mod config;
 pub mod consume;
 pub mod kafka;
+pub mod mqtt;
 pub mod shutdown;
 
 pub use config::Secret;

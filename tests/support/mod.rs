@@ -29,7 +29,7 @@ pub struct Pipeline {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-fn unique() -> String {
+pub fn unique() -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -37,7 +37,7 @@ fn unique() -> String {
     format!("{}{}", std::process::id(), nanos % 1_000_000_000)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -68,19 +68,18 @@ impl Pipeline {
         config.sinks.mongo.database = format!("t_{name}_{id}").replace('-', "_");
         config.sinks.clickhouse.database = format!("t_{name}_{id}").replace('-', "_");
         config.sinks.mqtt.client_id = format!("test-sink-{name}-{id}");
+        config.ingest.presence.client_id = format!("test-presence-{name}-{id}");
         // Every test pipeline reads every org's events from the shared topic; its own
         // prefix keeps its publishes apart from another test's (the ACL allows coexist/#).
-        config.sinks.mqtt.topic_prefix = format!("coexist/t{id}");
-        if config.sinks.mqtt.password.is_empty() {
-            config.sinks.mqtt.password = runtime::Secret::new("coexist-dev");
+        config.mqtt.topic_prefix = format!("coexist/t{id}");
+        if config.mqtt.password.is_empty() {
+            config.mqtt.password = runtime::Secret::new("coexist-dev");
         }
         config.sinks.batch.max_wait_ms = 5;
 
-        let mqtt = MqttRecorder::subscribe(
-            &config,
-            &format!("{}/{org}/#", config.sinks.mqtt.topic_prefix),
-        )
-        .await;
+        let mqtt =
+            MqttRecorder::subscribe(&config, &format!("{}/{org}/#", config.mqtt.topic_prefix))
+                .await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(coexist::roles::all(config.clone(), shutdown.clone()));
         let webhook_url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
@@ -145,7 +144,7 @@ impl Pipeline {
     pub fn conversation_topic(&self) -> String {
         format!(
             "{}/{}/conversations/{}-16505551234",
-            self.config.sinks.mqtt.topic_prefix, self.org, self.phone_number_id
+            self.config.mqtt.topic_prefix, self.org, self.phone_number_id
         )
     }
 
@@ -272,7 +271,7 @@ pub struct MqttRecorder {
 
 impl MqttRecorder {
     pub async fn subscribe(config: &Config, filter: &str) -> Self {
-        let mqtt = &config.sinks.mqtt;
+        let mqtt = &config.mqtt;
         let mut options = MqttOptions::new(format!("rec-{}", unique()), &mqtt.host, mqtt.port);
         let password = if mqtt.password.is_empty() {
             "coexist-dev"

@@ -7,7 +7,8 @@ pub mod recent;
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use runtime::mqtt::MqttConnection;
 use runtime::{Record, Reject, Stage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -21,6 +22,7 @@ pub struct MqttSink {
     event_loop: JoinHandle<()>,
     recent: RecentIds,
     config: MqttConfig,
+    prefix: String,
 }
 
 impl Drop for MqttSink {
@@ -29,20 +31,10 @@ impl Drop for MqttSink {
     }
 }
 
-/// MQTT connection options shared by the sink and tests.
-pub fn options(config: &MqttConfig, client_id: &str) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, &config.host, config.port);
-    options
-        .set_credentials(&config.username, config.password.expose())
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
-    options
-}
-
 impl MqttSink {
-    pub fn new(config: MqttConfig) -> Self {
-        let (client, mut event_loop) = AsyncClient::new(options(&config, &config.client_id), 1024);
+    pub fn new(connection: &MqttConnection, config: MqttConfig) -> Self {
+        let (client, mut event_loop) =
+            AsyncClient::new(connection.options(&config.client_id), 1024);
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let event_loop = tokio::spawn(async move {
             loop {
@@ -67,6 +59,7 @@ impl MqttSink {
             event_loop,
             recent: RecentIds::new(config.dedup_capacity),
             config,
+            prefix: connection.topic_prefix.clone(),
         }
     }
 }
@@ -81,7 +74,7 @@ impl Stage for MqttSink {
             if self.recent.contains(&scoped) || published.contains(&scoped) {
                 continue;
             }
-            let Some(topic) = mapping::topic_for(&self.config.topic_prefix, event) else {
+            let Some(topic) = mapping::topic_for(&self.prefix, event) else {
                 continue;
             };
             let payload = batch

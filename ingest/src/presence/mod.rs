@@ -1,0 +1,125 @@
+//! The MQTT presence bridge: agents' presence and activity, published by their apps
+//! on the broker, become `agents.presence` events on Kafka (keyed by org).
+//!
+//! Nothing is lost: the bridge holds a persistent session with manual acks, and
+//! acknowledges an MQTT message only after Kafka has acknowledged its event (or its
+//! dead letter). If Kafka refuses, the bridge drops the connection without acking;
+//! the broker redelivers on reconnect.
+
+pub mod parse;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use events::topics;
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use runtime::Publisher;
+use runtime::consume::dlq_headers;
+use runtime::kafka::{KafkaError, Outgoing};
+use runtime::mqtt::MqttConnection;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// `[ingest.presence]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// Run the bridge with the webhook receiver.
+    pub enabled: bool,
+    /// Fixed, so the broker keeps the session (and unacked messages) across restarts.
+    pub client_id: String,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client_id: "coexist-ingest-presence".into(),
+        }
+    }
+}
+
+/// Runs the bridge until `shutdown`.
+pub async fn run(
+    connection: MqttConnection,
+    config: PresenceConfig,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut options = connection.options(&config.client_id);
+    options.set_manual_acks(true);
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let (client, mut event_loop) = AsyncClient::new(options.clone(), 100);
+        tracing::info!(client_id = %config.client_id, "presence bridge connecting");
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = event_loop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // Subscribing again is harmless and covers a broker that lost the session.
+                    for filter in parse::filters(&connection.topic_prefix) {
+                        client.subscribe(filter, QoS::AtLeastOnce).await?;
+                    }
+                    backoff = Duration::from_millis(200);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if let Err(err) = forward(&connection.topic_prefix, &publisher, &publish).await
+                    {
+                        tracing::warn!(%err, "presence not stored; reconnecting so the broker redelivers");
+                        break;
+                    }
+                    client.ack(&publish).await?;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "presence bridge lost the broker");
+                    break;
+                }
+            }
+        }
+        drop(client);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    publisher.flush(Duration::from_secs(5));
+    Ok(())
+}
+
+/// One MQTT message to Kafka: the event, or a dead letter saying why not.
+async fn forward(prefix: &str, publisher: &Publisher, publish: &Publish) -> Result<(), KafkaError> {
+    match parse::parse(prefix, &publish.topic, &publish.payload, now_ms()) {
+        Ok(Some(event)) => {
+            publisher
+                .send_json(topics::AGENTS_PRESENCE, &event.org, &event, vec![])
+                .await
+        }
+        Ok(None) => Ok(()),
+        Err(err) => {
+            tracing::warn!(topic = %publish.topic, %err, "presence message dead-lettered");
+            publisher
+                .send(Outgoing {
+                    topic: topics::DEADLETTER,
+                    key: &publish.topic,
+                    value: publish.payload.to_vec(),
+                    headers: vec![
+                        (dlq_headers::ERROR, err.to_string()),
+                        (dlq_headers::STAGE, "ingest.presence".into()),
+                        (dlq_headers::SOURCE_TOPIC, format!("mqtt:{}", publish.topic)),
+                    ],
+                })
+                .await
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

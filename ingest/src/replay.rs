@@ -1,0 +1,184 @@
+//! `coexist replay`: re-reads raw webhooks from `whatsapp.webhooks.raw` and runs them
+//! through normalization again. This is how a parser fix (or a new org mapping)
+//! reaches old data: the events come out with the same deterministic ids, so sinks
+//! update what they have instead of duplicating it.
+
+use std::time::Duration;
+
+use events::{OrgDirectory, Webhook, topics};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use runtime::consume::dlq_headers;
+use runtime::kafka::Outgoing;
+use runtime::{KafkaConfig, Publisher};
+
+use crate::webhook::{publish_normalized, raw_headers};
+
+/// Which part of the raw topic to replay. Times are ms since the epoch.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Start at this offset in every partition (overrides `from_ms`).
+    pub from_offset: Option<i64>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub records: u64,
+    pub events: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The offsets to read per partition: `[start, end)`.
+pub fn plan(kafka: &KafkaConfig, range: &Range) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let consumer = reader(kafka)?;
+    let metadata = consumer.fetch_metadata(Some(topics::WEBHOOKS_RAW), TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let at_time = |ms: i64| -> anyhow::Result<Vec<i64>> {
+        let mut list = TopicPartitionList::new();
+        for p in &partitions {
+            list.add_partition_offset(topics::WEBHOOKS_RAW, *p, Offset::Offset(ms))?;
+        }
+        let found = consumer.offsets_for_times(list, TIMEOUT)?;
+        Ok(partitions
+            .iter()
+            .map(|p| {
+                match found
+                    .find_partition(topics::WEBHOOKS_RAW, *p)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(o)) => o,
+                    _ => i64::MAX, // no record at or after that time
+                }
+            })
+            .collect())
+    };
+    let starts = match (range.from_offset, range.from_ms) {
+        (Some(offset), _) => vec![offset; partitions.len()],
+        (None, Some(ms)) => at_time(ms)?,
+        (None, None) => vec![0; partitions.len()],
+    };
+    let ends = range.to_ms.map(at_time).transpose()?;
+    let mut plan = Vec::new();
+    for (i, partition) in partitions.iter().enumerate() {
+        let (low, high) = consumer.fetch_watermarks(topics::WEBHOOKS_RAW, *partition, TIMEOUT)?;
+        let start = starts[i].max(low);
+        let end = ends.as_ref().map_or(high, |e| e[i].min(high));
+        if start < end {
+            plan.push((*partition, start, end));
+        }
+    }
+    Ok(plan)
+}
+
+/// Replays the planned offsets, calling `progress(done, total)` as it goes.
+pub async fn run(
+    kafka: &KafkaConfig,
+    publisher: &Publisher,
+    orgs: &OrgDirectory,
+    plan: &[(i32, i64, i64)],
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<Summary> {
+    let total: u64 = plan.iter().map(|(_, s, e)| (e - s) as u64).sum();
+    let mut summary = Summary::default();
+    if total == 0 {
+        return Ok(summary);
+    }
+    let consumer = reader(kafka)?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, start, _) in plan {
+        assignment.add_partition_offset(
+            topics::WEBHOOKS_RAW,
+            *partition,
+            Offset::Offset(*start),
+        )?;
+    }
+    consumer.assign(&assignment)?;
+    let mut remaining: std::collections::HashMap<i32, i64> =
+        plan.iter().map(|(p, _, e)| (*p, *e)).collect();
+    let mut idle = 0;
+    while !remaining.is_empty() {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            idle += 1;
+            anyhow::ensure!(
+                idle < 150,
+                "no records for 30 s with {} partitions unfinished",
+                remaining.len()
+            );
+            continue;
+        };
+        idle = 0;
+        let message = message?;
+        let partition = message.partition();
+        let Some(end) = remaining.get(&partition).copied() else {
+            continue;
+        };
+        if message.offset() >= end {
+            remaining.remove(&partition);
+            continue;
+        }
+        let body = message.payload().unwrap_or_default();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let received_at_ms = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == raw_headers::RECEIVED_AT_MS))
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            .or_else(|| message.timestamp().to_millis())
+            .unwrap_or_default();
+        match serde_json::from_slice::<Webhook>(events::codec::json_part(body)) {
+            Ok(webhook) => {
+                let (events, rejected) =
+                    publish_normalized(publisher, orgs, &webhook, received_at_ms, &key).await?;
+                summary.events += events as u64;
+                summary.rejected += rejected as u64;
+            }
+            Err(err) => {
+                publisher
+                    .send(Outgoing {
+                        topic: topics::DEADLETTER,
+                        key: &key,
+                        value: body.to_vec(),
+                        headers: vec![
+                            (dlq_headers::ERROR, format!("not a WhatsApp webhook: {err}")),
+                            (dlq_headers::STAGE, "replay".into()),
+                            (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
+                            (dlq_headers::SOURCE_PARTITION, partition.to_string()),
+                            (dlq_headers::SOURCE_OFFSET, message.offset().to_string()),
+                        ],
+                    })
+                    .await?;
+                summary.dead_lettered += 1;
+            }
+        }
+        summary.records += 1;
+        progress(summary.records, total);
+        if message.offset() + 1 >= end {
+            remaining.remove(&partition);
+        }
+    }
+    Ok(summary)
+}
+
+/// A group-less reader: a replay must not move any consumer group's offsets.
+fn reader(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("{}-replay", kafka.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_uncommitted")
+        .create()?)
+}
