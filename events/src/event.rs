@@ -60,6 +60,19 @@ pub enum EventBody {
     Unhandled(UnhandledEvent),
 }
 
+impl EventBody {
+    /// The `kind` tag, as serialized.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Message(_) => "message",
+            Self::Status(_) => "status",
+            Self::ContactSync(_) => "contact_sync",
+            Self::HistoryProgress(_) => "history_progress",
+            Self::Unhandled(_) => "unhandled",
+        }
+    }
+}
+
 /// Which way a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -190,4 +203,28 @@ pub struct HistoryProgressEvent {
 pub struct UnhandledEvent {
     pub field: String,
     pub raw: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_matches_the_serialized_tag() {
+        let body = EventBody::Unhandled(UnhandledEvent {
+            field: "x".into(),
+            raw: Value::Null,
+        });
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["kind"], body.kind());
+        let body = EventBody::HistoryProgress(HistoryProgressEvent {
+            phase: 0,
+            chunk_order: 0,
+            progress: 0,
+            threads: 0,
+            messages: 0,
+            errors: vec![],
+        });
+        assert_eq!(serde_json::to_value(&body).unwrap()["kind"], body.kind());
+    }
 }

@@ -201,7 +201,7 @@ pub async fn publish_event(publisher: &Publisher, event: &WhatsAppEvent) -> Resu
             topics::WHATSAPP_EVENTS,
             key,
             event,
-            vec![("coexist.kind", kind(event))],
+            vec![("coexist.kind", event.body.kind().to_string())],
         )
         .await
 }
@@ -226,13 +226,6 @@ pub async fn publish_reject(
             ],
         })
         .await
-}
-
-fn kind(event: &WhatsAppEvent) -> String {
-    serde_json::to_value(&event.body)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The raw topic is keyed like the others, by the first business number in the body,

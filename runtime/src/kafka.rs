@@ -189,11 +189,16 @@ impl Publisher {
         value: &T,
         headers: Vec<(&str, String)>,
     ) -> Result<(), KafkaError> {
-        let json = serde_json::to_value(value).map_err(|e| KafkaError::Encode {
+        let encode_error = |e: serde_json::Error| KafkaError::Encode {
             topic: topic.into(),
             reason: e.to_string(),
-        })?;
-        let bytes = self.encode(topic, &json).await?;
+        };
+        let bytes = if self.registry.is_some() {
+            let json = serde_json::to_value(value).map_err(encode_error)?;
+            self.encode(topic, &json).await?
+        } else {
+            serde_json::to_vec(value).map_err(encode_error)? // the common path: one pass
+        };
         self.send(Outgoing {
             topic,
             key,
