@@ -3,5 +3,9 @@
 //! loop ([`runtime::consume`]). The shared status order lives in
 //! [`events::status::DeliveryStatus`], so the status processor and the sinks agree.
 
+pub mod notifier;
+pub mod router;
+pub mod status;
+
 /// The processors a deployment can run, by name.
 pub const NAMES: &[&str] = &["router", "status", "notifier"];

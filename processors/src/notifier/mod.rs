@@ -1,0 +1,371 @@
+//! The notifier's state machine: who gets a push, and when. A push goes to an agent
+//! only when none of their devices is online (an online device already gets the
+//! MQTT message), never for history imports, at most once per conversation within a
+//! collapse window, and at most `max_per_minute` per agent. Pure: the Kafka loop feeds
+//! it assignments, inbound messages and presence, and produces what it returns.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use events::WhatsAppEvent;
+use events::delivery::PushNotification;
+use events::event::{EventBody, Origin};
+use events::inbox::{AssignmentEvent, ConversationState, PresenceEvent, PresenceState};
+use serde::{Deserialize, Serialize};
+
+/// `[processors.notifier]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NotifierConfig {
+    /// Further news of a conversation within this window does not push again.
+    pub collapse_window_ms: i64,
+    /// Most pushes one agent receives per minute.
+    pub max_per_minute: usize,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> Self {
+        Self {
+            collapse_window_ms: 60_000,
+            max_per_minute: 6,
+        }
+    }
+}
+
+/// What the machine reads.
+#[derive(Debug, Clone, Copy)]
+pub enum NotifierInput<'a> {
+    Assignment(&'a AssignmentEvent),
+    Event(&'a WhatsAppEvent),
+    Presence(&'a PresenceEvent),
+}
+
+#[derive(Debug, Default)]
+pub struct Notifier {
+    config: NotifierConfig,
+    /// `org:conversation` → assigned agent.
+    owners: HashMap<String, String>,
+    /// `org:agent` → devices currently online.
+    online: HashMap<String, HashSet<String>>,
+    /// `org:agent:conversation` → when it was last pushed.
+    last_push: HashMap<String, i64>,
+    /// `org:agent` → times of recent pushes (for the per-minute limit).
+    recent: HashMap<String, VecDeque<i64>>,
+}
+
+impl Notifier {
+    pub fn new(config: NotifierConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Feeds one input at `now_ms`; returns the push to send, if any.
+    pub fn handle(&mut self, input: NotifierInput<'_>, now_ms: i64) -> Option<PushNotification> {
+        match input {
+            NotifierInput::Presence(p) => {
+                let devices = self
+                    .online
+                    .entry(format!("{}:{}", p.org, p.agent_id))
+                    .or_default();
+                match p.state {
+                    PresenceState::Offline => devices.remove(&p.device_id),
+                    _ => devices.insert(p.device_id.clone()),
+                };
+                None
+            }
+            NotifierInput::Assignment(a) => {
+                let key = format!("{}:{}", a.org, a.conversation_id);
+                let agent = match (&a.rejected, a.state, &a.assignee) {
+                    (Some(_), _, _) => return None, // a refused command changes nothing
+                    (None, ConversationState::Assigned, Some(agent)) => agent.clone(),
+                    _ => {
+                        self.owners.remove(&key);
+                        return None;
+                    }
+                };
+                let newly = self.owners.insert(key, agent.clone()).as_ref() != Some(&agent);
+                if !newly {
+                    return None;
+                }
+                let body = "A conversation was assigned to you".to_string();
+                self.push(
+                    &a.org,
+                    &agent,
+                    &a.conversation_id,
+                    &a.id,
+                    "New conversation",
+                    body,
+                    now_ms,
+                )
+            }
+            NotifierInput::Event(e) => {
+                let EventBody::Message(m) = &e.body else {
+                    return None;
+                };
+                if m.origin != Origin::Customer {
+                    return None; // history, echoes and our own sends are not news
+                }
+                let agent = self
+                    .owners
+                    .get(&format!("{}:{}", e.org, m.conversation_id))?
+                    .clone();
+                let title = m
+                    .contact_name
+                    .clone()
+                    .unwrap_or_else(|| format!("+{}", m.contact_wa_id));
+                let body = m
+                    .preview
+                    .clone()
+                    .unwrap_or_else(|| format!("New {} message", m.message_type));
+                self.push(
+                    &e.org,
+                    &agent,
+                    &m.conversation_id,
+                    &e.id,
+                    &title,
+                    body,
+                    now_ms,
+                )
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        org: &str,
+        agent: &str,
+        conversation_id: &str,
+        cause: &str,
+        title: &str,
+        body: String,
+        now_ms: i64,
+    ) -> Option<PushNotification> {
+        let agent_key = format!("{org}:{agent}");
+        if self
+            .online
+            .get(&agent_key)
+            .is_some_and(|devices| !devices.is_empty())
+        {
+            return None; // an online device already has it over MQTT
+        }
+        if agent == "business_app" {
+            return None;
+        }
+        let collapse_key = format!("{agent_key}:{conversation_id}");
+        if self
+            .last_push
+            .get(&collapse_key)
+            .is_some_and(|at| now_ms - at < self.config.collapse_window_ms)
+        {
+            return None;
+        }
+        let recent = self.recent.entry(agent_key).or_default();
+        while recent.front().is_some_and(|at| now_ms - at >= 60_000) {
+            recent.pop_front();
+        }
+        if recent.len() >= self.config.max_per_minute {
+            return None;
+        }
+        recent.push_back(now_ms);
+        self.last_push.insert(collapse_key, now_ms);
+        Some(PushNotification {
+            id: format!("{cause}:{agent}"),
+            org: org.to_string(),
+            agent_id: agent.to_string(),
+            title: title.to_string(),
+            body,
+            conversation_id: conversation_id.to_string(),
+            at_ms: now_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::event::{Direction, MessageEvent};
+    use proptest::prelude::*;
+
+    fn assign(conversation: &str, agent: &str) -> AssignmentEvent {
+        AssignmentEvent {
+            id: format!("a-{conversation}-{agent}"),
+            org: "acme".into(),
+            phone_number_id: "1".into(),
+            conversation_id: conversation.into(),
+            state: ConversationState::Assigned,
+            assignee: Some(agent.into()),
+            command_id: None,
+            rejected: None,
+            at_ms: 0,
+        }
+    }
+
+    fn message(id: &str, conversation: &str, origin: Origin) -> WhatsAppEvent {
+        WhatsAppEvent {
+            id: id.into(),
+            org: "acme".into(),
+            phone_number_id: "1".into(),
+            display_phone_number: String::new(),
+            waba_id: String::new(),
+            received_at_ms: 0,
+            body: EventBody::Message(MessageEvent {
+                wamid: id.into(),
+                conversation_id: conversation.into(),
+                contact_wa_id: "2".into(),
+                contact_name: Some("Ann".into()),
+                direction: Direction::Inbound,
+                origin,
+                sent_at: 0,
+                message_type: "text".into(),
+                preview: Some("hi".into()),
+                reply_to: None,
+                media: None,
+                history_status: None,
+                raw: serde_json::Value::Null,
+            }),
+        }
+    }
+
+    fn presence(agent: &str, device: &str, state: PresenceState) -> PresenceEvent {
+        PresenceEvent {
+            org: "acme".into(),
+            agent_id: agent.into(),
+            device_id: device.into(),
+            state,
+            conversation_id: None,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn pushes_only_agents_with_no_online_device() {
+        let mut n = Notifier::new(NotifierConfig::default());
+        n.handle(
+            NotifierInput::Presence(&presence("ann", "phone", PresenceState::Online)),
+            0,
+        );
+        assert!(
+            n.handle(NotifierInput::Assignment(&assign("c1", "ann")), 0)
+                .is_none()
+        );
+        n.handle(
+            NotifierInput::Presence(&presence("ann", "phone", PresenceState::Offline)),
+            1,
+        );
+        let push = n
+            .handle(
+                NotifierInput::Event(&message("m1", "c1", Origin::Customer)),
+                2,
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                push.agent_id.as_str(),
+                push.title.as_str(),
+                push.body.as_str()
+            ),
+            ("ann", "Ann", "hi")
+        );
+        assert_eq!(push.id, "m1:ann");
+    }
+
+    #[test]
+    fn collapses_per_conversation_and_never_pushes_history() {
+        let mut n = Notifier::new(NotifierConfig::default());
+        assert!(
+            n.handle(NotifierInput::Assignment(&assign("c1", "ann")), 0)
+                .is_some()
+        );
+        assert!(
+            n.handle(
+                NotifierInput::Event(&message("m1", "c1", Origin::Customer)),
+                10
+            )
+            .is_none(),
+            "collapsed"
+        );
+        assert!(
+            n.handle(
+                NotifierInput::Event(&message("m2", "c1", Origin::History)),
+                70_000
+            )
+            .is_none()
+        );
+        assert!(
+            n.handle(
+                NotifierInput::Event(&message("m3", "c1", Origin::Customer)),
+                70_000
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn rate_limited_per_agent() {
+        let mut n = Notifier::new(NotifierConfig {
+            collapse_window_ms: 0,
+            max_per_minute: 2,
+        });
+        let pushed: Vec<bool> = (0..4)
+            .map(|i| {
+                n.handle(
+                    NotifierInput::Assignment(&assign(&format!("c{i}"), "ann")),
+                    i,
+                )
+                .is_some()
+            })
+            .collect();
+        assert_eq!(pushed, vec![true, true, false, false]);
+        assert!(
+            n.handle(NotifierInput::Assignment(&assign("c9", "ann")), 60_001)
+                .is_some()
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Presence(usize, usize, bool),
+        Assign(usize, usize),
+        Message(usize, bool),
+    }
+
+    fn any_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..3usize, 0..2usize, any::<bool>()).prop_map(|(a, d, on)| Step::Presence(a, d, on)),
+            (0..4usize, 0..3usize).prop_map(|(c, a)| Step::Assign(c, a)),
+            (0..4usize, any::<bool>()).prop_map(|(c, history)| Step::Message(c, history)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, nobody with an online device is pushed, and history never is.
+        #[test]
+        fn never_pushes_online_agents_or_history(steps in proptest::collection::vec(any_step(), 1..60)) {
+            let mut n = Notifier::new(NotifierConfig::default());
+            let mut online: HashMap<usize, HashSet<usize>> = HashMap::new();
+            for (t, step) in steps.iter().enumerate() {
+                let now = t as i64 * 1_000;
+                let push = match step {
+                    Step::Presence(a, d, on) => {
+                        let state = if *on { PresenceState::Online } else { PresenceState::Offline };
+                        if *on { online.entry(*a).or_default().insert(*d); } else { online.entry(*a).or_default().remove(d); }
+                        n.handle(NotifierInput::Presence(&presence(&format!("agent{a}"), &format!("d{d}"), state)), now)
+                    }
+                    Step::Assign(c, a) => n.handle(NotifierInput::Assignment(&assign(&format!("c{c}"), &format!("agent{a}"))), now),
+                    Step::Message(c, history) => {
+                        let origin = if *history { Origin::History } else { Origin::Customer };
+                        let pushed = n.handle(NotifierInput::Event(&message(&format!("m{t}"), &format!("c{c}"), origin)), now);
+                        prop_assert!(!(*history && pushed.is_some()), "pushed a history item");
+                        pushed
+                    }
+                };
+                if let Some(push) = push {
+                    let agent: usize = push.agent_id.trim_start_matches("agent").parse().unwrap();
+                    prop_assert!(online.get(&agent).is_none_or(HashSet::is_empty), "pushed an online agent");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The router: which agent owns each conversation (in progress).
