@@ -21,8 +21,17 @@ pub struct Config {
     pub mqtt: MqttConnection,
     pub topics: TopicsConfig,
     pub ingest: IngestConfig,
+    pub processors: ProcessorsConfig,
     pub sinks: SinksConfig,
     pub api: ApiConfig,
+}
+
+/// `[processors]`: each processor's own settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessorsConfig {
+    pub status: processors::status::StatusConfig,
+    pub notifier: processors::notifier::NotifierConfig,
 }
 
 /// `[log]`.

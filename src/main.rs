@@ -29,7 +29,7 @@ enum Command {
     /// The webhook receiver.
     Ingest,
     /// A processor (router, status, notifier).
-    Process { name: String },
+    Process { name: roles::ProcessorName },
     /// A sink.
     Sink { name: SinkName },
     /// The REST API.
@@ -111,10 +111,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Sink { name } => roles::sink(&config, name, runtime::shutdown::on_signals()).await,
         Command::Api => roles::api(&config, runtime::shutdown::on_signals()).await,
         Command::Process { name } => {
-            anyhow::bail!(
-                "processor `{name}` is not built yet; processors are {:?} (see the Processors issue)",
-                processors::NAMES
-            )
+            roles::process(&config, name, runtime::shutdown::on_signals()).await
         }
         Command::Topics {
             command: TopicsCommand::Apply,

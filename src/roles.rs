@@ -118,6 +118,53 @@ pub async fn sink(
     result
 }
 
+/// The processors, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProcessorName {
+    Router,
+    Status,
+    Notifier,
+}
+
+/// Runs one processor.
+pub async fn process(
+    config: &Config,
+    name: ProcessorName,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    match name {
+        ProcessorName::Status => {
+            let role = "process-status";
+            let publisher = config.kafka.publisher(role).await?;
+            let kafka = config.kafka.clone();
+            let capacity = config.processors.status.capacity;
+            let tracker = tokio::task::spawn_blocking(move || {
+                processors::status::stage::rebuild(&kafka, capacity)
+            })
+            .await??;
+            let consumer = config
+                .kafka
+                .consumer(role, &[topics::WHATSAPP_EVENTS, topics::OUTBOUND_RESULTS])?;
+            let stage = processors::status::stage::StatusStage::new(tracker, publisher.clone());
+            let dead_letters = DeadLetters::new(publisher.clone(), "process.status");
+            let result = consume::run(
+                role,
+                consumer,
+                stage,
+                dead_letters,
+                config.sinks.batch.clone(),
+                shutdown,
+            )
+            .await;
+            publisher.flush(Duration::from_secs(5));
+            result
+        }
+        ProcessorName::Router | ProcessorName::Notifier => anyhow::bail!(
+            "the {name:?} processor's state machine exists (processors/src) but its Kafka loop is not wired yet"
+        ),
+    }
+}
+
 /// Runs the API.
 pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     api::serve(&config.api.listen, shutdown).await
@@ -146,6 +193,14 @@ pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         boxed({
             let (c, s) = (config.clone(), shutdown.clone());
             async move { api(&c, s).await }
+        }),
+    );
+    spawn(
+        &mut roles,
+        "process-status".into(),
+        boxed({
+            let (c, s) = (config.clone(), shutdown.clone());
+            async move { process(&c, ProcessorName::Status, s).await }
         }),
     );
     for name in SinkName::ALL {

@@ -102,6 +102,35 @@ async fn statuses_only_move_forward_and_history_is_stored_but_not_pushed() {
         4
     );
     assert_eq!(p.mqtt.count_containing("\"origin\":\"history\""), 0);
+    // The status processor: one transition for the echo, straight to read (it came
+    // first); the later delivered/sent/read reports move nothing.
+    let failed = p.fixture("status_failed", "-s-barrier");
+    let barrier = first_wamid(&failed);
+    assert_eq!(p.post(&failed, APP_SECRET).await, 200);
+    let transitions = support::read_until(
+        &p.config.kafka.brokers,
+        events::topics::MESSAGES_STATUS,
+        &p.phone_number_id,
+        &barrier,
+    )
+    .await;
+    let for_echo: Vec<serde_json::Value> = transitions
+        .iter()
+        .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap())
+        .filter(|t| t["wamid"] == wamid.as_str())
+        .collect();
+    // Every test pipeline in this process runs its own status processor over the
+    // shared topic, so copies may repeat: one step forward means one distinct id.
+    let ids: std::collections::BTreeSet<&str> =
+        for_echo.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{for_echo:?}");
+    assert!(
+        for_echo
+            .iter()
+            .all(|t| t["to"] == "read" && t["from"].is_null()),
+        "{for_echo:?}"
+    );
+    assert_eq!(for_echo[0]["org"], p.org.as_str());
     let sync = p
         .mongo_find("history_syncs", &p.phone_number_id)
         .await

@@ -336,3 +336,37 @@ impl MqttRecorder {
         counts
     }
 }
+
+/// Values of the records keyed `key` on `topic`, from the start until one contains
+/// `until` (a fresh group each call, so nothing is committed for anyone).
+pub async fn read_until(brokers: &str, topic: &str, key: &str, until: &str) -> Vec<String> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", unique()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut found = Vec::new();
+    loop {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{until} never reached {topic}"))
+            .unwrap();
+        if message.key() != Some(key.as_bytes()) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+        let done = value.contains(until);
+        found.push(value);
+        if done {
+            return found;
+        }
+    }
+}

@@ -7,11 +7,29 @@
 //! State is a fold over its own outputs ([`StatusInput::Replayed`]), so a restarted
 //! processor rebuilds it from `messages.status` and re-processed inputs emit nothing new.
 
+pub mod stage;
+
 use std::collections::{HashMap, VecDeque};
 
 use events::delivery::{OutboundResult, StatusTransition};
 use events::event::EventBody;
 use events::{DeliveryStatus, WhatsAppEvent, ids};
+
+/// `[processors.status]`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StatusConfig {
+    /// Messages whose status is remembered (the oldest are forgotten beyond it).
+    pub capacity: usize,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 1_000_000,
+        }
+    }
+}
 
 /// What the machine reads.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +82,23 @@ impl StatusTracker {
         }
         self.advance(&proposed.org, &proposed.wamid, proposed.to);
         Some(StatusTransition { from, ..proposed })
+    }
+
+    /// Undoes `transitions` (newest first), for a batch whose outputs could not be
+    /// written: the retry must see the same state and emit them again.
+    pub fn rewind(&mut self, transitions: &[StatusTransition]) {
+        for t in transitions.iter().rev() {
+            let key = key(&t.org, &t.wamid);
+            match t.from {
+                Some(previous) => {
+                    self.current.insert(key, previous);
+                }
+                None => {
+                    self.current.remove(&key);
+                    self.order.retain(|k| k != &key);
+                }
+            }
+        }
     }
 
     fn advance(&mut self, org: &str, wamid: &str, to: DeliveryStatus) {
@@ -181,6 +216,15 @@ mod tests {
         let out = run(&mut tracker, &["sent", "deleted", "failed", "read"]);
         assert_eq!(out.last().map(|t| t.to), Some(DeliveryStatus::Failed));
         assert_eq!(tracker.status("acme", "w"), Some(DeliveryStatus::Failed));
+    }
+
+    #[test]
+    fn rewind_lets_a_failed_batch_emit_again() {
+        let mut tracker = StatusTracker::new(10);
+        let first = run(&mut tracker, &["sent", "read"]);
+        tracker.rewind(&first);
+        assert_eq!(tracker.status("acme", "w"), None);
+        assert_eq!(run(&mut tracker, &["sent", "read"]), first);
     }
 
     #[test]
