@@ -296,3 +296,147 @@ pub fn report(r: &Report) -> String {
     ));
     out
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Status events to put through (over `messages` distinct messages).
+    #[arg(long, default_value_t = 50_000)]
+    pub events: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: usize,
+}
+
+/// Raw consume of N status events vs. the status processor over the same records
+/// (consume, decode, track, produce the transitions and wait for their acks).
+pub async fn status(config: Config, args: StatusArgs) -> anyhow::Result<(Rate, Rate)> {
+    use events::event::{EventBody, StatusEvent};
+    use processors::status::{StatusInput, StatusTracker};
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    let contract = crate::topics::contract()?;
+    crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
+    let run = format!("bench-{}", std::process::id());
+    // A topic of this run's own, shaped like whatsapp.events, so the range is exact.
+    let topic = format!("bench.status.{}", std::process::id());
+    let bench_contract = crate::topics::Contract {
+        topics: vec![crate::topics::TopicSpec {
+            name: topic.clone(),
+            description: "bench".into(),
+            partitions: 1,
+            key: "phone_number_id".into(),
+            cleanup_policy: "delete".into(),
+            retention_hours: 1,
+            schema: "none".into(),
+            writers: vec![],
+            readers: vec![],
+        }],
+    };
+    crate::topics::apply(
+        &config.kafka,
+        &bench_contract,
+        config.topics.replication_factor,
+    )
+    .await?;
+    let publisher = config.kafka.publisher("bench").await?;
+    let statuses = ["sent", "delivered", "read", "delivered", "read"];
+    let bar = ProgressBar::new(args.events as u64).with_message("producing status events");
+    let sends = (0..args.events).map(|i| {
+        let event = events::WhatsAppEvent {
+            id: format!("{i}"),
+            org: run.clone(),
+            phone_number_id: "1".into(),
+            display_phone_number: String::new(),
+            waba_id: String::new(),
+            received_at_ms: 0,
+            body: EventBody::Status(StatusEvent {
+                wamid: format!("wamid.{}", i % args.messages.max(1)),
+                conversation_id: "1-2".into(),
+                status: statuses[(i / args.messages.max(1)) % statuses.len()].into(),
+                recipient_id: "2".into(),
+                at: i as i64,
+                errors: vec![],
+                raw: serde_json::Value::Null,
+            }),
+        };
+        let (publisher, topic, bar) = (publisher.clone(), topic.clone(), bar.clone());
+        async move {
+            let result = publisher.send_json(&topic, "1", &event, vec![]).await;
+            bar.inc(1);
+            result
+        }
+    });
+    futures::stream::iter(sends)
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    bar.finish();
+
+    let consumer = |group: &str| -> anyhow::Result<StreamConsumer> {
+        let c: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set(
+                "session.timeout.ms",
+                config.kafka.session_timeout_ms.to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                config.kafka.heartbeat_interval_ms.to_string(),
+            )
+            .create()?;
+        c.subscribe(&[&topic])?;
+        Ok(c)
+    };
+    // Raw: consume every record (the clock starts at the first one, after the join).
+    let raw = consumer(&format!("{run}-raw"))?;
+    let first = raw.recv().await?;
+    drop(first);
+    let started = Instant::now();
+    for _ in 1..args.events {
+        let _ = raw.recv().await?;
+    }
+    let raw_rate = Rate {
+        count: args.events,
+        seconds: started.elapsed().as_secs_f64(),
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+    };
+
+    // The status processor's work over the same records.
+    let processor = consumer(&format!("{run}-status"))?;
+    let mut tracker = StatusTracker::new(args.messages * 2);
+    let mut pending = Vec::new();
+    let mut transitions = 0usize;
+    let mut started = None;
+    for _ in 0..args.events {
+        let message = processor.recv().await?;
+        started.get_or_insert_with(Instant::now);
+        let event: events::WhatsAppEvent =
+            events::codec::decode(message.payload().unwrap_or_default())?;
+        if let Some(t) = tracker.handle(StatusInput::Event(&event)) {
+            transitions += 1;
+            let (publisher, topic) = (publisher.clone(), format!("{topic}.out"));
+            pending.push(async move { publisher.send_json(&topic, "1", &t, vec![]).await });
+        }
+        if pending.len() >= 500 {
+            futures::future::try_join_all(pending.drain(..)).await?;
+        }
+    }
+    futures::future::try_join_all(pending).await?;
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    tracing::info!(transitions, "status bench done");
+    Ok((
+        raw_rate,
+        Rate {
+            count: args.events,
+            seconds,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+        },
+    ))
+}

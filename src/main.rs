@@ -77,6 +77,8 @@ enum Command {
 enum BenchCommand {
     /// Signed webhooks over HTTP vs. raw rdkafka produce of the same payloads.
     Ingest(coexist::bench::IngestArgs),
+    /// Status events through the status processor vs. raw consume of the same records.
+    Status(coexist::bench::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -191,6 +193,28 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         } => {
             let report = coexist::bench::ingest(config, args).await?;
             print!("{}", coexist::bench::report(&report));
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::Status(args),
+        } => {
+            let (raw, status) = coexist::bench::status(config, args).await?;
+            println!(
+                "raw consume              {:>7} in {:>6.2} s = {:>8.0} events/s",
+                raw.count,
+                raw.seconds,
+                raw.per_second()
+            );
+            println!(
+                "status processor         {:>7} in {:>6.2} s = {:>8.0} events/s",
+                status.count,
+                status.seconds,
+                status.per_second()
+            );
+            println!(
+                "processor / raw consume: {:.0}%",
+                100.0 * status.per_second() / raw.per_second()
+            );
             Ok(())
         }
         Command::Simulate {
