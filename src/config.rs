@@ -30,6 +30,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProcessorsConfig {
+    pub router: processors::router::stage::RouterStageConfig,
     pub status: processors::status::StatusConfig,
     pub notifier: processors::notifier::NotifierConfig,
 }

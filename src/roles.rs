@@ -159,7 +159,12 @@ pub async fn process(
             publisher.flush(Duration::from_secs(5));
             result
         }
-        ProcessorName::Router | ProcessorName::Notifier => anyhow::bail!(
+        ProcessorName::Router => {
+            let router = config.processors.router.clone();
+            let batch = config.sinks.batch.clone();
+            processors::router::stage::run(&config.kafka, router, batch, shutdown).await
+        }
+        ProcessorName::Notifier => anyhow::bail!(
             "the {name:?} processor's state machine exists (processors/src) but its Kafka loop is not wired yet"
         ),
     }
@@ -193,6 +198,14 @@ pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         boxed({
             let (c, s) = (config.clone(), shutdown.clone());
             async move { api(&c, s).await }
+        }),
+    );
+    spawn(
+        &mut roles,
+        "process-router".into(),
+        boxed({
+            let (c, s) = (config.clone(), shutdown.clone());
+            async move { process(&c, ProcessorName::Router, s).await }
         }),
     );
     spawn(

@@ -182,7 +182,7 @@ pub async fn run<S: Stage>(
 }
 
 /// Waits for the first record (or shutdown), then fills the batch for `max_wait_ms`.
-async fn next_batch(
+pub async fn next_batch(
     consumer: &GroupConsumer,
     config: &LoopConfig,
     shutdown: &CancellationToken,
@@ -246,7 +246,7 @@ async fn send_rejects(
 }
 
 /// Commits the next offset of every partition in the batch.
-fn commit(consumer: &GroupConsumer, batch: &[Record]) -> anyhow::Result<()> {
+pub fn commit(consumer: &GroupConsumer, batch: &[Record]) -> anyhow::Result<()> {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for record in batch {
         let entry = next

@@ -1,0 +1,138 @@
+//! `[processors.router]`: who the agents are, how much each can hold, and how each
+//! business number hands out new conversations.
+//!
+//! Read once at start and passed to [`super::Router::new`]; the machine never looks
+//! anywhere else for policy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::BUSINESS_APP;
+
+/// The router's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouterConfig {
+    /// The policy of every business number not listed in `numbers`.
+    pub default_policy: Policy,
+    /// Per business number (`phone_number_id`) overrides of `default_policy`.
+    pub numbers: BTreeMap<String, Policy>,
+    /// The agents of each org, by org id. Only listed agents are routed to, can claim
+    /// or receive transfers; their `capacity` bounds what policy, claims and transfers
+    /// give them (an admin `ForceAssign` may exceed it).
+    pub orgs: BTreeMap<String, Vec<AgentConfig>>,
+    /// How long an agent may have no online device before their assigned
+    /// conversations go back to the queue (ms).
+    pub offline_grace_ms: i64,
+    /// How far Meta's message timestamps (whole seconds) may lag the router's clock
+    /// (ms). A message sent before a conversation's last change was already seen
+    /// (Meta redelivers for days), so it does not reopen or take a conversation; this
+    /// slack errs on the side of treating a message as new.
+    pub clock_tolerance_ms: i64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: Policy::LeastLoaded,
+            numbers: BTreeMap::new(),
+            orgs: BTreeMap::new(),
+            offline_grace_ms: 120_000,
+            clock_tolerance_ms: 2_000,
+        }
+    }
+}
+
+/// How queued conversations of a business number find an agent. Every policy only
+/// picks agents that are online, under capacity, and not the agent who just released
+/// the conversation back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Policy {
+    /// The next agent by id after the last agent this number assigned, cyclically.
+    RoundRobin,
+    /// The agent with the fewest assigned conversations; ties go to the lower id.
+    LeastLoaded,
+    /// Back to the agent who last handled the conversation (one per contact and
+    /// number) if they did so within `window_ms`; otherwise `LeastLoaded`.
+    Sticky { window_ms: i64 },
+    /// Never routed: conversations wait in the queue until claimed or transferred.
+    Manual,
+}
+
+/// One agent of an org.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub agent_id: String,
+    /// Most conversations the router assigns them at once.
+    pub capacity: usize,
+}
+
+/// A setting the router cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("org {org}: agent {agent_id} is listed twice")]
+    DuplicateAgent { org: String, agent_id: String },
+    #[error("org {org}: `{BUSINESS_APP}` is reserved for the WhatsApp Business app")]
+    ReservedAgentId { org: String },
+    #[error("{field} must not be negative")]
+    Negative { field: &'static str },
+}
+
+impl RouterConfig {
+    /// Checks what serde cannot: unique agent ids, no reserved id, no negative time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (org, agents) in &self.orgs {
+            for (i, agent) in agents.iter().enumerate() {
+                if agent.agent_id == BUSINESS_APP {
+                    return Err(ConfigError::ReservedAgentId { org: org.clone() });
+                }
+                if agents[..i].iter().any(|a| a.agent_id == agent.agent_id) {
+                    return Err(ConfigError::DuplicateAgent {
+                        org: org.clone(),
+                        agent_id: agent.agent_id.clone(),
+                    });
+                }
+            }
+        }
+        let windows = self
+            .numbers
+            .values()
+            .chain([&self.default_policy])
+            .filter_map(|p| match p {
+                Policy::Sticky { window_ms } => Some(*window_ms),
+                _ => None,
+            });
+        for (field, value) in [
+            ("offline_grace_ms", self.offline_grace_ms),
+            ("clock_tolerance_ms", self.clock_tolerance_ms),
+        ]
+        .into_iter()
+        .chain(windows.map(|w| ("sticky window_ms", w)))
+        {
+            if value < 0 {
+                return Err(ConfigError::Negative { field });
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy of a business number.
+    pub fn policy_for(&self, phone_number_id: &str) -> Policy {
+        self.numbers
+            .get(phone_number_id)
+            .copied()
+            .unwrap_or(self.default_policy)
+    }
+
+    /// The agents of an org, in configuration order (none for an unknown org).
+    pub fn agents(&self, org: &str) -> &[AgentConfig] {
+        self.orgs.get(org).map_or(&[], Vec::as_slice)
+    }
+
+    /// One agent of an org, if listed (the first entry if listed twice).
+    pub fn agent(&self, org: &str, agent_id: &str) -> Option<&AgentConfig> {
+        self.agents(org).iter().find(|a| a.agent_id == agent_id)
+    }
+}

@@ -1,0 +1,299 @@
+//! The router on the real broker: a least-loaded burst ends balanced, an agent who
+//! goes offline loses their conversations, and a router killed with SIGKILL mid-burst
+//! restarts to the assignments a run without the kill makes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coexist::Config;
+use events::event::{Direction, EventBody, MessageEvent, Origin};
+use events::inbox::{AssignmentEvent, ConversationState, PresenceEvent, PresenceState};
+use events::{WhatsAppEvent, ids, topics};
+use processors::router::{AgentConfig, Input, Policy, Router};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use support::unique;
+
+/// A deployment has one router group; two test routers over the shared topic would
+/// each route the other's conversations too (queued, for want of its agents). So the
+/// router tests take turns.
+static ONE_ROUTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const AGENTS: usize = 5;
+const CAPACITY: usize = 10;
+const BURST: usize = 40;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+struct Scenario {
+    config: Config,
+    org: String,
+    number: String,
+    publisher: runtime::Publisher,
+}
+
+impl Scenario {
+    async fn new(name: &str) -> Self {
+        let id = unique();
+        let mut config = Config::load(None).unwrap();
+        let org = format!("{name}-{id}");
+        config.kafka.client_id = format!("test-router-{id}");
+        let router = &mut config.processors.router;
+        router.router.default_policy = Policy::LeastLoaded;
+        router.router.offline_grace_ms = 300;
+        router.tick_ms = 100;
+        let agents = (0..AGENTS)
+            .map(|i| AgentConfig {
+                agent_id: format!("agent{i}"),
+                capacity: CAPACITY,
+            })
+            .collect();
+        router.router.orgs = BTreeMap::from([(org.clone(), agents)]);
+        coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
+            .await
+            .unwrap();
+        let publisher = config.kafka.publisher("router-test").await.unwrap();
+        Self {
+            config,
+            number: format!("6{id}"),
+            org,
+            publisher,
+        }
+    }
+
+    fn presence(&self, agent: usize, state: PresenceState) -> PresenceEvent {
+        PresenceEvent {
+            org: self.org.clone(),
+            agent_id: format!("agent{agent}"),
+            device_id: "phone".into(),
+            state,
+            conversation_id: None,
+            at_ms: now_ms(),
+        }
+    }
+
+    async fn send_presence(&self, event: &PresenceEvent) {
+        self.publisher
+            .send_json(topics::AGENTS_PRESENCE, &self.org, event, vec![])
+            .await
+            .unwrap();
+    }
+
+    fn message(&self, i: usize) -> WhatsAppEvent {
+        let contact = format!("1555{i:07}");
+        WhatsAppEvent {
+            id: format!("wamid.router.{}.{i}", self.number),
+            org: self.org.clone(),
+            phone_number_id: self.number.clone(),
+            display_phone_number: String::new(),
+            waba_id: String::new(),
+            received_at_ms: now_ms(),
+            body: EventBody::Message(MessageEvent {
+                wamid: format!("wamid.router.{}.{i}", self.number),
+                conversation_id: ids::conversation_id(&self.number, &contact),
+                contact_wa_id: contact,
+                contact_name: None,
+                direction: Direction::Inbound,
+                origin: Origin::Customer,
+                sent_at: now_ms() / 1000,
+                message_type: "text".into(),
+                preview: Some("hi".into()),
+                reply_to: None,
+                media: None,
+                history_status: None,
+                raw: serde_json::Value::Null,
+            }),
+        }
+    }
+
+    async fn send_messages(&self, range: std::ops::Range<usize>) {
+        for i in range {
+            let event = self.message(i);
+            self.publisher
+                .send_json(topics::WHATSAPP_EVENTS, &self.number, &event, vec![])
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Reads this number's assignments from the start until `done` holds for the
+    /// current owners; returns every output read, in order.
+    async fn assignments_until(
+        &self,
+        what: &str,
+        done: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> Vec<AssignmentEvent> {
+        // No consumer group: every partition assigned explicitly from its start, so
+        // nothing depends on a group's join or offset reset.
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.config.kafka.brokers)
+            .set("group.id", format!("reader-{}", unique()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(
+                Some(topics::CONVERSATION_ASSIGNMENTS),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            assignment
+                .add_partition_offset(
+                    topics::CONVERSATION_ASSIGNMENTS,
+                    partition.id(),
+                    rdkafka::Offset::Beginning,
+                )
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let mut outputs = Vec::new();
+        loop {
+            let owners = owners(&outputs);
+            if done(&owners) {
+                return outputs;
+            }
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}; owners now {owners:?}"))
+                .unwrap();
+            if message.key() == Some(self.number.as_bytes()) {
+                outputs.push(events::codec::decode(message.payload().unwrap()).unwrap());
+            }
+        }
+    }
+}
+
+/// Conversation → current owner, folded from the outputs in order.
+fn owners(outputs: &[AssignmentEvent]) -> BTreeMap<String, String> {
+    let mut owners = BTreeMap::new();
+    for a in outputs.iter().filter(|a| a.rejected.is_none()) {
+        match (&a.state, &a.assignee) {
+            (ConversationState::Assigned, Some(agent)) => {
+                owners.insert(a.conversation_id.clone(), agent.clone())
+            }
+            _ => owners.remove(&a.conversation_id),
+        };
+    }
+    owners
+}
+
+fn loads(owners: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut loads = BTreeMap::new();
+    for agent in owners.values() {
+        *loads.entry(agent.clone()).or_default() += 1;
+    }
+    loads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_loaded_burst_ends_balanced_and_an_offline_agent_is_relieved() {
+    let _turn = ONE_ROUTER_AT_A_TIME.lock().await;
+    let s = Scenario::new("balance").await;
+    for agent in 0..AGENTS {
+        s.send_presence(&s.presence(agent, PresenceState::Online))
+            .await;
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (config, stop) = (s.config.clone(), shutdown.clone());
+    let router = tokio::spawn(async move {
+        coexist::roles::process(&config, coexist::roles::ProcessorName::Router, stop).await
+    });
+    s.send_messages(0..BURST).await;
+    let outputs = s
+        .assignments_until("the burst to be assigned", |o| o.len() == BURST)
+        .await;
+    let per_agent = loads(&owners(&outputs));
+    assert_eq!(per_agent.len(), AGENTS, "{per_agent:?}");
+    assert!(
+        per_agent.values().all(|&n| n == BURST / AGENTS),
+        "not balanced: {per_agent:?}"
+    );
+
+    // agent0 goes offline: after the grace, its conversations go to the others.
+    s.send_presence(&s.presence(0, PresenceState::Offline))
+        .await;
+    let outputs = s
+        .assignments_until("agent0's conversations to move", |o| {
+            o.len() == BURST && !o.values().any(|agent| agent == "agent0")
+        })
+        .await;
+    let per_agent = loads(&owners(&outputs));
+    assert!(
+        per_agent.values().all(|&n| n <= CAPACITY),
+        "over capacity: {per_agent:?}"
+    );
+    shutdown.cancel();
+    router.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_mid_burst_restarts_to_the_same_assignments() {
+    let _turn = ONE_ROUTER_AT_A_TIME.lock().await;
+    let s = Scenario::new("sigkill").await;
+    let presence: Vec<PresenceEvent> = (0..AGENTS)
+        .map(|a| s.presence(a, PresenceState::Online))
+        .collect();
+    for event in &presence {
+        s.send_presence(event).await;
+    }
+    // The router as its own process, configured through a file like any deployment.
+    let file = std::env::temp_dir().join(format!("coexist-router-{}.toml", unique()));
+    std::fs::write(&file, toml::to_string(&s.config).unwrap()).unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+            .args(["-c", file.to_str().unwrap(), "process", "router"])
+            .env("COEXIST_LOG_LEVEL", "warn")
+            .spawn()
+            .expect("start coexist process router")
+    };
+    let mut router = start();
+    s.send_messages(0..BURST / 2).await;
+    s.assignments_until("the first assignments", |o| o.len() >= 5)
+        .await;
+    router.kill().unwrap(); // SIGKILL: no flush, no commit
+    router.wait().unwrap();
+    s.send_messages(BURST / 2..BURST).await;
+    let mut router = start();
+    let outputs = s
+        .assignments_until("the whole burst after the restart", |o| o.len() == BURST)
+        .await;
+    router.kill().unwrap();
+    router.wait().unwrap();
+    let _ = std::fs::remove_file(&file);
+
+    // The same inputs through the pure machine: the run without a kill.
+    let mut oracle = Router::new(s.config.processors.router.router.clone());
+    let mut expected = Vec::new();
+    for event in presence {
+        expected.extend(oracle.handle(Input::Presence(event), now_ms()));
+    }
+    for i in 0..BURST {
+        expected.extend(oracle.handle(Input::Event(Box::new(s.message(i))), now_ms()));
+    }
+    assert_eq!(owners(&outputs), owners(&expected));
+    // Downstream never saw one conversation given to two agents: every output for a
+    // conversation names the same owner.
+    let mut first_owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for a in outputs
+        .iter()
+        .filter(|a| a.state == ConversationState::Assigned)
+    {
+        let owner = a.assignee.as_deref().unwrap_or_default();
+        let seen = first_owner.entry(&a.conversation_id).or_insert(owner);
+        assert_eq!(
+            *seen, owner,
+            "conversation {} was given to two agents",
+            a.conversation_id
+        );
+    }
+}
