@@ -164,9 +164,11 @@ pub async fn process(
             let batch = config.sinks.batch.clone();
             processors::router::stage::run(&config.kafka, router, batch, shutdown).await
         }
-        ProcessorName::Notifier => anyhow::bail!(
-            "the {name:?} processor's state machine exists (processors/src) but its Kafka loop is not wired yet"
-        ),
+        ProcessorName::Notifier => {
+            let notifier = config.processors.notifier.clone();
+            let batch = config.sinks.batch.clone();
+            processors::notifier::stage::run(&config.kafka, notifier, batch, shutdown).await
+        }
     }
 }
 
@@ -206,6 +208,14 @@ pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         boxed({
             let (c, s) = (config.clone(), shutdown.clone());
             async move { process(&c, ProcessorName::Router, s).await }
+        }),
+    );
+    spawn(
+        &mut roles,
+        "process-notifier".into(),
+        boxed({
+            let (c, s) = (config.clone(), shutdown.clone());
+            async move { process(&c, ProcessorName::Notifier, s).await }
         }),
     );
     spawn(

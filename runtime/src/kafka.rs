@@ -84,14 +84,26 @@ impl KafkaConfig {
         format!("{}-{role}", self.client_id)
     }
 
-    /// A consumer in `role`'s group that commits only when told to.
+    /// A consumer in `role`'s group that commits only when told to; a new group
+    /// starts at the earliest record.
     pub fn consumer(&self, role: &str, topics: &[&str]) -> Result<GroupConsumer, KafkaError> {
+        self.consumer_from(role, topics, "earliest")
+    }
+
+    /// Like [`Self::consumer`], with where a new group starts: `earliest`, or `latest`
+    /// for a stage about the present (the notifier must not push history).
+    pub fn consumer_from(
+        &self,
+        role: &str,
+        topics: &[&str],
+        reset: &str,
+    ) -> Result<GroupConsumer, KafkaError> {
         let consumer: GroupConsumer = self
             .base(role)
             .set("group.id", self.group_id(role))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", reset)
             // We never use transactions (effectively-once comes from deterministic ids
             // and idempotent writes), so read_committed buys nothing; and tansu's last
             // stable offset can lag its high watermark, which stalls such consumers.

@@ -4,6 +4,8 @@
 //! collapse window, and at most `max_per_minute` per agent. Pure: the Kafka loop feeds
 //! it assignments, inbound messages and presence, and produces what it returns.
 
+pub mod stage;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use events::WhatsAppEvent;
@@ -58,6 +60,19 @@ impl Notifier {
             config,
             ..Self::default()
         }
+    }
+
+    /// Learns who owns a conversation without pushing or spending any rate limit:
+    /// how state is rebuilt from `conversations.assignments` at start.
+    pub fn remember(&mut self, a: &AssignmentEvent) {
+        if a.rejected.is_some() {
+            return;
+        }
+        let key = format!("{}:{}", a.org, a.conversation_id);
+        match (a.state, &a.assignee) {
+            (ConversationState::Assigned, Some(agent)) => self.owners.insert(key, agent.clone()),
+            _ => self.owners.remove(&key),
+        };
     }
 
     /// Feeds one input at `now_ms`; returns the push to send, if any.
@@ -297,6 +312,25 @@ mod tests {
             n.handle(
                 NotifierInput::Event(&message("m3", "c1", Origin::Customer)),
                 70_000
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn remembering_owners_spends_no_rate_limit() {
+        let mut n = Notifier::new(NotifierConfig {
+            collapse_window_ms: 60_000,
+            max_per_minute: 1,
+        });
+        for i in 0..5 {
+            n.remember(&assign(&format!("c{i}"), "ann"));
+        }
+        // Known owner: the next customer message pushes at once.
+        assert!(
+            n.handle(
+                NotifierInput::Event(&message("m1", "c3", Origin::Customer)),
+                0
             )
             .is_some()
         );

@@ -14,19 +14,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::Message;
+use rdkafka::consumer::StreamConsumer;
 use runtime::consume::{self, DeadLetters, LoopConfig};
 use runtime::{KafkaConfig, Publisher, Record};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Input, Router, RouterConfig};
+use crate::table;
 
 const ROLE: &str = "process-router";
-
-/// `(partition, offset)` pairs: where a topic ended when it was read.
-type PartitionEnds = Vec<(i32, i64)>;
 
 /// `[processors.router]` plus the loop's own setting.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -51,8 +49,11 @@ pub async fn run(
     let mut router = Router::new(config.router.clone());
     let replayed = {
         let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || read_whole(&kafka, topics::CONVERSATION_ASSIGNMENTS))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            table::read_whole(&kafka, topics::CONVERSATION_ASSIGNMENTS, "router-rebuild")
+        })
+        .await??
+        .0
     };
     let count = replayed.len();
     for value in replayed {
@@ -68,8 +69,10 @@ pub async fn run(
     // Who is online, before routing anything: the presence table up to now, then live.
     let (presence_table, ends) = {
         let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || read_whole_with_ends(&kafka, topics::AGENTS_PRESENCE))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            table::read_whole(&kafka, topics::AGENTS_PRESENCE, "router-presence")
+        })
+        .await??
     };
     let mut startup_outputs = Vec::new();
     tracing::info!(records = presence_table.len(), ?ends, "presence table read");
@@ -84,9 +87,10 @@ pub async fn run(
         return Ok(());
     }
     let (presence_tx, mut presence) = mpsc::channel(1024);
-    let presence_task = tokio::spawn(read_presence(
-        kafka.clone(),
-        ends,
+    let presence_consumer =
+        table::stream_from(kafka, topics::AGENTS_PRESENCE, &ends, "router-presence")?;
+    let presence_task = tokio::spawn(forward_presence(
+        presence_consumer,
         presence_tx,
         shutdown.clone(),
     ));
@@ -170,67 +174,19 @@ async fn publish(
     }
 }
 
-/// Every value of `topic`, from the start to its end as of now.
-fn read_whole(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
-    Ok(read_whole_with_ends(kafka, topic)?.0)
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
-/// Like [`read_whole`], also returning each partition's end offset (where to go on).
-fn read_whole_with_ends(
-    kafka: &KafkaConfig,
-    topic: &str,
-) -> anyhow::Result<(Vec<Vec<u8>>, PartitionEnds)> {
-    let consumer: BaseConsumer = reader(kafka, "rebuild")?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = std::collections::HashMap::new();
-    let mut ends = Vec::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        ends.push((partition.id(), high));
-        if low < high {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
-            remaining.insert(partition.id(), high);
-        }
-    }
-    let mut values = Vec::new();
-    if remaining.is_empty() {
-        return Ok((values, ends));
-    }
-    consumer.assign(&assignment)?;
-    while !remaining.is_empty() {
-        let message = consumer
-            .poll(timeout)
-            .ok_or_else(|| anyhow::anyhow!("{topic} stopped answering"))??;
-        values.push(message.payload().unwrap_or_default().to_vec());
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            remaining.remove(&message.partition());
-        }
-    }
-    Ok((values, ends))
-}
-
-/// Streams `agents.presence`, every partition from `from` on, into `tx`.
-async fn read_presence(
-    kafka: KafkaConfig,
-    from: PartitionEnds,
+/// Forwards decoded presence events from a live table reader to the loop.
+pub(crate) async fn forward_presence(
+    consumer: StreamConsumer,
     tx: mpsc::Sender<PresenceEvent>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = reader(&kafka, "presence")?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, offset) in from {
-        assignment.add_partition_offset(
-            topics::AGENTS_PRESENCE,
-            partition,
-            Offset::Offset(offset),
-        )?;
-    }
-    consumer.assign(&assignment)?;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -242,23 +198,4 @@ async fn read_presence(
             return Ok(());
         }
     }
-}
-
-fn reader<C: rdkafka::consumer::Consumer + rdkafka::config::FromClientConfig>(
-    kafka: &KafkaConfig,
-    purpose: &str,
-) -> anyhow::Result<C> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("{}-router-{purpose}", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()?)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

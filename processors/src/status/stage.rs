@@ -2,12 +2,8 @@
 //! `messages.outbound.results` in, `messages.status` out. At start the tracker is
 //! rebuilt from `messages.status` itself, so a restart neither forgets nor repeats.
 
-use std::time::Duration;
-
 use events::delivery::{OutboundResult, StatusTransition};
 use events::{WhatsAppEvent, codec, topics};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
 
 use super::{StatusInput, StatusTracker};
@@ -62,51 +58,14 @@ impl Stage for StatusStage {
 }
 
 /// Reads `messages.status` from the start to its current end into a tracker.
+/// Blocking: call it from `spawn_blocking`.
 pub fn rebuild(kafka: &KafkaConfig, capacity: usize) -> anyhow::Result<StatusTracker> {
     let mut tracker = StatusTracker::new(capacity);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("{}-status-rebuild", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topics::MESSAGES_STATUS), timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = std::collections::HashMap::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) =
-            consumer.fetch_watermarks(topics::MESSAGES_STATUS, partition.id(), timeout)?;
-        if low < high {
-            assignment.add_partition_offset(
-                topics::MESSAGES_STATUS,
-                partition.id(),
-                Offset::Offset(low),
-            )?;
-            remaining.insert(partition.id(), high);
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(tracker);
-    }
-    consumer.assign(&assignment)?;
-    let mut replayed = 0u64;
-    while !remaining.is_empty() {
-        let Some(message) = consumer.poll(timeout) else {
-            anyhow::bail!("messages.status stopped answering during the rebuild");
-        };
-        let message = message?;
-        if let Ok(transition) =
-            codec::decode::<StatusTransition>(message.payload().unwrap_or_default())
-        {
+    let (values, _) = crate::table::read_whole(kafka, topics::MESSAGES_STATUS, "status-rebuild")?;
+    let replayed = values.len();
+    for value in values {
+        if let Ok(transition) = codec::decode::<StatusTransition>(&value) {
             tracker.handle(StatusInput::Replayed(&transition));
-            replayed += 1;
-        }
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            remaining.remove(&message.partition());
         }
     }
     tracing::info!(

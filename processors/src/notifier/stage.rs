@@ -1,0 +1,126 @@
+//! The notifier's Kafka edge: `conversations.assignments` and `whatsapp.events` in
+//! (its group), `agents.presence` as a table, `notifications.push` out (keyed by
+//! agent). At start it folds the assignments and presence so far into its state
+//! with pushes suppressed: a restart must not push old news again.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use events::inbox::{AssignmentEvent, PresenceEvent};
+use events::{WhatsAppEvent, codec, topics};
+use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::{KafkaConfig, Record};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Notifier, NotifierConfig, NotifierInput};
+use crate::router::stage::forward_presence;
+use crate::table;
+
+const ROLE: &str = "process-notifier";
+
+/// Runs the notifier until `shutdown`.
+pub async fn run(
+    kafka: &KafkaConfig,
+    config: NotifierConfig,
+    batch: LoopConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let publisher = kafka.publisher(ROLE).await?;
+    let dead_letters = DeadLetters::new(publisher.clone(), "process.notifier");
+    let mut notifier = Notifier::new(config);
+    let (assignments, presence_table, presence_ends) = {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (assignments, _) =
+                table::read_whole(&kafka, topics::CONVERSATION_ASSIGNMENTS, "notifier-rebuild")?;
+            let (presence, ends) =
+                table::read_whole(&kafka, topics::AGENTS_PRESENCE, "notifier-presence")?;
+            Ok((assignments, presence, ends))
+        })
+        .await??
+    };
+    let now = now_ms();
+    for value in &presence_table {
+        if let Ok(event) = codec::decode::<PresenceEvent>(value) {
+            notifier.handle(NotifierInput::Presence(&event), now);
+        }
+    }
+    for value in &assignments {
+        if let Ok(assignment) = codec::decode::<AssignmentEvent>(value) {
+            notifier.remember(&assignment);
+        }
+    }
+    tracing::info!(
+        assignments = assignments.len(),
+        presence = presence_table.len(),
+        "notifier rebuilt"
+    );
+
+    let (presence_tx, mut presence) = mpsc::channel(1024);
+    let presence_consumer = table::stream_from(
+        kafka,
+        topics::AGENTS_PRESENCE,
+        &presence_ends,
+        "notifier-presence",
+    )?;
+    let presence_task = tokio::spawn(forward_presence(
+        presence_consumer,
+        presence_tx,
+        shutdown.clone(),
+    ));
+    // A new notifier starts at the present: pushes about history are noise.
+    let consumer = kafka.consumer_from(
+        ROLE,
+        &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS],
+        "latest",
+    )?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(event) = presence.recv() => {
+                notifier.handle(NotifierInput::Presence(&event), now_ms());
+            }
+            batch_result = consume::next_batch(&consumer, &batch, &shutdown) => {
+                let Some(records) = batch_result? else { break };
+                let mut pushes = Vec::new();
+                for record in &records {
+                    match push_for(&mut notifier, record) {
+                        Ok(push) => pushes.extend(push),
+                        Err(reason) => dead_letters.send(record, &reason).await?,
+                    }
+                }
+                let sends = pushes.iter().map(|p| publisher.send_json(topics::NOTIFICATIONS_PUSH, &p.agent_id, p, vec![]));
+                // A push that cannot be produced is retried by redoing the batch; the
+                // collapse window then drops it, so push is at most once per window.
+                futures::future::try_join_all(sends).await?;
+                consume::commit(&consumer, &records)?;
+            }
+        }
+    }
+    presence_task.abort();
+    publisher.flush(Duration::from_secs(5));
+    Ok(())
+}
+
+fn push_for(
+    notifier: &mut Notifier,
+    record: &Record,
+) -> Result<Option<events::delivery::PushNotification>, String> {
+    let now = now_ms();
+    match record.topic.as_str() {
+        topics::CONVERSATION_ASSIGNMENTS => codec::decode::<AssignmentEvent>(&record.value)
+            .map(|a| notifier.handle(NotifierInput::Assignment(&a), now))
+            .map_err(|e| format!("not an assignment: {e}")),
+        topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
+            .map(|e| notifier.handle(NotifierInput::Event(&e), now))
+            .map_err(|e| format!("not a whatsapp event: {e}")),
+        other => Err(format!("the notifier does not read {other}")),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
