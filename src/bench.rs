@@ -176,13 +176,7 @@ pub async fn ingest(mut config: Config, args: IngestArgs) -> anyhow::Result<Repo
         |(signature, body)| {
             let (http, url) = (http.clone(), url.clone());
             async move {
-                let response = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-hub-signature-256", signature)
-                    .body(body)
-                    .send()
-                    .await;
+                let response = crate::simulate::post_webhook(&http, &url, signature, body).await;
                 response.is_ok_and(|r| r.status().is_success())
             }
         },

@@ -119,13 +119,7 @@ pub async fn inbound(
         )
         .to_string();
         let signature = ingest::signature::sign(body.as_bytes(), secret.expose());
-        let response = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("x-hub-signature-256", signature)
-            .body(body)
-            .send()
-            .await;
+        let response = post_webhook(&http, &url, signature, body).await;
         match response {
             Ok(r) if r.status().is_success() => {
                 tracing::info!(%number, %contact, %wamid, "simulated inbound message")
@@ -136,6 +130,21 @@ pub async fn inbound(
         sent += 1;
     }
     Ok(())
+}
+
+/// POSTs a webhook body with its signature, as Meta does.
+pub async fn post_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    signature: String,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
 }
 
 fn now_secs() -> u64 {

@@ -8,8 +8,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use coexist::Config;
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use support::{APP_SECRET, first_wamid, unique};
 
@@ -133,50 +131,14 @@ impl Ingest {
         until: &str,
         nth: usize,
     ) -> Vec<(String, Vec<(String, String)>)> {
-        let mut matches = 0;
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.config.kafka.brokers)
-            .set("group.id", format!("reader-{}", unique()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        let mut found = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let message = tokio::time::timeout_at(deadline, consumer.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{until} never reached {topic}"))
-                .unwrap();
-            let key = message
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default();
-            if key != self.phone_number_id {
-                continue;
-            }
-            let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
-            let headers = rdkafka::message::Headers::iter(
-                message
-                    .headers()
-                    .unwrap_or(rdkafka::message::OwnedHeaders::new().as_borrowed()),
-            )
-            .map(|h| {
-                (
-                    h.key.to_string(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                )
-            })
-            .collect();
-            matches += usize::from(value.contains(until));
-            found.push((value, headers));
-            if matches == nth {
-                return found;
-            }
-        }
+        support::read_records(
+            &self.config.kafka.brokers,
+            topic,
+            &self.phone_number_id,
+            until,
+            nth,
+        )
+        .await
     }
 
     /// Ids of the events on `whatsapp.events` up to and including `until`.

@@ -340,8 +340,25 @@ impl MqttRecorder {
 /// Values of the records keyed `key` on `topic`, from the start until one contains
 /// `until` (a fresh group each call, so nothing is committed for anyone).
 pub async fn read_until(brokers: &str, topic: &str, key: &str, until: &str) -> Vec<String> {
+    read_records(brokers, topic, key, until, 1)
+        .await
+        .into_iter()
+        .map(|(value, _)| value)
+        .collect()
+}
+
+/// Records keyed `key` on `topic` (value and headers), from the start until the
+/// `nth` one containing `until`.
+pub async fn read_records(
+    brokers: &str,
+    topic: &str,
+    key: &str,
+    until: &str,
+    nth: usize,
+) -> Vec<(String, Vec<(String, String)>)> {
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{}", unique()))
@@ -354,6 +371,7 @@ pub async fn read_until(brokers: &str, topic: &str, key: &str, until: &str) -> V
     consumer.subscribe(&[topic]).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut found = Vec::new();
+    let mut matches = 0;
     loop {
         let message = tokio::time::timeout_at(deadline, consumer.recv())
             .await
@@ -363,9 +381,22 @@ pub async fn read_until(brokers: &str, topic: &str, key: &str, until: &str) -> V
             continue;
         }
         let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
-        let done = value.contains(until);
-        found.push(value);
-        if done {
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        matches += usize::from(value.contains(until));
+        found.push((value, headers));
+        if matches == nth {
             return found;
         }
     }
