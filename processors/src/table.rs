@@ -2,7 +2,7 @@
 //! state from its own outputs at start, and how presence is kept as a table (every
 //! instance reads all of `agents.presence`, DESIGN.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -28,42 +28,51 @@ fn reader<C: Consumer + rdkafka::config::FromClientConfig>(
 }
 
 /// Every value of `topic` from the start to its end as of now, and where it ended.
+/// "The end" is where librdkafka reports end-of-partition for every partition, not a
+/// watermark fetched beforehand: on a freshly created topic tansu's ListOffsets
+/// answer could lag what a fetch returns, and a rebuild then missed records.
 /// Blocking: call it from `spawn_blocking`.
 pub fn read_whole(
     kafka: &KafkaConfig,
     topic: &str,
     purpose: &str,
 ) -> anyhow::Result<(Vec<Vec<u8>>, PartitionEnds)> {
-    let consumer: BaseConsumer = reader(kafka, purpose)?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("{}-{purpose}", kafka.client_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
-    let mut remaining = HashMap::new();
-    let mut ends = Vec::new();
+    let mut next: HashMap<i32, i64> = HashMap::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), TIMEOUT)?;
-        ends.push((partition.id(), high));
-        if low < high {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
-            remaining.insert(partition.id(), high);
-        }
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+        next.insert(partition.id(), 0);
     }
     let mut values = Vec::new();
-    if remaining.is_empty() {
-        return Ok((values, ends));
+    if next.is_empty() {
+        return Ok((values, Vec::new()));
     }
     consumer.assign(&assignment)?;
-    while !remaining.is_empty() {
-        let message = consumer
-            .poll(TIMEOUT)
-            .ok_or_else(|| anyhow::anyhow!("{topic} stopped answering"))??;
-        values.push(message.payload().unwrap_or_default().to_vec());
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|end| message.offset() + 1 >= *end)
-        {
-            remaining.remove(&message.partition());
+    let mut at_end: HashSet<i32> = HashSet::new();
+    while at_end.len() < next.len() {
+        match consumer.poll(TIMEOUT) {
+            None => anyhow::bail!("{topic} stopped answering"),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(message)) => {
+                values.push(message.payload().unwrap_or_default().to_vec());
+                next.insert(message.partition(), message.offset() + 1);
+                at_end.remove(&message.partition());
+            }
         }
     }
+    let mut ends: PartitionEnds = next.into_iter().collect();
+    ends.sort_unstable();
     Ok((values, ends))
 }
 
