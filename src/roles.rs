@@ -126,6 +126,23 @@ pub enum ProcessorName {
     Notifier,
 }
 
+impl ProcessorName {
+    pub const ALL: [ProcessorName; 3] = [
+        ProcessorName::Router,
+        ProcessorName::Notifier,
+        ProcessorName::Status,
+    ];
+
+    /// `process-router`: the role name in logs.
+    pub fn role(self) -> String {
+        let name = self
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        format!("process-{name}")
+    }
+}
+
 /// Runs one processor.
 pub async fn process(
     config: &Config,
@@ -202,30 +219,14 @@ pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             async move { api(&c, s).await }
         }),
     );
-    spawn(
-        &mut roles,
-        "process-router".into(),
-        boxed({
-            let (c, s) = (config.clone(), shutdown.clone());
-            async move { process(&c, ProcessorName::Router, s).await }
-        }),
-    );
-    spawn(
-        &mut roles,
-        "process-notifier".into(),
-        boxed({
-            let (c, s) = (config.clone(), shutdown.clone());
-            async move { process(&c, ProcessorName::Notifier, s).await }
-        }),
-    );
-    spawn(
-        &mut roles,
-        "process-status".into(),
-        boxed({
-            let (c, s) = (config.clone(), shutdown.clone());
-            async move { process(&c, ProcessorName::Status, s).await }
-        }),
-    );
+    for name in ProcessorName::ALL {
+        let (c, s) = (config.clone(), shutdown.clone());
+        spawn(
+            &mut roles,
+            name.role(),
+            boxed(async move { process(&c, name, s).await }),
+        );
+    }
     for name in SinkName::ALL {
         let (c, s) = (config.clone(), shutdown.clone());
         spawn(

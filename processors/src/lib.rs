@@ -7,6 +7,3 @@ pub mod notifier;
 pub mod router;
 pub mod status;
 pub mod table;
-
-/// The processors a deployment can run, by name.
-pub const NAMES: &[&str] = &["router", "status", "notifier"];

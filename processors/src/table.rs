@@ -5,26 +5,29 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use events::inbox::PresenceEvent;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use runtime::KafkaConfig;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// `(partition, offset)` pairs: where a topic ended when it was read.
 pub type PartitionEnds = Vec<(i32, i64)>;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A group-less reader (the group id only names the client; nothing is committed).
-fn reader<C: Consumer + rdkafka::config::FromClientConfig>(
-    kafka: &KafkaConfig,
-    purpose: &str,
-) -> anyhow::Result<C> {
-    Ok(ClientConfig::new()
+/// Settings of a group-less reader (the group id only names the client; nothing is
+/// committed).
+fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("{}-{purpose}", kafka.client_id))
         .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()?)
+        .set("isolation.level", "read_uncommitted");
+    config
 }
 
 /// Every value of `topic` from the start to its end as of now, and where it ended.
@@ -37,12 +40,8 @@ pub fn read_whole(
     topic: &str,
     purpose: &str,
 ) -> anyhow::Result<(Vec<Vec<u8>>, PartitionEnds)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("{}-{purpose}", kafka.client_id))
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer = reader_config(kafka, purpose)
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_uncommitted")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
@@ -83,11 +82,41 @@ pub fn stream_from(
     from: &PartitionEnds,
     purpose: &str,
 ) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = reader(kafka, purpose)?;
+    let consumer: StreamConsumer = reader_config(kafka, purpose).create()?;
     let mut assignment = TopicPartitionList::new();
     for (partition, offset) in from {
         assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
     consumer.assign(&assignment)?;
     Ok(consumer)
+}
+
+/// Presence as it happens: decoded `agents.presence` events from `from` on, for a
+/// processor's loop to select on next to its own inputs.
+pub fn presence_feed(
+    kafka: &KafkaConfig,
+    from: &PartitionEnds,
+    purpose: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    mpsc::Receiver<PresenceEvent>,
+    JoinHandle<anyhow::Result<()>>,
+)> {
+    let consumer = stream_from(kafka, events::topics::AGENTS_PRESENCE, from, purpose)?;
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                message = consumer.recv() => message?,
+            };
+            if let Ok(event) =
+                events::codec::decode::<PresenceEvent>(message.payload().unwrap_or_default())
+                && tx.send(event).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+    });
+    Ok((rx, task))
 }

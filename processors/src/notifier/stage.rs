@@ -9,11 +9,9 @@ use events::inbox::{AssignmentEvent, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
 use runtime::consume::{self, DeadLetters, LoopConfig};
 use runtime::{KafkaConfig, Record};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Notifier, NotifierConfig, NotifierInput};
-use crate::router::stage::forward_presence;
 use crate::table;
 
 const ROLE: &str = "process-notifier";
@@ -56,18 +54,8 @@ pub async fn run(
         "notifier rebuilt"
     );
 
-    let (presence_tx, mut presence) = mpsc::channel(1024);
-    let presence_consumer = table::stream_from(
-        kafka,
-        topics::AGENTS_PRESENCE,
-        &presence_ends,
-        "notifier-presence",
-    )?;
-    let presence_task = tokio::spawn(forward_presence(
-        presence_consumer,
-        presence_tx,
-        shutdown.clone(),
-    ));
+    let (mut presence, presence_task) =
+        table::presence_feed(kafka, &presence_ends, "notifier-presence", shutdown.clone())?;
     // A new notifier starts at the present: pushes about history are noise.
     let consumer = kafka.consumer_from(
         ROLE,

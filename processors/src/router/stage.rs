@@ -14,11 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
-use rdkafka::Message;
-use rdkafka::consumer::StreamConsumer;
 use runtime::consume::{self, DeadLetters, LoopConfig};
 use runtime::{KafkaConfig, Publisher, Record};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Input, Router, RouterConfig};
@@ -86,14 +83,8 @@ pub async fn run(
     if !publish(&publisher, &startup_outputs, &shutdown).await {
         return Ok(());
     }
-    let (presence_tx, mut presence) = mpsc::channel(1024);
-    let presence_consumer =
-        table::stream_from(kafka, topics::AGENTS_PRESENCE, &ends, "router-presence")?;
-    let presence_task = tokio::spawn(forward_presence(
-        presence_consumer,
-        presence_tx,
-        shutdown.clone(),
-    ));
+    let (mut presence, presence_task) =
+        table::presence_feed(kafka, &ends, "router-presence", shutdown.clone())?;
     let consumer = kafka.consumer(
         ROLE,
         &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS],
@@ -179,23 +170,4 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
-}
-
-/// Forwards decoded presence events from a live table reader to the loop.
-pub(crate) async fn forward_presence(
-    consumer: StreamConsumer,
-    tx: mpsc::Sender<PresenceEvent>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = consumer.recv() => message?,
-        };
-        if let Ok(event) = codec::decode::<PresenceEvent>(message.payload().unwrap_or_default())
-            && tx.send(event).await.is_err()
-        {
-            return Ok(());
-        }
-    }
 }
