@@ -60,7 +60,7 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Play Meta's side: send signed webhooks to the receiver.
+    /// Play Meta's and Expo's side: signed webhooks in, Graph API and Expo out.
     Simulate {
         #[command(subcommand)]
         command: SimulateCommand,
@@ -85,6 +85,8 @@ enum BenchCommand {
 enum SimulateCommand {
     /// Customers writing in: signed inbound text webhooks at a steady rate.
     Inbound(coexist::simulate::InboundArgs),
+    /// Answer as Meta's Graph API and Expo's push service on one port.
+    Serve(coexist::simulate::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +222,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Simulate {
             command: SimulateCommand::Inbound(args),
         } => coexist::simulate::inbound(&config, args, runtime::shutdown::on_signals()).await,
+        Command::Simulate {
+            command: SimulateCommand::Serve(args),
+        } => coexist::simulate::serve(&config, args, runtime::shutdown::on_signals()).await,
         Command::Config { env: true } => {
             Config::env_keys().iter().for_each(|k| println!("{k}"));
             Ok(())

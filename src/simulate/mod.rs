@@ -1,6 +1,10 @@
-//! `coexist simulate`: plays Meta's side for demos, tests and load. Today it sends
-//! signed inbound-message webhooks, in Meta's format, to the webhook receiver;
-//! the Graph API and Expo stand-ins join it with the sinks that call them.
+//! `coexist simulate`: plays Meta's and Expo's side for demos, tests and load.
+//! `inbound` sends signed inbound-message webhooks, in Meta's format, to the webhook
+//! receiver; `serve` answers as the Graph API ([`graph`]) and as Expo's push service
+//! ([`expo`]) on one port, so the real client code runs unchanged against it.
+
+pub mod expo;
+pub mod graph;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -152,4 +156,29 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+/// Where `simulate serve` listens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; point `graph_base_url` and `expo_base_url` at it.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: String,
+}
+
+/// Serves the Graph API and Expo stand-ins until shutdown.
+pub async fn serve(
+    config: &crate::Config,
+    args: ServeArgs,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let app = graph::router(config).merge(expo::router(config));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "simulating the Graph API and Expo");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("simulator server")
 }
