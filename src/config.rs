@@ -19,6 +19,7 @@ pub struct Config {
     pub log: LogConfig,
     pub kafka: KafkaConfig,
     pub mqtt: MqttConnection,
+    pub s3: runtime::S3Config,
     pub topics: TopicsConfig,
     pub ingest: IngestConfig,
     pub processors: ProcessorsConfig,

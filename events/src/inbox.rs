@@ -78,6 +78,9 @@ pub struct AssignmentEvent {
     /// The command this answers, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
+    /// Who issued that command, so its outcome reaches the issuer's inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
     /// Set when a command was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,

@@ -5,8 +5,10 @@ pub mod config;
 pub mod consume;
 pub mod kafka;
 pub mod mqtt;
+pub mod s3;
 pub mod shutdown;
 
 pub use config::Secret;
 pub use consume::{DeadLetters, LoopConfig, Record, Reject, Stage};
 pub use kafka::{KafkaConfig, Publisher};
+pub use s3::S3Config;

@@ -212,6 +212,7 @@ mod tests {
             state: ConversationState::Assigned,
             assignee: Some(agent.into()),
             command_id: None,
+            issued_by: None,
             rejected: None,
             at_ms: 0,
         }

@@ -315,6 +315,7 @@ impl Router {
             state,
             assignee,
             command_id: None,
+            issued_by: None,
             rejected: None,
             at_ms: now_ms,
         }
@@ -424,6 +425,7 @@ impl Router {
             now_ms,
         );
         ev.command_id = Some(cmd.id.clone());
+        ev.issued_by = Some(cmd.issued_by.clone());
         ev.rejected = decision.err();
         self.apply(&ev);
         out.push(ev);
