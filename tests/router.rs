@@ -1,6 +1,7 @@
 //! The router on the real broker: a least-loaded burst ends balanced, an agent who
-//! goes offline loses their conversations, and a router killed with SIGKILL mid-burst
-//! restarts to the assignments a run without the kill makes.
+//! goes offline loses their conversations, a router killed with SIGKILL mid-burst
+//! restarts to the assignments a run without the kill makes, and two routers in one
+//! group hand partitions to each other (kill, restart) without a conflicting owner.
 
 mod support;
 
@@ -87,17 +88,21 @@ impl Scenario {
     }
 
     fn message(&self, i: usize) -> WhatsAppEvent {
+        self.message_on(&self.number, i)
+    }
+
+    fn message_on(&self, number: &str, i: usize) -> WhatsAppEvent {
         let contact = format!("1555{i:07}");
         WhatsAppEvent {
-            id: format!("wamid.router.{}.{i}", self.number),
+            id: format!("wamid.router.{number}.{i}"),
             org: self.org.clone(),
-            phone_number_id: self.number.clone(),
+            phone_number_id: number.to_owned(),
             display_phone_number: String::new(),
             waba_id: String::new(),
             received_at_ms: now_ms(),
             body: EventBody::Message(MessageEvent {
-                wamid: format!("wamid.router.{}.{i}", self.number),
-                conversation_id: ids::conversation_id(&self.number, &contact),
+                wamid: format!("wamid.router.{number}.{i}"),
+                conversation_id: ids::conversation_id(number, &contact),
                 contact_wa_id: contact,
                 contact_name: None,
                 direction: Direction::Inbound,
@@ -123,7 +128,7 @@ impl Scenario {
         }
     }
 
-    /// Reads this number's assignments from the start until `done` holds for the
+    /// Reads this org's assignments from the start until `done` holds for the
     /// current owners; returns every output read, in order.
     async fn assignments_until(
         &self,
@@ -166,8 +171,10 @@ impl Scenario {
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}; owners now {owners:?}"))
                 .unwrap();
-            if message.key() == Some(self.number.as_bytes()) {
-                outputs.push(events::codec::decode(message.payload().unwrap()).unwrap());
+            let output: AssignmentEvent =
+                events::codec::decode(message.payload().unwrap_or_default()).unwrap();
+            if output.org == self.org {
+                outputs.push(output);
             }
         }
     }
@@ -419,4 +426,111 @@ async fn an_agent_with_no_online_device_is_pushed_once_per_conversation() {
     for role in roles {
         role.await.unwrap().unwrap();
     }
+}
+
+/// Two routers in one consumer group split the partitions. One is SIGKILLed mid-burst
+/// (the other takes its partitions after the session timeout and rebuilds them from
+/// `conversations.assignments`), then restarted (the partitions are split again and
+/// each side rebuilds what it gained). Round robin is per business number, so the
+/// end state must equal one pure router's over the same inputs, and no conversation
+/// may ever have been given to two agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_hand_partitions_over_without_a_conflicting_owner() {
+    let _turn = ONE_ROUTER_AT_A_TIME.lock().await;
+    let mut s = Scenario::new("pair").await;
+    let router = &mut s.config.processors.router.router;
+    router.default_policy = Policy::RoundRobin;
+    for agents in router.orgs.values_mut() {
+        for agent in agents {
+            agent.capacity = 1000;
+        }
+    }
+    // Several numbers, so both routers own some of them.
+    let numbers: Vec<String> = (0..8).map(|k| format!("{}{k}", s.number)).collect();
+    let per_phase = numbers.len() * 2;
+    let phase = |p: usize| -> Vec<WhatsAppEvent> {
+        (p * per_phase..(p + 1) * per_phase)
+            .map(|i| s.message_on(&numbers[i % numbers.len()], i))
+            .collect()
+    };
+    let presence: Vec<PresenceEvent> = (0..AGENTS)
+        .map(|a| s.presence(a, PresenceState::Online))
+        .collect();
+    for event in &presence {
+        s.send_presence(event).await;
+    }
+    let file = std::env::temp_dir().join(format!("coexist-router-{}.toml", unique()));
+    std::fs::write(&file, toml::to_string(&s.config).unwrap()).unwrap();
+    let start = || {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+            .args(["-c", file.to_str().unwrap(), "process", "router"])
+            .env("COEXIST_LOG_LEVEL", "warn")
+            .spawn()
+            .expect("start coexist process router");
+        RouterProcess(child)
+    };
+    let send = |events: Vec<WhatsAppEvent>| {
+        let publisher = s.publisher.clone();
+        async move {
+            for event in events {
+                publisher
+                    .send_json(
+                        topics::WHATSAPP_EVENTS,
+                        &event.phone_number_id,
+                        &event,
+                        vec![],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let mut first = start();
+    let second = start();
+    send(phase(0)).await;
+    s.assignments_until("phase 0 with two routers", |o| o.len() == per_phase)
+        .await;
+    first.0.kill().unwrap(); // SIGKILL: its partitions wait for the session timeout
+    first.0.wait().unwrap();
+    send(phase(1)).await;
+    s.assignments_until("phase 1 after one router died", |o| {
+        o.len() == 2 * per_phase
+    })
+    .await;
+    let first = start();
+    send(phase(2)).await;
+    let outputs = s
+        .assignments_until("phase 2 after it came back", |o| o.len() == 3 * per_phase)
+        .await;
+    drop((first, second));
+    let _ = std::fs::remove_file(&file);
+
+    let mut oracle = Router::new(s.config.processors.router.router.clone());
+    let mut expected = Vec::new();
+    for event in presence {
+        expected.extend(oracle.handle(Input::Presence(event), now_ms()));
+    }
+    for event in (0..3).flat_map(phase) {
+        expected.extend(oracle.handle(Input::Event(Box::new(event)), now_ms()));
+    }
+    assert_eq!(owners(&outputs), owners(&expected));
+    let mut first_owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for a in outputs
+        .iter()
+        .filter(|a| a.state == ConversationState::Assigned)
+    {
+        let owner = a.assignee.as_deref().unwrap_or_default();
+        let seen = first_owner.entry(&a.conversation_id).or_insert(owner);
+        assert_eq!(
+            *seen, owner,
+            "conversation {} was given to two agents",
+            a.conversation_id
+        );
+    }
+    // Each conversation was assigned once: re-read inputs emitted nothing new.
+    let assigned = outputs
+        .iter()
+        .filter(|a| a.state == ConversationState::Assigned)
+        .count();
+    assert_eq!(assigned, 3 * per_phase, "an input was routed twice");
 }

@@ -2,7 +2,7 @@
 //! state from its own outputs at start, and how presence is kept as a table (every
 //! instance reads all of `agents.presence`, DESIGN.md).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use events::inbox::PresenceEvent;
@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// `(partition, offset)` pairs: where a topic ended when it was read.
 pub type PartitionEnds = Vec<(i32, i64)>;
+
+/// Values read from a topic, each with its partition.
+pub type PartitionedValues = Vec<(i32, Vec<u8>)>;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,6 +43,19 @@ pub fn read_whole(
     topic: &str,
     purpose: &str,
 ) -> anyhow::Result<(Vec<Vec<u8>>, PartitionEnds)> {
+    let (values, ends) = read_partitions(kafka, topic, None, purpose)?;
+    Ok((values.into_iter().map(|(_, v)| v).collect(), ends))
+}
+
+/// Like [`read_whole`], for the partitions in `only` (all when `None`), with the
+/// partition of each value: how a processor rebuilds the state of partitions it
+/// has just been given.
+pub fn read_partitions(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<&BTreeSet<i32>>,
+    purpose: &str,
+) -> anyhow::Result<(PartitionedValues, PartitionEnds)> {
     let consumer: BaseConsumer = reader_config(kafka, purpose)
         .set("enable.partition.eof", "true")
         .create()?;
@@ -47,6 +63,9 @@ pub fn read_whole(
     let mut assignment = TopicPartitionList::new();
     let mut next: HashMap<i32, i64> = HashMap::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        if only.is_some_and(|only| !only.contains(&partition.id())) {
+            continue;
+        }
         assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
         next.insert(partition.id(), 0);
     }
@@ -64,7 +83,10 @@ pub fn read_whole(
             }
             Some(Err(err)) => return Err(err.into()),
             Some(Ok(message)) => {
-                values.push(message.payload().unwrap_or_default().to_vec());
+                values.push((
+                    message.partition(),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
                 next.insert(message.partition(), message.offset() + 1);
                 at_end.remove(&message.partition());
             }

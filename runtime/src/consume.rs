@@ -9,6 +9,7 @@
 //!   of the partition redoes it (writes are idempotent, by event id).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message;
@@ -16,6 +17,8 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{GroupConsumer, KafkaError, Outgoing, Publisher};
@@ -181,7 +184,64 @@ pub async fn run<S: Stage>(
     Ok(())
 }
 
+/// Batches fetched by a task of their own, for loops that also `select!` on other
+/// inputs (presence, ticks). [`next_batch`] is not cancel-safe: records it took from
+/// the consumer before a competing branch won would be lost, uncommitted but never
+/// redelivered. [`Batches::recv`] is cancel-safe.
+pub struct Batches {
+    consumer: Arc<GroupConsumer>,
+    batches: mpsc::Receiver<anyhow::Result<Vec<Record>>>,
+    task: JoinHandle<()>,
+}
+
+impl Batches {
+    pub fn spawn(consumer: GroupConsumer, config: LoopConfig, shutdown: CancellationToken) -> Self {
+        let consumer = Arc::new(consumer);
+        // One batch ahead at most: the next is fetched while this one is handled.
+        let (tx, batches) = mpsc::channel(1);
+        let fetcher = consumer.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match next_batch(&fetcher, &config, &shutdown).await {
+                    Ok(Some(batch)) => {
+                        if tx.send(Ok(batch)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(err) => {
+                        let _ = tx.send(Err(err)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            consumer,
+            batches,
+            task,
+        }
+    }
+
+    /// The next batch; `None` after shutdown.
+    pub async fn recv(&mut self) -> Option<anyhow::Result<Vec<Record>>> {
+        self.batches.recv().await
+    }
+
+    /// The consumer, to commit and to see the group's assignment.
+    pub fn consumer(&self) -> &GroupConsumer {
+        &self.consumer
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Waits for the first record (or shutdown), then fills the batch for `max_wait_ms`.
+/// Not cancel-safe: see [`Batches`].
 pub async fn next_batch(
     consumer: &GroupConsumer,
     config: &LoopConfig,

@@ -18,7 +18,7 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// `[kafka]`: how to reach the brokers and the Schema Registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +108,10 @@ impl KafkaConfig {
             // and idempotent writes), so read_committed buys nothing; and tansu's last
             // stable offset can lag its high watermark, which stalls such consumers.
             .set("isolation.level", "read_uncommitted")
+            // Range gives partition p of every subscribed topic to the same member.
+            // Stages that read co-partitioned topics (the router: events and commands,
+            // both keyed by business number) rely on it.
+            .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",
@@ -115,6 +119,7 @@ impl KafkaConfig {
             )
             .create_with_context(RebalanceLog {
                 role: role.to_string(),
+                owned: Mutex::new((0, Vec::new())),
             })?;
         consumer.subscribe(topics)?;
         Ok(consumer)
@@ -145,9 +150,28 @@ impl KafkaConfig {
 pub type GroupConsumer = StreamConsumer<RebalanceLog>;
 
 /// Logs which partitions a role gains and loses, so "why is nothing consumed" has an
-/// answer in the log.
+/// answer in the log, and keeps the current assignment for stages whose state is per
+/// partition (see [`RebalanceLog::owned`]).
 pub struct RebalanceLog {
     role: String,
+    /// (generation, assigned `(topic, partition)`s); the generation counts rebalances.
+    owned: Mutex<(u64, Vec<(String, i32)>)>,
+}
+
+impl RebalanceLog {
+    /// The partitions assigned now, and a number that changes whenever they may have.
+    pub fn owned(&self) -> (u64, Vec<(String, i32)>) {
+        self.owned
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn set_owned(&self, partitions: Vec<(String, i32)>) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.0 += 1;
+        owned.1 = partitions;
+    }
 }
 
 impl ClientContext for RebalanceLog {}
@@ -156,6 +180,12 @@ impl ConsumerContext for RebalanceLog {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                self.set_owned(
+                    list.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition()))
+                        .collect(),
+                );
                 let parts: Vec<String> = list
                     .elements()
                     .iter()
@@ -164,6 +194,7 @@ impl ConsumerContext for RebalanceLog {
                 tracing::info!(role = %self.role, partitions = %parts.join(","), "partitions assigned");
             }
             Rebalance::Revoke(list) => {
+                self.set_owned(Vec::new());
                 tracing::info!(role = %self.role, count = list.count(), "partitions revoked")
             }
             Rebalance::Error(err) => tracing::warn!(role = %self.role, %err, "rebalance error"),

@@ -57,19 +57,23 @@ pub async fn run(
     let (mut presence, presence_task) =
         table::presence_feed(kafka, &presence_ends, "notifier-presence", shutdown.clone())?;
     // A new notifier starts at the present: pushes about history are noise.
-    let consumer = kafka.consumer_from(
-        ROLE,
-        &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS],
-        "latest",
-    )?;
+    let mut batches = consume::Batches::spawn(
+        kafka.consumer_from(
+            ROLE,
+            &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS],
+            "latest",
+        )?,
+        batch,
+        shutdown.clone(),
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = presence.recv() => {
                 notifier.handle(NotifierInput::Presence(&event), now_ms());
             }
-            batch_result = consume::next_batch(&consumer, &batch, &shutdown) => {
-                let Some(records) = batch_result? else { break };
+            batch_result = batches.recv() => {
+                let Some(records) = batch_result.transpose()? else { break };
                 let mut pushes = Vec::new();
                 for record in &records {
                     match push_for(&mut notifier, record) {
@@ -81,7 +85,7 @@ pub async fn run(
                 // A push that cannot be produced is retried by redoing the batch; the
                 // collapse window then drops it, so push is at most once per window.
                 futures::future::try_join_all(sends).await?;
-                consume::commit(&consumer, &records)?;
+                consume::commit(batches.consumer(), &records)?;
             }
         }
     }

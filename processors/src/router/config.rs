@@ -30,6 +30,10 @@ pub struct RouterConfig {
     /// (Meta redelivers for days), so it does not reopen or take a conversation; this
     /// slack errs on the side of treating a message as new.
     pub clock_tolerance_ms: i64,
+    /// How long a command stays actionable and its id remembered (ms). A command
+    /// older than this when the router sees it is ignored, so the set of answered
+    /// ids stays bounded; keep it shorter than `conversations.commands` retention.
+    pub command_ttl_ms: i64,
 }
 
 impl Default for RouterConfig {
@@ -40,6 +44,7 @@ impl Default for RouterConfig {
             orgs: BTreeMap::new(),
             offline_grace_ms: 120_000,
             clock_tolerance_ms: 2_000,
+            command_ttl_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -107,6 +112,7 @@ impl RouterConfig {
         for (field, value) in [
             ("offline_grace_ms", self.offline_grace_ms),
             ("clock_tolerance_ms", self.clock_tolerance_ms),
+            ("command_ttl_ms", self.command_ttl_ms),
         ]
         .into_iter()
         .chain(windows.map(|w| ("sticky window_ms", w)))

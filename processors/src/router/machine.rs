@@ -55,8 +55,12 @@ pub enum Input {
 pub struct Router {
     config: RouterConfig,
     conversations: BTreeMap<String, Conversation>,
-    /// Command ids already answered (accepted or rejected).
-    answered: BTreeSet<String>,
+    /// Command ids already answered (accepted or rejected), with when they were.
+    /// Forgotten after [`RouterConfig::command_ttl_ms`]: a command older than that is
+    /// not acted on at all (see [`Router::on_command`]), so the set stays bounded.
+    answered: BTreeMap<String, i64>,
+    /// Index of `answered` by time, for pruning.
+    answered_by_time: BTreeSet<(i64, String)>,
     /// Index of `conversations`: what each agent `(org, agent)` holds. Maintained
     /// only by [`Router::apply`]; never holds [`BUSINESS_APP`].
     held: BTreeMap<(String, String), BTreeSet<String>>,
@@ -170,7 +174,8 @@ impl Router {
         Self {
             config,
             conversations: BTreeMap::new(),
-            answered: BTreeSet::new(),
+            answered: BTreeMap::new(),
+            answered_by_time: BTreeSet::new(),
             held: BTreeMap::new(),
             queue: BTreeMap::new(),
             round_robin: BTreeMap::new(),
@@ -181,6 +186,58 @@ impl Router {
 
     pub fn config(&self) -> &RouterConfig {
         &self.config
+    }
+
+    /// Drops answered command ids recorded before `cutoff_ms`.
+    fn forget_answered_before(&mut self, cutoff_ms: i64) {
+        while let Some(first) = self.answered_by_time.first() {
+            if first.0 >= cutoff_ms {
+                break;
+            }
+            if let Some((_, id)) = self.answered_by_time.pop_first() {
+                self.answered.remove(&id);
+            }
+        }
+    }
+
+    /// How many answered command ids are remembered (bounded by the TTL).
+    pub fn remembered_commands(&self) -> usize {
+        self.answered.len()
+    }
+
+    /// Forgets every conversation of the business numbers `lost` says this router no
+    /// longer owns (their partitions went to another instance): their state is that
+    /// instance's now, and ticks here must not act on it. Answered commands are kept
+    /// (a few ids; harmless). Returns how many conversations were dropped.
+    pub fn forget_numbers(&mut self, lost: impl Fn(&str) -> bool) -> usize {
+        let dropped: Vec<String> = self
+            .conversations
+            .iter()
+            .filter(|(_, c)| lost(&c.phone_number_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dropped {
+            let Some(conv) = self.conversations.remove(id) else {
+                continue;
+            };
+            match &conv.status {
+                Status::Open { since } => {
+                    self.queue.remove(since);
+                }
+                Status::Assigned(owner) if owner != BUSINESS_APP => {
+                    let key = (conv.org.clone(), owner.clone());
+                    if let Some(set) = self.held.get_mut(&key) {
+                        set.remove(id);
+                        if set.is_empty() {
+                            self.held.remove(&key);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.round_robin.retain(|number, _| !lost(number));
+        dropped.len()
     }
 
     /// Handles one input at `now_ms` (the router's clock) and returns what changed, in
@@ -218,6 +275,7 @@ impl Router {
                 cause
             }
             Input::Tick => {
+                self.forget_answered_before(now_ms.saturating_sub(self.config.command_ttl_ms));
                 let cause = format!("tick:{now_ms}");
                 self.requeue_absent(&cause, now_ms, &mut out);
                 cause
@@ -232,8 +290,10 @@ impl Router {
     /// Applies one output (live or replayed) to the state: the only place state
     /// other than presence changes. Returns whether the conversation changed.
     fn apply(&mut self, ev: &AssignmentEvent) -> bool {
-        if let Some(id) = &ev.command_id {
-            self.answered.insert(id.clone());
+        if let Some(id) = &ev.command_id
+            && self.answered.insert(id.clone(), ev.at_ms).is_none()
+        {
+            self.answered_by_time.insert((ev.at_ms, id.clone()));
         }
         if ev.rejected.is_some() {
             return false;
@@ -404,7 +464,11 @@ impl Router {
         now_ms: i64,
         out: &mut Vec<AssignmentEvent>,
     ) {
-        if self.answered.contains(&cmd.id) {
+        // Too old to act on: either answered long ago (and forgotten) or so stale that
+        // acting now would surprise everyone. Not answering keeps "exactly one result".
+        if self.answered.contains_key(&cmd.id)
+            || cmd.at_ms < now_ms.saturating_sub(self.config.command_ttl_ms)
+        {
             return;
         }
         let current = self
@@ -653,7 +717,7 @@ impl Router {
                     }
                 })
                 .collect(),
-            answered_commands: self.answered.iter().cloned().collect(),
+            answered_commands: self.answered.keys().cloned().collect(),
             loads: self
                 .held
                 .iter()

@@ -3,18 +3,29 @@
 //! consumer group: the partitions it owns), the whole of `agents.presence` (read as a
 //! table, no group), and a ticker for offline grace periods.
 //!
-//! - At start the router folds its own outputs (`conversations.assignments`) back in,
-//!   so a restarted router has the state it had; inputs it re-reads after a crash are
-//!   recognised and emit nothing new.
+//! - **State is per partition.** `conversations.assignments` is keyed like the inputs
+//!   (by business number, same partition count), so the outputs for input partition
+//!   `p` are exactly partition `p` of `conversations.assignments`. When the group
+//!   gives this instance a partition (at start, or when another instance dies or
+//!   joins) it folds that partition of its outputs back in before handling any of
+//!   its inputs; when a partition is taken away, its conversations are forgotten, so
+//!   ticks here never act on another instance's conversations. Inputs re-read after
+//!   a crash are recognised from the rebuilt state and emit nothing new.
 //! - Outputs are produced, and acknowledged, before the batch's offsets are committed.
 //!   If producing fails, the same outputs are retried (the state already holds them);
 //!   at shutdown they are abandoned uncommitted and the next run redoes the batch.
+//! - Capacity is counted over the conversations this instance owns. With one
+//!   instance (or an org whose numbers share a partition) that is every conversation
+//!   of the org; several instances each enforce it over their own numbers.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
+use rdkafka::consumer::Consumer;
 use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::kafka::GroupConsumer;
 use runtime::{KafkaConfig, Publisher, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -44,24 +55,6 @@ pub async fn run(
     let publisher = kafka.publisher(ROLE).await?;
     let dead_letters = DeadLetters::new(publisher.clone(), "process.router");
     let mut router = Router::new(config.router.clone());
-    let replayed = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || {
-            table::read_whole(&kafka, topics::CONVERSATION_ASSIGNMENTS, "router-rebuild")
-        })
-        .await??
-        .0
-    };
-    let count = replayed.len();
-    for value in replayed {
-        if let Ok(assignment) = codec::decode::<AssignmentEvent>(&value) {
-            router.handle(Input::Replayed(assignment), now_ms());
-        }
-    }
-    tracing::info!(
-        outputs = count,
-        "router rebuilt from conversations.assignments"
-    );
 
     // Who is online, before routing anything: the presence table up to now, then live.
     let (presence_table, ends) = {
@@ -71,29 +64,31 @@ pub async fn run(
         })
         .await??
     };
-    let mut startup_outputs = Vec::new();
     tracing::info!(records = presence_table.len(), ?ends, "presence table read");
     for value in presence_table {
         if let Ok(event) = codec::decode::<PresenceEvent>(&value) {
-            startup_outputs.extend(router.handle(Input::Presence(event), now_ms()));
+            // No conversation is owned yet, so this only records who is online.
+            router.handle(Input::Presence(event), now_ms());
         }
-    }
-    // Work a crash left queued is routed now that presence is known.
-    startup_outputs.extend(router.handle(Input::Tick, now_ms()));
-    if !publish(&publisher, &startup_outputs, &shutdown).await {
-        return Ok(());
     }
     let (mut presence, presence_task) =
         table::presence_feed(kafka, &ends, "router-presence", shutdown.clone())?;
-    let consumer = kafka.consumer(
-        ROLE,
-        &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS],
-    )?;
+    let mut batches = consume::Batches::spawn(
+        kafka.consumer(
+            ROLE,
+            &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS],
+        )?,
+        batch,
+        shutdown.clone(),
+    );
+    let mut owned = Ownership::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(if config.tick_ms == 0 {
         1000
     } else {
         config.tick_ms
     }));
+    // After a stall (a rebuild), one tick, not a burst of them.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -102,26 +97,123 @@ pub async fn run(
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
             _ = ticker.tick() => {
-                let outputs = router.handle(Input::Tick, now_ms());
+                let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
+                outputs.extend(router.handle(Input::Tick, now_ms()));
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
-            batch_result = consume::next_batch(&consumer, &batch, &shutdown) => {
-                let Some(records) = batch_result? else { break };
-                let mut outputs = Vec::new();
+            batch_result = batches.recv() => {
+                let Some(records) = batch_result.transpose()? else { break };
+                // The group may have moved partitions while the batch was fetched:
+                // rebuild what was gained first, and leave records of partitions no
+                // longer ours to their new owner (uncommitted here).
+                let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
+                let records: Vec<Record> = records
+                    .into_iter()
+                    .filter(|r| owned.partitions.contains(&r.partition))
+                    .collect();
                 for record in &records {
                     match decode(record) {
-                        Ok(input) => outputs.extend(router.handle(input, now_ms())),
+                        Ok(input) => {
+                            owned.note(&input, record.partition);
+                            outputs.extend(router.handle(input, now_ms()));
+                        }
                         Err(reason) => dead_letters.send(record, &reason).await?,
                     }
                 }
                 if !publish(&publisher, &outputs, &shutdown).await { break }
-                consume::commit(&consumer, &records)?;
+                if !records.is_empty() {
+                    consume::commit(batches.consumer(), &records)?;
+                }
             }
         }
     }
     presence_task.abort();
     publisher.flush(Duration::from_secs(5));
     Ok(())
+}
+
+/// Which input partitions this instance owns, and which partition each business
+/// number's conversations live in (learned from inputs and rebuilt outputs).
+#[derive(Default)]
+struct Ownership {
+    generation: u64,
+    partitions: BTreeSet<i32>,
+    number_partition: HashMap<String, i32>,
+}
+
+impl Ownership {
+    /// Follows the group's assignment: forgets partitions taken away, rebuilds the
+    /// ones given from `conversations.assignments`, and returns what routing the
+    /// rebuilt queue produced (work a crashed owner left queued).
+    async fn sync(
+        &mut self,
+        consumer: &GroupConsumer,
+        kafka: &KafkaConfig,
+        router: &mut Router,
+    ) -> anyhow::Result<Vec<AssignmentEvent>> {
+        let (generation, assigned) = consumer.context().owned();
+        if generation == self.generation {
+            return Ok(Vec::new());
+        }
+        self.generation = generation;
+        let now: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        let lost: BTreeSet<i32> = self.partitions.difference(&now).copied().collect();
+        let gained: BTreeSet<i32> = now.difference(&self.partitions).copied().collect();
+        self.partitions = now;
+        if !lost.is_empty() {
+            let numbers = &self.number_partition;
+            let dropped = router
+                .forget_numbers(|number| numbers.get(number).is_some_and(|p| lost.contains(p)));
+            self.number_partition.retain(|_, p| !lost.contains(p));
+            tracing::info!(
+                ?lost,
+                conversations = dropped,
+                "router partitions taken away"
+            );
+        }
+        if gained.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (values, _) = {
+            let kafka = kafka.clone();
+            let gained = gained.clone();
+            tokio::task::spawn_blocking(move || {
+                table::read_partitions(
+                    &kafka,
+                    topics::CONVERSATION_ASSIGNMENTS,
+                    Some(&gained),
+                    "router-rebuild",
+                )
+            })
+            .await??
+        };
+        let count = values.len();
+        for (partition, value) in values {
+            if let Ok(assignment) = codec::decode::<AssignmentEvent>(&value) {
+                self.number_partition
+                    .insert(assignment.phone_number_id.clone(), partition);
+                router.handle(Input::Replayed(assignment), now_ms());
+            }
+        }
+        tracing::info!(
+            ?gained,
+            outputs = count,
+            "router partitions rebuilt from conversations.assignments"
+        );
+        Ok(router.handle(Input::Tick, now_ms()))
+    }
+
+    /// Remembers the partition of an input's business number.
+    fn note(&mut self, input: &Input, partition: i32) {
+        let number = match input {
+            Input::Event(event) => &event.phone_number_id,
+            Input::Command(command) => &command.phone_number_id,
+            _ => return,
+        };
+        if !self.number_partition.contains_key(number) {
+            self.number_partition.insert(number.clone(), partition);
+        }
+    }
 }
 
 fn decode(record: &Record) -> Result<Input, String> {

@@ -27,6 +27,7 @@ fn config(policy: Policy) -> RouterConfig {
         )]),
         offline_grace_ms: 60_000,
         clock_tolerance_ms: 0,
+        command_ttl_ms: 3_600_000,
     }
 }
 
@@ -539,6 +540,54 @@ fn a_command_is_answered_once() {
     assert!(r.handle(bad, 3000).is_empty());
 }
 
+#[test]
+fn answered_ids_are_forgotten_after_the_ttl_and_stale_commands_ignored() {
+    let mut r = Router::new(config(Policy::Manual));
+    r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
+    for k in 0..50 {
+        let out = r.handle(
+            command(
+                &format!("k{k}"),
+                "c1",
+                "ana",
+                CommandAction::Note { text: "x".into() },
+            ),
+            2000 + k,
+        );
+        assert_eq!(out.len(), 1);
+    }
+    assert_eq!(r.remembered_commands(), 50);
+    r.handle(Input::Tick, 2000 + 3_600_000 + 10);
+    assert_eq!(
+        r.remembered_commands(),
+        40,
+        "the first ten are past the ttl"
+    );
+    r.handle(Input::Tick, 2000 + 3_600_000 + 100);
+    assert_eq!(r.remembered_commands(), 0);
+    // Redelivered now, a forgotten command is older than the ttl: still no second result.
+    let late = command("k3", "c1", "ana", CommandAction::Claim);
+    assert!(r.handle(late, 2000 + 3_600_000 + 200).is_empty());
+}
+
+#[test]
+fn forgetting_a_number_frees_its_agents_and_keeps_the_others() {
+    let mut r = Router::new(config(Policy::LeastLoaded));
+    r.handle(online("ana", 0), 0);
+    r.handle(message_on("111", "m1", "c1", Origin::Customer, 1000), 1000);
+    r.handle(message_on("111", "m2", "c2", Origin::Customer, 1000), 1000);
+    r.handle(message_on("222", "m3", "c3", Origin::Customer, 1000), 1000);
+    assert_eq!(r.owner(&conversation_id("111", "c1")), Some("ana"));
+    // ana is at capacity (2): c3 waits.
+    assert_eq!(r.owner(&conversation_id("222", "c3")), None);
+    assert_eq!(r.forget_numbers(|n| n == "111"), 2);
+    assert_eq!(r.owner(&conversation_id("111", "c1")), None);
+    // Her load here is now zero, so a tick routes the waiting conversation to her.
+    let out = r.handle(Input::Tick, 2000);
+    assert_eq!(moves(&out), [(Assigned, Some("ana"))]);
+    assert_eq!(out[0].conversation_id, conversation_id("222", "c3"));
+}
+
 // ---- presence ---------------------------------------------------------------
 
 #[test]
@@ -763,6 +812,7 @@ fn prop_config(p1: Policy, p2: Policy) -> RouterConfig {
         )]),
         offline_grace_ms: 20_000,
         clock_tolerance_ms: 0,
+        command_ttl_ms: 3_600_000,
     }
 }
 
