@@ -163,13 +163,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 from_offset,
             };
             let plan = ingest::replay::plan(&config.kafka, &range)?;
-            let total: i64 = plan.iter().map(|(_, start, end)| end - start).sum();
+            let total: u64 = plan.iter().map(ingest::replay::Span::estimated_len).sum();
             println!(
-                "replaying {total} raw webhooks from {} partitions",
+                "replaying about {total} raw webhooks from {} partitions",
                 plan.len()
             );
             let publisher = config.kafka.publisher("replay").await?;
-            let bar = indicatif::ProgressBar::new(total as u64);
+            let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
                     "[{bar:40}] {pos}/{len} {per_sec} eta {eta}",

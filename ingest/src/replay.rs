@@ -35,8 +35,28 @@ pub struct Summary {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The offsets to read per partition: `[start, end)`.
-pub fn plan(kafka: &KafkaConfig, range: &Range) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+/// What to read of one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    pub partition: i32,
+    pub start: i64,
+    /// Exclusive end from `to_ms`; `None` reads to the end of the partition as found
+    /// while reading (end-of-partition), not as a watermark fetched beforehand said:
+    /// on a fresh topic tansu's answer can lag what a fetch returns.
+    pub end: Option<i64>,
+    /// The high watermark when planned: only for progress.
+    pub estimated_end: i64,
+}
+
+impl Span {
+    /// Records this span is expected to hold.
+    pub fn estimated_len(&self) -> u64 {
+        (self.end.unwrap_or(self.estimated_end) - self.start).max(0) as u64
+    }
+}
+
+/// The spans to read, one per partition with something to read.
+pub fn plan(kafka: &KafkaConfig, range: &Range) -> anyhow::Result<Vec<Span>> {
     let consumer = reader(kafka)?;
     let metadata = consumer.fetch_metadata(Some(topics::WEBHOOKS_RAW), TIMEOUT)?;
     let partitions: Vec<i32> = metadata
@@ -72,10 +92,19 @@ pub fn plan(kafka: &KafkaConfig, range: &Range) -> anyhow::Result<Vec<(i32, i64,
     let mut plan = Vec::new();
     for (i, partition) in partitions.iter().enumerate() {
         let (low, high) = consumer.fetch_watermarks(topics::WEBHOOKS_RAW, *partition, TIMEOUT)?;
+        if starts[i] == i64::MAX {
+            continue; // nothing at or after from_ms
+        }
         let start = starts[i].max(low);
-        let end = ends.as_ref().map_or(high, |e| e[i].min(high));
-        if start < end {
-            plan.push((*partition, start, end));
+        // `to_ms` past the last record gives no offset: then read to the end.
+        let end = ends.as_ref().map(|e| e[i]).filter(|e| *e != i64::MAX);
+        if end.is_none_or(|end| start < end) {
+            plan.push(Span {
+                partition: *partition,
+                start,
+                end,
+                estimated_end: high,
+            });
         }
     }
     Ok(plan)
@@ -86,26 +115,30 @@ pub async fn run(
     kafka: &KafkaConfig,
     publisher: &Publisher,
     orgs: &OrgDirectory,
-    plan: &[(i32, i64, i64)],
+    plan: &[Span],
     mut progress: impl FnMut(u64, u64),
 ) -> anyhow::Result<Summary> {
-    let total: u64 = plan.iter().map(|(_, s, e)| (e - s) as u64).sum();
+    let total: u64 = plan.iter().map(Span::estimated_len).sum();
     let mut summary = Summary::default();
-    if total == 0 {
+    if plan.is_empty() {
         return Ok(summary);
     }
-    let consumer = reader(kafka)?;
+    let consumer: BaseConsumer = reader_config(kafka)
+        .set("enable.partition.eof", "true")
+        .create()?;
     let mut assignment = TopicPartitionList::new();
-    for (partition, start, _) in plan {
+    for span in plan {
         assignment.add_partition_offset(
             topics::WEBHOOKS_RAW,
-            *partition,
-            Offset::Offset(*start),
+            span.partition,
+            Offset::Offset(span.start),
         )?;
     }
     consumer.assign(&assignment)?;
-    let mut remaining: std::collections::HashMap<i32, i64> =
-        plan.iter().map(|(p, _, e)| (*p, *e)).collect();
+    let mut remaining: std::collections::HashMap<i32, i64> = plan
+        .iter()
+        .map(|s| (s.partition, s.end.unwrap_or(i64::MAX)))
+        .collect();
     let mut idle = 0;
     while !remaining.is_empty() {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
@@ -118,7 +151,15 @@ pub async fn run(
             continue;
         };
         idle = 0;
-        let message = message?;
+        let message = match message {
+            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                if remaining.get(&partition) == Some(&i64::MAX) {
+                    remaining.remove(&partition);
+                }
+                continue;
+            }
+            other => other?,
+        };
         let partition = message.partition();
         let Some(end) = remaining.get(&partition).copied() else {
             continue;
@@ -174,11 +215,16 @@ pub async fn run(
 
 /// A group-less reader: a replay must not move any consumer group's offsets.
 fn reader(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
+    Ok(reader_config(kafka).create()?)
+}
+
+fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("{}-replay", kafka.client_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()?)
+        .set("isolation.level", "read_uncommitted");
+    config
 }
