@@ -78,7 +78,11 @@ enum BenchCommand {
     /// Signed webhooks over HTTP vs. raw rdkafka produce of the same payloads.
     Ingest(coexist::bench::IngestArgs),
     /// Status events through the status processor vs. raw consume of the same records.
-    Status(coexist::bench::StatusArgs),
+    Status(coexist::bench::processors::ProcessorArgs),
+    /// Messages and commands through the router vs. raw consume of the same records.
+    Router(coexist::bench::processors::ProcessorArgs),
+    /// Assignments and messages through the notifier vs. raw consume of the same records.
+    Notifier(coexist::bench::processors::ProcessorArgs),
 }
 
 #[derive(Subcommand)]
@@ -199,25 +203,19 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Bench {
             command: BenchCommand::Status(args),
+        } => processor_bench(config, coexist::bench::processors::Processor::Status, args).await,
+        Command::Bench {
+            command: BenchCommand::Router(args),
+        } => processor_bench(config, coexist::bench::processors::Processor::Router, args).await,
+        Command::Bench {
+            command: BenchCommand::Notifier(args),
         } => {
-            let (raw, status) = coexist::bench::status(config, args).await?;
-            println!(
-                "raw consume              {:>7} in {:>6.2} s = {:>8.0} events/s",
-                raw.count,
-                raw.seconds,
-                raw.per_second()
-            );
-            println!(
-                "status processor         {:>7} in {:>6.2} s = {:>8.0} events/s",
-                status.count,
-                status.seconds,
-                status.per_second()
-            );
-            println!(
-                "processor / raw consume: {:.0}%",
-                100.0 * status.per_second() / raw.per_second()
-            );
-            Ok(())
+            processor_bench(
+                config,
+                coexist::bench::processors::Processor::Notifier,
+                args,
+            )
+            .await
         }
         Command::Simulate {
             command: SimulateCommand::Inbound(args),
@@ -247,4 +245,32 @@ fn init_tracing(config: &Config) {
     } else {
         builder.init();
     }
+}
+
+/// Runs one processor bench and prints it next to its raw-consume baseline.
+async fn processor_bench(
+    config: Config,
+    processor: coexist::bench::processors::Processor,
+    args: coexist::bench::processors::ProcessorArgs,
+) -> anyhow::Result<()> {
+    let (raw, work) = coexist::bench::processors::run(config, processor, args).await?;
+    let name = format!("{processor:?}").to_lowercase();
+    println!(
+        "raw consume              {:>7} in {:>6.2} s = {:>8.0} events/s",
+        raw.count,
+        raw.seconds,
+        raw.per_second()
+    );
+    println!(
+        "{:<24} {:>7} in {:>6.2} s = {:>8.0} events/s",
+        format!("{name} processor"),
+        work.count,
+        work.seconds,
+        work.per_second()
+    );
+    println!(
+        "processor / raw consume: {:.0}%",
+        100.0 * work.per_second() / raw.per_second()
+    );
+    Ok(())
 }

@@ -78,7 +78,16 @@ pub async fn sink(
             else {
                 return Ok(());
             };
-            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            let consumer = config.kafka.consumer(
+                &role,
+                &[
+                    topics::WHATSAPP_EVENTS,
+                    topics::CONVERSATION_ASSIGNMENTS,
+                    topics::MESSAGES_OUTBOUND,
+                    topics::OUTBOUND_RESULTS,
+                    topics::MEDIA_STORED,
+                ],
+            )?;
             consume::run(
                 &role,
                 consumer,

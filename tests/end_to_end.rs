@@ -143,3 +143,174 @@ async fn statuses_only_move_forward_and_history_is_stored_but_not_pushed() {
     );
     p.stop().await;
 }
+
+/// What the inbox shows besides webhooks lands in MongoDB once: the owner of a
+/// conversation (an older assignment redelivered after a newer one changes nothing),
+/// an agent's sent and failed messages, a mark-as-read, media stored in S3, and every
+/// command's first outcome for polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn assignments_sends_reads_and_media_land_in_mongodb_once() {
+    use events::delivery::{MediaStored, OutboundMessage};
+    use events::inbox::{AssignmentEvent, ConversationState};
+    use events::topics;
+
+    let p = Pipeline::start("inbox").await;
+    let body = p.fixture("msg_text", "-inbox");
+    let inbound = first_wamid(&body);
+    assert_eq!(p.post(&body, APP_SECRET).await, 200);
+    p.barrier("after-inbound").await;
+    let conversation_id = format!("{}-16505551234", p.phone_number_id);
+    let conversation = p
+        .mongo_find("conversations", &conversation_id)
+        .await
+        .unwrap();
+    assert!(conversation.get_datetime("last_inbound_at").is_ok());
+
+    let publisher = p.config.kafka.publisher("inbox-test").await.unwrap();
+    let later = support::now_ms() + 60_000;
+    let assignment = |id: &str, state, assignee: Option<&str>, at_ms| AssignmentEvent {
+        id: id.into(),
+        org: p.org.clone(),
+        phone_number_id: p.phone_number_id.clone(),
+        conversation_id: conversation_id.clone(),
+        state,
+        assignee: assignee.map(str::to_owned),
+        command_id: None,
+        issued_by: None,
+        rejected: None,
+        at_ms,
+    };
+    let newer = AssignmentEvent {
+        command_id: Some("claim-1".into()),
+        issued_by: Some("ana".into()),
+        ..assignment("a-new", ConversationState::Assigned, Some("ana"), later)
+    };
+    let older = assignment("a-old", ConversationState::Open, None, later - 1_000);
+    let rejected = AssignmentEvent {
+        command_id: Some("claim-2".into()),
+        issued_by: Some("bob".into()),
+        rejected: Some("already assigned to ana".into()),
+        ..assignment("a-rej", ConversationState::Assigned, Some("ana"), later + 1)
+    };
+    let send = |id: &str, payload: serde_json::Value| OutboundMessage {
+        id: id.into(),
+        org: p.org.clone(),
+        phone_number_id: p.phone_number_id.clone(),
+        conversation_id: conversation_id.clone(),
+        to: "16505551234".into(),
+        sent_by: "ana".into(),
+        at_ms: later,
+        payload,
+    };
+    let reply = send(
+        "send-1",
+        serde_json::json!({"type": "text", "text": {"body": "On its way!"}}),
+    );
+    let late = send(
+        "send-2",
+        serde_json::json!({"type": "text", "text": {"body": "Hello?"}}),
+    );
+    let read = send(
+        "read-1",
+        serde_json::json!({"messaging_product": "whatsapp", "status": "read", "message_id": inbound}),
+    );
+    let sent_wamid = format!("wamid.reply.{}", p.org);
+    let media = MediaStored {
+        media_id: "media-1".into(),
+        org: p.org.clone(),
+        wamid: inbound.clone(),
+        bucket: "coexist-media".into(),
+        key: format!("{}/abc123", p.org),
+        mime_type: "image/jpeg".into(),
+        bytes: 1234,
+    };
+    let failure: events::webhook::ApiError = serde_json::from_value(
+        serde_json::json!({"code": 131047, "title": "Re-engagement message"}),
+    )
+    .unwrap();
+    // Everything twice, and the older assignment after the newer one.
+    for _ in 0..2 {
+        let key = p.phone_number_id.as_str();
+        for a in [&newer, &older, &rejected] {
+            publisher
+                .send_json(topics::CONVERSATION_ASSIGNMENTS, key, a, vec![])
+                .await
+                .unwrap();
+        }
+        for (topic, value) in [
+            (
+                topics::OUTBOUND_RESULTS,
+                serde_json::to_value(reply.result(Some(sent_wamid.clone()), None, later)).unwrap(),
+            ),
+            (
+                topics::OUTBOUND_RESULTS,
+                serde_json::to_value(late.result(None, Some(failure.clone()), later)).unwrap(),
+            ),
+            (
+                topics::MESSAGES_OUTBOUND,
+                serde_json::to_value(&read).unwrap(),
+            ),
+            (topics::MEDIA_STORED, serde_json::to_value(&media).unwrap()),
+        ] {
+            publisher
+                .send_json(topic, key, &value, vec![])
+                .await
+                .unwrap();
+        }
+    }
+    let done = || async {
+        p.mongo_count("command_results", doc! {}).await == 4
+            && p.mongo_find("messages", &inbound)
+                .await
+                .is_some_and(|m| m.contains_key("stored_media"))
+            && p.mongo_find("conversations", &conversation_id)
+                .await
+                .is_some_and(|c| c.contains_key("read_up_to") && c.get_str("assignee").is_ok())
+            && p.mongo_count("messages", doc! { "id": "outbound:send-2" })
+                .await
+                == 1
+    };
+    support::wait_for("the inbox writes", std::time::Duration::from_secs(60), done).await;
+    // Let the duplicates (same partitions, after the first copies) land too.
+    p.barrier("after-duplicates").await;
+
+    let conversation = p
+        .mongo_find("conversations", &conversation_id)
+        .await
+        .unwrap();
+    assert_eq!(conversation.get_str("state").unwrap(), "assigned");
+    assert_eq!(conversation.get_str("assignee").unwrap(), "ana");
+    let claim = p.mongo_find("command_results", "claim-1").await.unwrap();
+    assert!(claim.get_bool("accepted").unwrap());
+    let refused = p.mongo_find("command_results", "claim-2").await.unwrap();
+    assert!(!refused.get_bool("accepted").unwrap());
+    assert_eq!(
+        refused.get_str("reason").unwrap(),
+        "already assigned to ana"
+    );
+    let sent = p.mongo_find("messages", &sent_wamid).await.unwrap();
+    assert_eq!(sent.get_str("preview").unwrap(), "On its way!");
+    assert_eq!(sent.get_str("direction").unwrap(), "outbound");
+    assert_eq!(sent.get_str("status").unwrap(), "accepted");
+    assert_eq!(sent.get_str("conversation_id").unwrap(), conversation_id);
+    let failed = p.mongo_find("messages", "outbound:send-2").await.unwrap();
+    assert_eq!(failed.get_str("status").unwrap(), "failed");
+    let stored = p.mongo_find("messages", &inbound).await.unwrap();
+    assert_eq!(
+        stored
+            .get_document("stored_media")
+            .unwrap()
+            .get_str("key")
+            .unwrap(),
+        media.key
+    );
+    // Once each: inbound + sent + failed + the barrier markers (two).
+    assert_eq!(p.mongo_count("messages", doc! {}).await, 5);
+    assert_eq!(p.mongo_count("command_results", doc! {}).await, 4);
+    assert_eq!(
+        p.mongo_count("conversations", doc! { "id": &conversation_id })
+            .await,
+        1
+    );
+    p.stop().await;
+}

@@ -37,6 +37,66 @@ pub struct OutboundResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
     pub at_ms: i64,
+    /// What was sent, so the message can be shown without the command: the
+    /// recipient, who sent it, the Graph API `type` and a short text preview.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sent_by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+}
+
+impl OutboundMessage {
+    /// The Graph API `type` of the payload (`text`, `template`, `image`, ...), or
+    /// `read` for a mark-as-read.
+    pub fn message_type(&self) -> String {
+        if self.payload.get("status").and_then(Value::as_str) == Some("read") {
+            return "read".into();
+        }
+        self.payload
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("text")
+            .to_owned()
+    }
+
+    /// A short text for lists: the text body, a caption, or the template's name.
+    pub fn preview(&self) -> Option<String> {
+        let kind = self.message_type();
+        let part = self.payload.get(&kind)?;
+        let text = part
+            .get("body")
+            .or_else(|| part.get("caption"))
+            .or_else(|| part.get("name"))
+            .or_else(|| part.get("emoji"))
+            .and_then(Value::as_str)?;
+        Some(text.chars().take(200).collect())
+    }
+
+    /// The result of sending this, with the message's own fields filled in.
+    pub fn result(
+        &self,
+        wamid: Option<String>,
+        error: Option<ApiError>,
+        at_ms: i64,
+    ) -> OutboundResult {
+        OutboundResult {
+            id: self.id.clone(),
+            org: self.org.clone(),
+            phone_number_id: self.phone_number_id.clone(),
+            conversation_id: self.conversation_id.clone(),
+            wamid,
+            error,
+            at_ms,
+            to: self.to.clone(),
+            sent_by: self.sent_by.clone(),
+            message_type: self.message_type(),
+            preview: self.preview(),
+        }
+    }
 }
 
 /// A message's status moved forward (`messages.status`).

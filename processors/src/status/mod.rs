@@ -254,6 +254,10 @@ mod tests {
             wamid: Some("w".into()),
             error: None,
             at_ms: 5_000,
+            to: "2".into(),
+            sent_by: "ana".into(),
+            message_type: "text".into(),
+            preview: Some("hi".into()),
         };
         let t = tracker
             .handle(StatusInput::OutboundResult(&accepted))

@@ -19,6 +19,7 @@ pub mod collections {
     pub const CONTACTS: &str = "contacts";
     pub const CONVERSATIONS: &str = "conversations";
     pub const HISTORY_SYNCS: &str = "history_syncs";
+    pub const COMMAND_RESULTS: &str = "command_results";
 }
 
 /// One update statement of an `update` command, with the batch record it came from.
@@ -164,6 +165,11 @@ fn contact_from_message(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
 }
 
 fn conversation_update(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
+    let mut max = doc! { "last_message_at": seconds(m.sent_at) };
+    // Unread = inbound messages after the conversation's `read_up_to` (the API counts).
+    if m.direction == Direction::Inbound && m.origin != Origin::History {
+        max.insert("last_inbound_at", seconds(m.sent_at));
+    }
     // A conversation first seen through history is past business, not a new request.
     let state = if m.origin == Origin::History {
         "resolved"
@@ -179,7 +185,7 @@ fn conversation_update(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
             "state": state,
             "created_at": seconds(m.sent_at),
         },
-        "$max": { "last_message_at": seconds(m.sent_at) },
+        "$max": max,
     }
 }
 

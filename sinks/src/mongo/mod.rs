@@ -4,6 +4,7 @@
 //! trip), which every MongoDB version and wire-compatible server understands.
 
 pub mod config;
+pub mod inbox;
 pub mod mapping;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,10 @@ async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
             vec![
                 index(doc! { "org": 1, "id": 1 }, Some(unique())),
                 index(doc! { "org": 1, "state": 1, "last_message_at": -1 }, None),
+                index(
+                    doc! { "org": 1, "assignee": 1, "state": 1, "last_message_at": -1 },
+                    None,
+                ),
             ],
         ),
         (
@@ -79,8 +84,22 @@ impl MongoSink {
 
 impl Stage for MongoSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let (decoded, mut rejects) = crate::decode_events(batch);
-        let plan = mapping::plan(decoded.iter().map(|(i, e)| (*i, e)));
+        // Statements in batch order, whatever topic each record came from.
+        let mut plan = Vec::new();
+        let mut rejects = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            let statements = if record.topic == events::topics::WHATSAPP_EVENTS {
+                events::codec::decode::<events::WhatsAppEvent>(&record.value)
+                    .map(|event| mapping::plan([(index, &event)]))
+                    .map_err(|err| format!("not a whatsapp event: {err}"))
+            } else {
+                inbox::plan_record(&record.topic, index, record.offset, &record.value)
+            };
+            match statements {
+                Ok(statements) => plan.extend(statements),
+                Err(reason) => rejects.push(Reject { index, reason }),
+            }
+        }
         rejects.extend(execute(&self.db, plan).await?);
         Ok(rejects)
     }
