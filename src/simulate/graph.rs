@@ -838,6 +838,11 @@ mod tests {
         let events = events::normalize(&webhook, 0, &events::OrgDirectory::new("acme", [])).events;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].id, "wamid.A:failed");
+        // The whatsapp sink finds an in-doubt command's wamid by this field.
+        let events::event::EventBody::Status(status) = &events[0].body else {
+            panic!("not a status");
+        };
+        assert_eq!(status.raw["biz_opaque_callback_data"], "cmd-1");
         assert_eq!(
             body["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"],
             "cmd-1"

@@ -7,8 +7,9 @@
 //! the call: Meta may or may not have it, and the Graph API has no idempotency key
 //! to ask, so it is answered "outcome unknown" and never resent), or fresh.
 //!
-//! Meta's `biz_opaque_callback_data` carries the command id, so an in-doubt command
-//! that did go out still shows up in its status webhooks for an operator to see.
+//! Meta's `biz_opaque_callback_data` carries the command id into every status webhook
+//! of the message, so an in-doubt command whose `sent` status is on `whatsapp.events`
+//! is known to have gone out: it is answered with that wamid instead.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,6 +24,9 @@ pub enum Decision {
     Answered,
     /// Answered, but the answer's produce failed: produce it again, do not resend.
     Republish(Box<OutboundResult>),
+    /// Tried, with no answer on record, but a status webhook names it: it went out
+    /// as this wamid.
+    SentAs(String),
     /// Tried, with no answer on record: report it, never resend.
     InDoubt,
 }
@@ -32,6 +36,8 @@ pub struct Ledger {
     intended: HashSet<String>,
     answered: HashSet<String>,
     unpublished: HashMap<String, OutboundResult>,
+    /// wamids of in-doubt commands, from status webhooks.
+    seen_as: HashMap<String, String>,
 }
 
 impl Ledger {
@@ -40,6 +46,8 @@ impl Ledger {
             Decision::Answered
         } else if let Some(result) = self.unpublished.get(id) {
             Decision::Republish(Box::new(result.clone()))
+        } else if let Some(wamid) = self.seen_as.get(id) {
+            Decision::SentAs(wamid.clone())
         } else if self.intended.contains(id) {
             Decision::InDoubt
         } else {
@@ -58,6 +66,14 @@ impl Ledger {
         self.intended.remove(id);
     }
 
+    /// A status webhook of `wamid` carried `id` as its callback data. Kept only for
+    /// commands in doubt, so memory stays bounded by them.
+    pub fn status_seen(&mut self, id: &str, wamid: &str) {
+        if self.intended.contains(id) && !self.answered.contains(id) {
+            self.seen_as.insert(id.to_string(), wamid.to_string());
+        }
+    }
+
     /// The answer is known; until [`Self::published`] it is kept to publish again.
     pub fn answered(&mut self, result: OutboundResult) {
         self.unpublished.insert(result.id.clone(), result);
@@ -66,6 +82,7 @@ impl Ledger {
     /// The result is on Kafka (read back, or just acknowledged).
     pub fn published(&mut self, id: &str) {
         self.unpublished.remove(id);
+        self.seen_as.remove(id);
         self.answered.insert(id.to_string());
     }
 }
@@ -112,6 +129,18 @@ mod tests {
         let mut restarted = Ledger::default();
         restarted.intended("a"); // read back from the intents topic
         assert_eq!(restarted.decide("a"), Decision::InDoubt);
+    }
+
+    #[test]
+    fn a_command_in_doubt_that_a_status_names_went_out_as_that_wamid() {
+        let mut ledger = Ledger::default();
+        ledger.status_seen("a", "wamid.X"); // not in doubt: not kept
+        assert_eq!(ledger.decide("a"), Decision::Fresh);
+        ledger.intended("a");
+        ledger.status_seen("a", "wamid.X");
+        assert_eq!(ledger.decide("a"), Decision::SentAs("wamid.X".into()));
+        ledger.published("a");
+        assert_eq!(ledger.decide("a"), Decision::Answered);
     }
 
     #[test]

@@ -133,6 +133,9 @@ impl Stage for WhatsAppSink {
                 topics::WHATSAPP_EVENTS => {
                     if let Ok(event) = codec::decode::<WhatsAppEvent>(&record.value) {
                         self.window.observe(&event);
+                        if let Ok(mut ledger) = self.ledger.lock() {
+                            observe_status(&mut ledger, &event);
+                        }
                     }
                 }
                 topics::MESSAGES_OUTBOUND => {
@@ -170,6 +173,7 @@ impl Stage for WhatsAppSink {
             match decision {
                 Decision::Answered => {}
                 Decision::Republish(result) => answers.push(*result),
+                Decision::SentAs(wamid) => answers.push(result_of(&command, Some(wamid), None)),
                 Decision::InDoubt => answers.push(refused(
                     &command,
                     codes::OUTCOME_UNKNOWN,
@@ -410,6 +414,15 @@ impl Sender<'_> {
     }
 }
 
+/// A status webhook names its command in `biz_opaque_callback_data`.
+fn observe_status(ledger: &mut Ledger, event: &WhatsAppEvent) {
+    if let events::event::EventBody::Status(status) = &event.body
+        && let Some(id) = status.raw["biz_opaque_callback_data"].as_str()
+    {
+        ledger.status_seen(id, &status.wamid);
+    }
+}
+
 /// Reads the sink's state back from Kafka: the ledger from the intents and results
 /// topics, the window book from the last `window_hours` of `whatsapp.events`.
 /// Blocking: call it from `spawn_blocking`.
@@ -433,6 +446,7 @@ pub fn rebuild(
     read_topic(kafka, topics::WHATSAPP_EVENTS, Some(since), |value| {
         if let Ok(event) = codec::decode::<WhatsAppEvent>(value) {
             window.observe(&event);
+            observe_status(&mut ledger, &event);
         }
     })?;
     Ok((ledger, window))
