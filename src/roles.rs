@@ -133,7 +133,8 @@ pub async fn sink(
                 publisher.clone(),
                 Some(s3),
                 state,
-            );
+            )
+            .rebuild_on_new_partitions(config.kafka.clone());
             let consumer = config
                 .kafka
                 .consumer(&role, &[topics::MESSAGES_OUTBOUND, topics::WHATSAPP_EVENTS])?;

@@ -74,6 +74,19 @@ impl Ledger {
         }
     }
 
+    /// Takes in what a re-read of the topics found (after a rebalance).
+    pub fn merge(&mut self, read: Ledger) {
+        for id in read.intended {
+            self.intended(&id);
+        }
+        for (id, wamid) in read.seen_as {
+            self.status_seen(&id, &wamid);
+        }
+        for id in read.answered {
+            self.published(&id);
+        }
+    }
+
     /// The answer is known; until [`Self::published`] it is kept to publish again.
     pub fn answered(&mut self, result: OutboundResult) {
         self.unpublished.insert(result.id.clone(), result);
@@ -141,6 +154,21 @@ mod tests {
         assert_eq!(ledger.decide("a"), Decision::SentAs("wamid.X".into()));
         ledger.published("a");
         assert_eq!(ledger.decide("a"), Decision::Answered);
+    }
+
+    #[test]
+    fn a_re_read_adds_another_owners_intents_and_answers() {
+        let mut mine = Ledger::default();
+        mine.intended("a");
+        mine.answered(result("a"));
+        let mut read = Ledger::default();
+        read.intended("b");
+        read.intended("c");
+        read.published("c");
+        mine.merge(read);
+        assert_eq!(mine.decide("a"), Decision::Republish(Box::new(result("a"))));
+        assert_eq!(mine.decide("b"), Decision::InDoubt);
+        assert_eq!(mine.decide("c"), Decision::Answered);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct WhatsAppSink {
     ledger: Arc<Mutex<Ledger>>,
     window: WindowBook,
     batches: u64,
+    /// Partitions of `messages.outbound` this instance has handled, and how to read
+    /// the state of one it gains from another instance (None: never re-read).
+    owned: std::collections::HashSet<i32>,
+    kafka: Option<KafkaConfig>,
 }
 
 impl WhatsAppSink {
@@ -78,7 +82,43 @@ impl WhatsAppSink {
             ledger: Arc::new(Mutex::new(ledger)),
             window,
             batches: 0,
+            owned: Default::default(),
+            kafka: None,
         }
+    }
+
+    /// Re-reads the ledger and the window book when a partition shows up that this
+    /// instance did not handle since its start rebuild: after a rebalance, the
+    /// previous owner's intents (acknowledged before it let the partition go) and the
+    /// partition's last 24 hours of customers' messages are then known before any
+    /// command of it is decided.
+    pub fn rebuild_on_new_partitions(mut self, kafka: KafkaConfig) -> Self {
+        self.kafka = Some(kafka);
+        self
+    }
+
+    async fn catch_up(&mut self, batch: &[Record]) -> anyhow::Result<()> {
+        let first_batch = self.owned.is_empty();
+        let mut gained = false;
+        for record in batch
+            .iter()
+            .filter(|r| r.topic == topics::MESSAGES_OUTBOUND)
+        {
+            gained |= self.owned.insert(record.partition);
+        }
+        // The first partitions seen are the start rebuild's.
+        let Some(kafka) = self.kafka.clone().filter(|_| gained && !first_batch) else {
+            return Ok(());
+        };
+        tracing::info!(partitions = ?self.owned, "a partition was gained: re-reading the ledger and the window");
+        let config = self.config.clone();
+        let (ledger, window) =
+            tokio::task::spawn_blocking(move || rebuild(&kafka, &config)).await??;
+        self.window.merge(window);
+        if let Ok(mut own) = self.ledger.lock() {
+            own.merge(ledger);
+        }
+        Ok(())
     }
 
     fn limiter(&mut self, phone_number_id: &str) -> Arc<DefaultDirectRateLimiter> {
@@ -124,6 +164,7 @@ fn refused(command: &OutboundMessage, code: i64, title: &str, details: &str) -> 
 
 impl Stage for WhatsAppSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
+        self.catch_up(batch).await?;
         let mut rejects = Vec::new();
         let mut commands = Vec::new();
         for (index, record) in batch.iter().enumerate() {

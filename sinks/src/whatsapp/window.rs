@@ -68,6 +68,14 @@ impl WindowBook {
         }
     }
 
+    /// Takes in what a re-read of `whatsapp.events` found (after a rebalance).
+    pub fn merge(&mut self, read: WindowBook) {
+        for (key, at) in read.last_inbound_s {
+            let last = self.last_inbound_s.entry(key).or_insert(at);
+            *last = (*last).max(at);
+        }
+    }
+
     /// Forgets customers whose window closed long ago (memory stays bounded).
     pub fn prune(&mut self, now_ms: i64, window_hours: u64) {
         let oldest = now_ms / 1000 - (window_hours as i64).saturating_mul(3600);
