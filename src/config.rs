@@ -20,11 +20,13 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub mqtt: MqttConnection,
     pub s3: runtime::S3Config,
+    pub graph: sinks::graph::GraphConfig,
     pub topics: TopicsConfig,
     pub ingest: IngestConfig,
     pub processors: ProcessorsConfig,
     pub sinks: SinksConfig,
     pub api: ApiConfig,
+    pub simulate: crate::simulate::SimulateConfig,
 }
 
 /// `[processors]`: each processor's own settings.
@@ -82,6 +84,7 @@ pub struct SinksConfig {
     pub mongo: MongoConfig,
     pub clickhouse: ClickHouseConfig,
     pub mqtt: MqttConfig,
+    pub whatsapp: sinks::whatsapp::WhatsAppConfig,
 }
 
 /// `[api]`.

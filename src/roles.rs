@@ -22,10 +22,18 @@ pub enum SinkName {
     Mongo,
     Clickhouse,
     Mqtt,
+    Whatsapp,
+    Media,
 }
 
 impl SinkName {
-    pub const ALL: [SinkName; 3] = [SinkName::Mongo, SinkName::Clickhouse, SinkName::Mqtt];
+    pub const ALL: [SinkName; 5] = [
+        SinkName::Mongo,
+        SinkName::Clickhouse,
+        SinkName::Mqtt,
+        SinkName::Whatsapp,
+        SinkName::Media,
+    ];
 
     /// `sink-mongo`: the role name, consumer group suffix and client id suffix.
     pub fn role(self) -> String {
@@ -61,7 +69,7 @@ pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Res
     webhooks.and(presence)
 }
 
-/// Runs one sink over `whatsapp.events`.
+/// Runs one sink (over `whatsapp.events`; the whatsapp sink over `messages.outbound`).
 pub async fn sink(
     config: &Config,
     name: SinkName,
@@ -120,6 +128,44 @@ pub async fn sink(
         SinkName::Mqtt => {
             let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
             let sink = MqttSink::new(&config.mqtt, config.sinks.mqtt.clone());
+            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
+        }
+        SinkName::Whatsapp => {
+            let graph = sinks::graph::GraphClient::new(config.graph.clone())?;
+            let (kafka, wa) = (config.kafka.clone(), config.sinks.whatsapp.clone());
+            let state = tokio::task::spawn_blocking(move || sinks::whatsapp::rebuild(&kafka, &wa))
+                .await??;
+            let s3 = (config.s3.client(), config.s3.bucket.clone());
+            let sink = sinks::whatsapp::WhatsAppSink::new(
+                graph,
+                config.sinks.whatsapp.clone(),
+                publisher.clone(),
+                Some(s3),
+                state,
+            )
+            .rebuild_on_new_partitions(config.kafka.clone());
+            let consumer = config
+                .kafka
+                .consumer(&role, &[topics::MESSAGES_OUTBOUND, topics::WHATSAPP_EVENTS])?;
+            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
+        }
+        SinkName::Media => {
+            let graph = sinks::graph::GraphClient::new(config.graph.clone())?;
+            let s3 = config.s3.client();
+            let s3_config = &config.s3;
+            if until_ready("s3", &shutdown, || s3_config.ensure_bucket(&s3))
+                .await
+                .is_none()
+            {
+                return Ok(());
+            }
+            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            let sink = sinks::media::MediaSink::new(
+                graph,
+                s3,
+                config.s3.bucket.clone(),
+                publisher.clone(),
+            );
             consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
         }
     };

@@ -99,6 +99,19 @@ impl OutboundMessage {
     }
 }
 
+/// The whatsapp sink is about to call the Graph API for an outbound message
+/// (`messages.outbound.intents`). Written and acknowledged before the call, so a sink
+/// restarted after a crash knows which commands may already have gone out and reports
+/// them "outcome unknown" instead of sending them twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutboundIntent {
+    /// The outbound message id (the idempotency key).
+    pub id: String,
+    pub org: String,
+    pub phone_number_id: String,
+    pub at_ms: i64,
+}
+
 /// A message's status moved forward (`messages.status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusTransition {

@@ -57,6 +57,10 @@ pub fn topic_value_schemas() -> Vec<(&'static str, Value)> {
             schema_for!(delivery::OutboundResult),
         ),
         (
+            topics::OUTBOUND_INTENTS,
+            schema_for!(delivery::OutboundIntent),
+        ),
+        (
             topics::MESSAGES_STATUS,
             schema_for!(delivery::StatusTransition),
         ),

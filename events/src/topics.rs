@@ -18,6 +18,8 @@ pub const MESSAGES_STATUS: &str = "messages.status";
 pub const NOTIFICATIONS_PUSH: &str = "notifications.push";
 /// Graph API answers to `messages.outbound`.
 pub const OUTBOUND_RESULTS: &str = "messages.outbound.results";
+/// The whatsapp sink's record of calls it was about to make (its idempotency ledger).
+pub const OUTBOUND_INTENTS: &str = "messages.outbound.intents";
 /// Media copied to S3.
 pub const MEDIA_STORED: &str = "media.stored";
 /// What could not be parsed or written, with headers saying why.
@@ -32,6 +34,7 @@ pub const ALL: &[&str] = &[
     CONVERSATION_ASSIGNMENTS,
     MESSAGES_OUTBOUND,
     OUTBOUND_RESULTS,
+    OUTBOUND_INTENTS,
     MESSAGES_STATUS,
     NOTIFICATIONS_PUSH,
     MEDIA_STORED,

@@ -7,8 +7,11 @@
 //! [`Stage`]: runtime::Stage
 
 pub mod clickhouse;
+pub mod graph;
+pub mod media;
 pub mod mongo;
 pub mod mqtt;
+pub mod whatsapp;
 
 use events::WhatsAppEvent;
 use runtime::{Record, Reject};

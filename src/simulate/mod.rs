@@ -9,7 +9,15 @@ pub mod graph;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+/// `[simulate]`: how the stand-ins behave.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimulateConfig {
+    pub graph: graph::GraphSimConfig,
+}
 
 /// What to send.
 #[derive(Debug, Clone, clap::Args)]

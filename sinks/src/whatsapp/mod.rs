@@ -1,0 +1,569 @@
+//! The whatsapp sink: `messages.outbound` → the Graph API → `messages.outbound.results`.
+//!
+//! Per batch: customers' messages (`whatsapp.events`, read in the same group; both
+//! topics are keyed by `phone_number_id` with the same partition count, so a number's
+//! events and commands meet in one member) keep the 24-hour window book; each
+//! command is checked against the [`ledger`] (never twice), its age, its payload
+//! ([`payload`]) and the window ([`window`]); what may go out is sent through the
+//! number's token bucket, one conversation in order, conversations side by side.
+//! Meta's throttling answers are retried with backoff; an outage (5xx, unreachable)
+//! pauses the partition like a store that is down.
+
+pub mod config;
+pub mod ledger;
+pub mod payload;
+pub mod window;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use events::delivery::{OutboundIntent, OutboundMessage, OutboundResult};
+use events::webhook::ApiError;
+use events::{WhatsAppEvent, codec, ids, topics};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
+
+pub use config::WhatsAppConfig;
+use ledger::{Decision, Ledger};
+use payload::Call;
+use window::WindowBook;
+
+use crate::graph::{GraphClient, GraphError, Retry, api_error};
+
+/// Error codes of the answers the sink makes itself. Refusals reuse Meta's codes for
+/// the same conditions, so a client handles one code whoever refused.
+pub mod codes {
+    /// Meta's "invalid parameter": the payload can never be sent as it is.
+    pub const INVALID_PARAMETER: i64 = 100;
+    /// Meta's "re-engagement message": outside the customer service window.
+    pub const OUTSIDE_WINDOW: i64 = 131047;
+    /// Ours: the call was made but its answer was lost; the command was not resent.
+    pub const OUTCOME_UNKNOWN: i64 = 0;
+    /// Ours: too old to send.
+    pub const EXPIRED: i64 = 1;
+}
+
+/// The sink as a pipeline stage.
+pub struct WhatsAppSink {
+    graph: GraphClient,
+    config: WhatsAppConfig,
+    publisher: Publisher,
+    s3: Option<(aws_sdk_s3::Client, String)>,
+    limiters: HashMap<String, Arc<DefaultDirectRateLimiter>>,
+    ledger: Arc<Mutex<Ledger>>,
+    window: WindowBook,
+    batches: u64,
+    /// Partitions of `messages.outbound` this instance has handled, and how to read
+    /// the state of one it gains from another instance (None: never re-read).
+    owned: std::collections::HashSet<i32>,
+    kafka: Option<KafkaConfig>,
+}
+
+impl WhatsAppSink {
+    /// `s3`: the client and bucket of outbound media (`s3_key` payloads).
+    pub fn new(
+        graph: GraphClient,
+        config: WhatsAppConfig,
+        publisher: Publisher,
+        s3: Option<(aws_sdk_s3::Client, String)>,
+        (ledger, window): (Ledger, WindowBook),
+    ) -> Self {
+        Self {
+            graph,
+            config,
+            publisher,
+            s3,
+            limiters: HashMap::new(),
+            ledger: Arc::new(Mutex::new(ledger)),
+            window,
+            batches: 0,
+            owned: Default::default(),
+            kafka: None,
+        }
+    }
+
+    /// Re-reads the ledger and the window book when a partition shows up that this
+    /// instance did not handle since its start rebuild: after a rebalance, the
+    /// previous owner's intents (acknowledged before it let the partition go) and the
+    /// partition's last 24 hours of customers' messages are then known before any
+    /// command of it is decided.
+    pub fn rebuild_on_new_partitions(mut self, kafka: KafkaConfig) -> Self {
+        self.kafka = Some(kafka);
+        self
+    }
+
+    async fn catch_up(&mut self, batch: &[Record]) -> anyhow::Result<()> {
+        let first_batch = self.owned.is_empty();
+        let mut gained = false;
+        for record in batch
+            .iter()
+            .filter(|r| r.topic == topics::MESSAGES_OUTBOUND)
+        {
+            gained |= self.owned.insert(record.partition);
+        }
+        // The first partitions seen are the start rebuild's.
+        let Some(kafka) = self.kafka.clone().filter(|_| gained && !first_batch) else {
+            return Ok(());
+        };
+        tracing::info!(partitions = ?self.owned, "a partition was gained: re-reading the ledger and the window");
+        let config = self.config.clone();
+        let (ledger, window) =
+            tokio::task::spawn_blocking(move || rebuild(&kafka, &config)).await??;
+        self.window.merge(window);
+        if let Ok(mut own) = self.ledger.lock() {
+            own.merge(ledger);
+        }
+        Ok(())
+    }
+
+    fn limiter(&mut self, phone_number_id: &str) -> Arc<DefaultDirectRateLimiter> {
+        let own = self
+            .graph
+            .config()
+            .number(phone_number_id)
+            .map_or(0, |n| n.messages_per_second);
+        let quota = self.config.quota(own);
+        self.limiters
+            .entry(phone_number_id.to_string())
+            .or_insert_with(|| Arc::new(RateLimiter::direct(quota)))
+            .clone()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn result_of(
+    command: &OutboundMessage,
+    wamid: Option<String>,
+    error: Option<ApiError>,
+) -> OutboundResult {
+    command.result(wamid, error, now_ms())
+}
+
+fn refused(command: &OutboundMessage, code: i64, title: &str, details: &str) -> OutboundResult {
+    result_of(command, None, Some(api_error(code, title, details)))
+}
+
+impl Stage for WhatsAppSink {
+    async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
+        self.catch_up(batch).await?;
+        let mut rejects = Vec::new();
+        let mut commands = Vec::new();
+        for (index, record) in batch.iter().enumerate() {
+            match record.topic.as_str() {
+                // Undecodable events are the other sinks' to dead-letter; here they
+                // only feed the window book.
+                topics::WHATSAPP_EVENTS => {
+                    if let Ok(event) = codec::decode::<WhatsAppEvent>(&record.value) {
+                        self.window.observe(&event);
+                        if let Ok(mut ledger) = self.ledger.lock() {
+                            observe_status(&mut ledger, &event);
+                        }
+                    }
+                }
+                topics::MESSAGES_OUTBOUND => {
+                    match codec::decode::<OutboundMessage>(&record.value) {
+                        Ok(command) => commands.push(command),
+                        Err(err) => rejects.push(Reject {
+                            index,
+                            reason: format!("not an outbound message: {err}"),
+                        }),
+                    }
+                }
+                other => rejects.push(Reject {
+                    index,
+                    reason: format!("sink.whatsapp does not read {other}"),
+                }),
+            }
+        }
+        let now = now_ms();
+        self.batches += 1;
+        if self.batches.is_multiple_of(1000) {
+            self.window.prune(now, self.config.window_hours);
+        }
+
+        let mut answers = Vec::new();
+        let mut sends: BTreeMap<String, Vec<(OutboundMessage, Call)>> = BTreeMap::new();
+        for command in commands {
+            if !self.graph.config().handles(&command.phone_number_id) {
+                continue; // another deployment's number
+            }
+            let decision = self
+                .ledger
+                .lock()
+                .map_err(|_| anyhow::anyhow!("ledger poisoned"))?
+                .decide(&command.id);
+            match decision {
+                Decision::Answered => {}
+                Decision::Republish(result) => answers.push(*result),
+                Decision::SentAs(wamid) => answers.push(result_of(&command, Some(wamid), None)),
+                Decision::InDoubt => answers.push(refused(
+                    &command,
+                    codes::OUTCOME_UNKNOWN,
+                    "outcome unknown, not resent",
+                    "the sink stopped during the Graph API call; the message may or may not have been sent, and it is never sent twice",
+                )),
+                Decision::Fresh => {
+                    if now - command.at_ms > self.config.max_command_age_ms {
+                        answers.push(refused(&command, codes::EXPIRED, "expired, not sent",
+                            &format!("the command is {} s old; older than {} ms is never sent", (now - command.at_ms) / 1000, self.config.max_command_age_ms)));
+                        continue;
+                    }
+                    let call = match payload::plan(&command) {
+                        Ok(call) => call,
+                        Err(reason) => {
+                            answers.push(refused(&command, codes::INVALID_PARAMETER, "invalid payload", &reason));
+                            continue;
+                        }
+                    };
+                    if let Err(closed) = self.window.check(
+                        &command.phone_number_id,
+                        &command.to,
+                        &command.payload,
+                        now,
+                        self.config.window_hours,
+                    ) {
+                        answers.push(refused(&command, codes::OUTSIDE_WINDOW, "re-engagement message", &closed.reason));
+                        continue;
+                    }
+                    let conversation = ids::conversation_id(&command.phone_number_id, &ids::digits(&command.to));
+                    sends.entry(conversation).or_default().push((command, call));
+                }
+            }
+        }
+        for result in answers {
+            publish_result(&self.publisher, &self.ledger, result).await?;
+        }
+
+        let limiters: Vec<_> = sends
+            .values()
+            .map(|list| self.limiter(&list[0].0.phone_number_id))
+            .collect();
+        let mut jobs = Vec::new();
+        for ((_, list), limiter) in sends.into_iter().zip(limiters) {
+            let sender = Sender {
+                graph: &self.graph,
+                config: &self.config,
+                publisher: &self.publisher,
+                s3: self.s3.as_ref(),
+                ledger: &self.ledger,
+                limiter,
+            };
+            jobs.push(async move {
+                for (command, call) in list {
+                    sender.send(&command, call).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        let outcomes: Vec<anyhow::Result<()>> = futures::stream::iter(jobs)
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        for outcome in outcomes {
+            outcome?; // an outage: the batch is retried; the ledger skips what is done
+        }
+        Ok(rejects)
+    }
+}
+
+async fn publish_result(
+    publisher: &Publisher,
+    ledger: &Mutex<Ledger>,
+    result: OutboundResult,
+) -> anyhow::Result<()> {
+    let id = result.id.clone();
+    if let Ok(mut l) = ledger.lock() {
+        l.answered(result.clone());
+    }
+    publisher
+        .send_json(
+            topics::OUTBOUND_RESULTS,
+            &result.phone_number_id,
+            &result,
+            vec![],
+        )
+        .await
+        .context("publishing an outbound result")?;
+    if let Ok(mut l) = ledger.lock() {
+        l.published(&id);
+    }
+    Ok(())
+}
+
+/// Everything one conversation's sends need, borrowed from the stage.
+struct Sender<'a> {
+    graph: &'a GraphClient,
+    config: &'a WhatsAppConfig,
+    publisher: &'a Publisher,
+    s3: Option<&'a (aws_sdk_s3::Client, String)>,
+    ledger: &'a Mutex<Ledger>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+impl Sender<'_> {
+    /// Carries out one command and publishes its result. `Err`: an outage or Kafka
+    /// failure; nothing was sent that the ledger does not know of.
+    async fn send(&self, command: &OutboundMessage, call: Call) -> anyhow::Result<()> {
+        let pnid = &command.phone_number_id;
+        let (edge, body) = match call {
+            Call::Message { body } => ("messages", body),
+            Call::SmbAppData { body } => ("smb_app_data", body),
+            Call::MediaMessage { kind, s3_key, body } => match self.upload(command, &s3_key).await?
+            {
+                Ok(media_id) => ("messages", payload::with_media_id(body, &kind, &media_id)),
+                Err(result) => return publish_result(self.publisher, self.ledger, *result).await,
+            },
+        };
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            self.limiter.until_ready().await;
+            let intent = OutboundIntent {
+                id: command.id.clone(),
+                org: command.org.clone(),
+                phone_number_id: pnid.clone(),
+                at_ms: now_ms(),
+            };
+            self.publisher
+                .send_json(topics::OUTBOUND_INTENTS, pnid, &intent, vec![])
+                .await
+                .context("publishing an outbound intent")?;
+            if let Ok(mut l) = self.ledger.lock() {
+                l.intended(&command.id);
+            }
+            let error = match self.graph.post_json(pnid, edge, &body).await {
+                Ok(answer) => break result_of(command, payload::wamid(&answer), None),
+                Err(error) => error,
+            };
+            let retry = error.retry();
+            if matches!(retry, Retry::Later | Retry::Outage | Retry::Never)
+                && let Ok(mut l) = self.ledger.lock()
+            {
+                l.not_sent(&command.id); // Meta answered: it did not take it
+            }
+            match retry {
+                Retry::Later | Retry::Outage if attempt < self.config.max_attempts => {
+                    tracing::info!(command = %command.id, %error, attempt, "graph api refused for now; retrying");
+                    tokio::time::sleep(self.config.backoff(attempt)).await;
+                }
+                Retry::Outage => return Err(anyhow::Error::new(error).context("graph api down")),
+                Retry::Later | Retry::Never => {
+                    break result_of(command, None, Some(error.to_api_error()));
+                }
+                Retry::Unknown => {
+                    tracing::warn!(command = %command.id, %error, "graph api call without an answer; not resending");
+                    break refused(
+                        command,
+                        codes::OUTCOME_UNKNOWN,
+                        "outcome unknown, not resent",
+                        &error.to_string(),
+                    );
+                }
+            }
+        };
+        publish_result(self.publisher, self.ledger, result).await
+    }
+
+    /// Uploads an S3 object to the number's media; `Ok(Err(result))` when it can never
+    /// be (no such object, refused by Meta).
+    async fn upload(
+        &self,
+        command: &OutboundMessage,
+        key: &str,
+    ) -> anyhow::Result<Result<String, Box<OutboundResult>>> {
+        let Some((client, bucket)) = self.s3 else {
+            return Ok(Err(Box::new(refused(
+                command,
+                codes::INVALID_PARAMETER,
+                "media not available",
+                "this sink has no S3 bucket configured",
+            ))));
+        };
+        let object = match client.get_object().bucket(bucket).key(key).send().await {
+            Ok(object) => object,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Ok(Err(Box::new(refused(
+                    command,
+                    codes::INVALID_PARAMETER,
+                    "media not found",
+                    &format!("no object {key} in bucket {bucket}"),
+                ))));
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!("reading s3://{bucket}/{key}")));
+            }
+        };
+        let mime = object
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("reading s3://{bucket}/{key}"))?
+            .into_bytes()
+            .to_vec();
+        let file_name = key.rsplit('/').next().unwrap_or(key).to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .graph
+                .upload_media(&command.phone_number_id, bytes.clone(), &mime, &file_name)
+                .await
+            {
+                Ok(id) => return Ok(Ok(id)),
+                // An upload is not a message: repeating it is harmless.
+                Err(error)
+                    if error.retry() != Retry::Never && attempt < self.config.max_attempts =>
+                {
+                    tokio::time::sleep(self.config.backoff(attempt)).await;
+                }
+                Err(error)
+                    if error.retry() == Retry::Never
+                        || matches!(error, GraphError::Api { status: 429, .. }) =>
+                {
+                    return Ok(Err(Box::new(result_of(
+                        command,
+                        None,
+                        Some(error.to_api_error()),
+                    ))));
+                }
+                Err(error) => return Err(anyhow::Error::new(error).context("uploading media")),
+            }
+        }
+    }
+}
+
+/// A status webhook names its command in `biz_opaque_callback_data`.
+fn observe_status(ledger: &mut Ledger, event: &WhatsAppEvent) {
+    if let events::event::EventBody::Status(status) = &event.body
+        && let Some(id) = status.raw["biz_opaque_callback_data"].as_str()
+    {
+        ledger.status_seen(id, &status.wamid);
+    }
+}
+
+/// Reads the sink's state back from Kafka: the ledger from the intents and results
+/// topics, the window book from the last `window_hours` of `whatsapp.events`.
+/// Blocking: call it from `spawn_blocking`.
+pub fn rebuild(
+    kafka: &KafkaConfig,
+    config: &WhatsAppConfig,
+) -> anyhow::Result<(Ledger, WindowBook)> {
+    let mut ledger = Ledger::default();
+    read_topic(kafka, topics::OUTBOUND_INTENTS, None, |value| {
+        if let Ok(intent) = codec::decode::<OutboundIntent>(value) {
+            ledger.intended(&intent.id);
+        }
+    })?;
+    read_topic(kafka, topics::OUTBOUND_RESULTS, None, |value| {
+        if let Ok(result) = codec::decode::<OutboundResult>(value) {
+            ledger.published(&result.id);
+        }
+    })?;
+    let mut window = WindowBook::default();
+    let since = now_ms() - (config.window_hours as i64).saturating_mul(3_600_000);
+    read_topic(kafka, topics::WHATSAPP_EVENTS, Some(since), |value| {
+        if let Ok(event) = codec::decode::<WhatsAppEvent>(value) {
+            window.observe(&event);
+            observe_status(&mut ledger, &event);
+        }
+    })?;
+    Ok((ledger, window))
+}
+
+/// Reaching the end of a partition is what a rebuild waits for, not an error to log.
+struct EndIsNews;
+
+impl rdkafka::ClientContext for EndIsNews {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, %reason, "kafka client error during rebuild");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNews {}
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every value of `topic` (from `since_ms`, or the start) to the end of every
+/// partition, as librdkafka reports it (not a watermark fetched beforehand).
+fn read_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    since_ms: Option<i64>,
+    mut each: impl FnMut(&[u8]),
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer<EndIsNews> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set(
+            "group.id",
+            format!("{}-sink-whatsapp-rebuild", kafka.client_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .set("enable.partition.eof", "true")
+        .create_with_context(EndIsNews)?;
+    let metadata = consumer.fetch_metadata(Some(topic), READ_TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| p.id())
+        .collect();
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in &partitions {
+        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
+    }
+    if let Some(since) = since_ms {
+        let mut times = TopicPartitionList::new();
+        for partition in &partitions {
+            times.add_partition_offset(topic, *partition, Offset::Offset(since))?;
+        }
+        // Where the broker cannot answer, read from the start: slower, never wrong.
+        if let Ok(found) = consumer.offsets_for_times(times, READ_TIMEOUT) {
+            for element in found.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    assignment.set_partition_offset(
+                        topic,
+                        element.partition(),
+                        Offset::Offset(offset),
+                    )?;
+                }
+            }
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut at_end = std::collections::HashSet::new();
+    while at_end.len() < partitions.len() {
+        match consumer.poll(READ_TIMEOUT) {
+            None => anyhow::bail!("{topic} stopped answering"),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(err)) => return Err(err.into()),
+            Some(Ok(message)) => {
+                at_end.remove(&message.partition());
+                each(message.payload().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}

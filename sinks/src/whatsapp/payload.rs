@@ -1,0 +1,248 @@
+//! An outbound command → the Graph API call that carries it out. Pure.
+//!
+//! The command's `payload` is the Graph API message body (`type` plus the object it
+//! names) minus what the sink adds: `messaging_product`, `recipient_type`, `to`, and
+//! `biz_opaque_callback_data` = the command id, which Meta echoes in every status
+//! webhook of the message, so a status can always be traced back to its command.
+//!
+//! Two conventions on top of Meta's format:
+//! - media kept in our S3 bucket: `{"type":"image","image":{"s3_key":"{org}/{sha256}"}}`
+//!   is uploaded to `/{phone_number_id}/media` first and sent by the new media id;
+//! - `{"type":"smb_app_data","sync_type":"smb_app_state_sync"|"history"}` is the
+//!   coexistence onboarding sync request, `POST /{phone_number_id}/smb_app_data`.
+
+use events::delivery::OutboundMessage;
+use serde_json::{Value, json};
+
+/// Message types whose object may name a media file.
+pub const MEDIA_TYPES: &[&str] = &["image", "audio", "video", "document", "sticker"];
+/// Message types the Cloud API sends.
+pub const MESSAGE_TYPES: &[&str] = &[
+    "text",
+    "template",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "interactive",
+    "reaction",
+    "location",
+    "contacts",
+];
+/// `smb_app_data` sync types.
+pub const SYNC_TYPES: &[&str] = &["smb_app_state_sync", "history"];
+
+/// The Graph API call for one command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    /// `POST /{phone_number_id}/messages`.
+    Message { body: Value },
+    /// Upload `s3_key` to `/{phone_number_id}/media`, then send `body` with the new
+    /// id in place of the key ([`with_media_id`]).
+    MediaMessage {
+        kind: String,
+        s3_key: String,
+        body: Value,
+    },
+    /// `POST /{phone_number_id}/smb_app_data`.
+    SmbAppData { body: Value },
+}
+
+impl Call {
+    /// Whether Meta answers this call with a message (a wamid).
+    pub fn sends_message(&self) -> bool {
+        !matches!(self, Call::SmbAppData { .. })
+    }
+}
+
+/// The call for `command`, or why it can never be made.
+pub fn plan(command: &OutboundMessage) -> Result<Call, String> {
+    let payload = command
+        .payload
+        .as_object()
+        .ok_or("payload is not a JSON object")?;
+    if payload.get("status").and_then(Value::as_str) == Some("read") {
+        let message_id = payload
+            .get("message_id")
+            .and_then(Value::as_str)
+            .ok_or("a read receipt needs message_id")?;
+        return Ok(Call::Message {
+            body: json!({"messaging_product": "whatsapp", "status": "read", "message_id": message_id}),
+        });
+    }
+    let kind = payload
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("payload has no type")?;
+    if kind == "smb_app_data" {
+        let sync_type = payload
+            .get("sync_type")
+            .and_then(Value::as_str)
+            .filter(|s| SYNC_TYPES.contains(s))
+            .ok_or("smb_app_data needs sync_type smb_app_state_sync or history")?;
+        return Ok(Call::SmbAppData {
+            body: json!({"messaging_product": "whatsapp", "sync_type": sync_type}),
+        });
+    }
+    if !MESSAGE_TYPES.contains(&kind) {
+        return Err(format!("unknown message type {kind:?}"));
+    }
+    let object = payload
+        .get(kind)
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("payload has no {kind:?} object"))?;
+    if command.to.trim().is_empty() {
+        return Err("no recipient (to)".into());
+    }
+    let mut body = command.payload.clone();
+    body["messaging_product"] = json!("whatsapp");
+    body["recipient_type"] = json!("individual");
+    body["to"] = json!(command.to);
+    body["biz_opaque_callback_data"] = json!(command.id);
+    if !MEDIA_TYPES.contains(&kind) {
+        return Ok(Call::Message { body });
+    }
+    match object.get("s3_key").and_then(Value::as_str) {
+        Some(key) => {
+            let own = key
+                .strip_prefix(&command.org)
+                .is_some_and(|rest| rest.starts_with('/'));
+            if !own {
+                return Err(format!(
+                    "s3_key {key:?} is not under the org's prefix {:?}",
+                    format!("{}/", command.org)
+                ));
+            }
+            Ok(Call::MediaMessage {
+                kind: kind.to_string(),
+                s3_key: key.to_string(),
+                body,
+            })
+        }
+        None if object.contains_key("id") || object.contains_key("link") => {
+            Ok(Call::Message { body })
+        }
+        None => Err(format!("{kind} needs one of id, link or s3_key")),
+    }
+}
+
+/// Replaces the `s3_key` of a media message with Meta's media id.
+pub fn with_media_id(mut body: Value, kind: &str, media_id: &str) -> Value {
+    if let Some(object) = body.get_mut(kind).and_then(Value::as_object_mut) {
+        object.remove("s3_key");
+        object.insert("id".into(), json!(media_id));
+    }
+    body
+}
+
+/// Meta's answer to a message send: the wamid.
+pub fn wamid(answer: &Value) -> Option<String> {
+    answer["messages"][0]["id"].as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(payload: Value) -> OutboundMessage {
+        OutboundMessage {
+            id: "cmd-1".into(),
+            org: "acme".into(),
+            phone_number_id: "111".into(),
+            conversation_id: "111-222".into(),
+            to: "222".into(),
+            sent_by: "ann".into(),
+            at_ms: 0,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_text_gets_the_envelope_and_the_command_id_as_callback_data() {
+        let call = plan(&command(json!({"type": "text", "text": {"body": "hi"}}))).unwrap();
+        assert_eq!(
+            call,
+            Call::Message {
+                body: json!({"type": "text", "text": {"body": "hi"}, "messaging_product": "whatsapp",
+                    "recipient_type": "individual", "to": "222", "biz_opaque_callback_data": "cmd-1"})
+            }
+        );
+    }
+
+    #[test]
+    fn s3_media_is_uploaded_then_sent_by_id() {
+        let call = plan(&command(
+            json!({"type": "image", "image": {"s3_key": "acme/abc", "caption": "x"}}),
+        ))
+        .unwrap();
+        let Call::MediaMessage { kind, s3_key, body } = call else {
+            panic!("not a media message");
+        };
+        assert_eq!((kind.as_str(), s3_key.as_str()), ("image", "acme/abc"));
+        let body = with_media_id(body, "image", "42");
+        assert_eq!(body["image"], json!({"id": "42", "caption": "x"}));
+        assert_eq!(body["to"], "222");
+    }
+
+    #[test]
+    fn another_orgs_media_and_malformed_payloads_are_refused_with_a_reason() {
+        let cases = [
+            (
+                json!({"type": "image", "image": {"s3_key": "other/abc"}}),
+                "prefix",
+            ),
+            (
+                json!({"type": "image", "image": {"s3_key": "acmeX/abc"}}),
+                "prefix",
+            ),
+            (
+                json!({"type": "image", "image": {"caption": "x"}}),
+                "id, link or s3_key",
+            ),
+            (json!({"text": {"body": "hi"}}), "no type"),
+            (json!({"type": "text"}), "no \"text\" object"),
+            (json!({"type": "fax", "fax": {}}), "unknown message type"),
+            (
+                json!({"type": "smb_app_data", "sync_type": "all"}),
+                "sync_type",
+            ),
+            (json!("hi"), "not a JSON object"),
+            (json!({"status": "read"}), "message_id"),
+        ];
+        for (payload, reason) in cases {
+            let err = plan(&command(payload.clone())).unwrap_err();
+            assert!(err.contains(reason), "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn read_receipts_and_sync_requests_have_their_own_bodies() {
+        let read = plan(&command(json!({"status": "read", "message_id": "wamid.A"}))).unwrap();
+        assert_eq!(
+            read,
+            Call::Message {
+                body: json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.A"})
+            }
+        );
+        let sync = plan(&command(
+            json!({"type": "smb_app_data", "sync_type": "history"}),
+        ))
+        .unwrap();
+        assert!(!sync.sends_message());
+        assert_eq!(
+            sync,
+            Call::SmbAppData {
+                body: json!({"messaging_product": "whatsapp", "sync_type": "history"})
+            }
+        );
+    }
+
+    #[test]
+    fn the_wamid_is_read_from_metas_answer() {
+        let answer = json!({"messaging_product": "whatsapp", "contacts": [{"input": "222", "wa_id": "222"}],
+            "messages": [{"id": "wamid.X"}]});
+        assert_eq!(wamid(&answer).as_deref(), Some("wamid.X"));
+        assert_eq!(wamid(&json!({"success": true})), None);
+    }
+}

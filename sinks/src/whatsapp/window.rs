@@ -1,0 +1,204 @@
+//! WhatsApp's customer service window: a business may send free-form messages only
+//! within 24 hours of the customer's last message; outside it only templates go out.
+//! Meta refuses late free-form messages too (131047), but only after accepting them,
+//! as a failed status; deciding here gives the agent a clear reason at once.
+
+use std::collections::HashMap;
+
+use events::event::{Direction, EventBody, Origin};
+use events::{WhatsAppEvent, ids};
+use serde_json::Value;
+
+/// The last message of each customer, per conversation.
+#[derive(Debug, Default)]
+pub struct WindowBook {
+    last_inbound_s: HashMap<String, i64>,
+}
+
+/// Why a message may not go out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub reason: String,
+}
+
+impl WindowBook {
+    /// Takes note of a customer's message (any other event is ignored).
+    pub fn observe(&mut self, event: &WhatsAppEvent) {
+        let EventBody::Message(m) = &event.body else {
+            return;
+        };
+        // History items are the customer's too, but old; their timestamps say so.
+        let from_customer = m.direction == Direction::Inbound
+            && matches!(m.origin, Origin::Customer | Origin::History);
+        if !from_customer || m.contact_wa_id.is_empty() {
+            return;
+        }
+        let key = ids::conversation_id(&event.phone_number_id, &m.contact_wa_id);
+        let last = self.last_inbound_s.entry(key).or_insert(m.sent_at);
+        *last = (*last).max(m.sent_at);
+    }
+
+    /// Whether `payload` may be sent to `to` now.
+    pub fn check(
+        &self,
+        phone_number_id: &str,
+        to: &str,
+        payload: &Value,
+        now_ms: i64,
+        window_hours: u64,
+    ) -> Result<(), Closed> {
+        if !needs_window(payload) {
+            return Ok(());
+        }
+        let key = ids::conversation_id(phone_number_id, &ids::digits(to));
+        let window_s = (window_hours as i64).saturating_mul(3600);
+        match self.last_inbound_s.get(&key) {
+            Some(last) if now_ms / 1000 - last < window_s => Ok(()),
+            Some(last) => Err(Closed {
+                reason: format!(
+                    "outside the {window_hours}-hour customer service window: the customer last wrote {} h ago; only a template message can be sent",
+                    (now_ms / 1000 - last) / 3600
+                ),
+            }),
+            None => Err(Closed {
+                reason: format!(
+                    "outside the {window_hours}-hour customer service window: the customer has not written to this number; only a template message can be sent"
+                ),
+            }),
+        }
+    }
+
+    /// Takes in what a re-read of `whatsapp.events` found (after a rebalance).
+    pub fn merge(&mut self, read: WindowBook) {
+        for (key, at) in read.last_inbound_s {
+            let last = self.last_inbound_s.entry(key).or_insert(at);
+            *last = (*last).max(at);
+        }
+    }
+
+    /// Forgets customers whose window closed long ago (memory stays bounded).
+    pub fn prune(&mut self, now_ms: i64, window_hours: u64) {
+        let oldest = now_ms / 1000 - (window_hours as i64).saturating_mul(3600);
+        self.last_inbound_s.retain(|_, last| *last >= oldest);
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_inbound_s.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_inbound_s.is_empty()
+    }
+}
+
+/// Templates open conversations; read receipts and coexistence sync requests are not
+/// messages to the customer. Everything else is free-form.
+pub fn needs_window(payload: &Value) -> bool {
+    let kind = payload["type"].as_str().unwrap_or_default();
+    let read_receipt = payload["status"] == "read";
+    !(kind == "template" || kind == "smb_app_data" || read_receipt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use events::event::MessageEvent;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn inbound(number: &str, contact: &str, sent_at: i64, origin: Origin) -> WhatsAppEvent {
+        WhatsAppEvent {
+            id: format!("wamid.{sent_at}"),
+            org: "acme".into(),
+            phone_number_id: number.into(),
+            display_phone_number: String::new(),
+            waba_id: String::new(),
+            received_at_ms: sent_at * 1000,
+            body: EventBody::Message(MessageEvent {
+                wamid: format!("wamid.{sent_at}"),
+                conversation_id: ids::conversation_id(number, contact),
+                contact_wa_id: contact.into(),
+                contact_name: None,
+                direction: if origin == Origin::Api || origin == Origin::BusinessApp {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                },
+                origin,
+                sent_at,
+                message_type: "text".into(),
+                preview: None,
+                reply_to: None,
+                media: None,
+                history_status: None,
+                raw: Value::Null,
+            }),
+        }
+    }
+
+    const HOUR_MS: i64 = 3_600_000;
+    const T0: i64 = 1_750_000_000;
+
+    #[test]
+    fn free_form_goes_out_within_24_hours_and_templates_always() {
+        let mut book = WindowBook::default();
+        book.observe(&inbound("111", "222", T0, Origin::Customer));
+        let text = json!({"type": "text", "text": {"body": "hi"}});
+        let template = json!({"type": "template", "template": {"name": "hello_world"}});
+        let now = T0 * 1000;
+        assert!(
+            book.check("111", "+222", &text, now + 23 * HOUR_MS, 24)
+                .is_ok()
+        );
+        let late = book.check("111", "222", &text, now + 25 * HOUR_MS, 24);
+        assert!(late.unwrap_err().reason.contains("25 h ago"));
+        assert!(
+            book.check("111", "222", &template, now + 25 * HOUR_MS, 24)
+                .is_ok()
+        );
+        let stranger = book.check("111", "333", &text, now, 24).unwrap_err();
+        assert!(stranger.reason.contains("template"), "{}", stranger.reason);
+        assert!(
+            book.check("999", "222", &text, now, 24).is_err(),
+            "per number"
+        );
+    }
+
+    #[test]
+    fn the_businesses_own_messages_do_not_open_the_window() {
+        let mut book = WindowBook::default();
+        book.observe(&inbound("111", "222", T0, Origin::BusinessApp));
+        book.observe(&inbound("111", "222", T0, Origin::Api));
+        let text = json!({"type": "text", "text": {"body": "hi"}});
+        assert!(book.check("111", "222", &text, T0 * 1000, 24).is_err());
+    }
+
+    #[test]
+    fn read_receipts_and_sync_requests_need_no_window() {
+        assert!(!needs_window(
+            &json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.A"})
+        ));
+        assert!(!needs_window(
+            &json!({"type": "smb_app_data", "sync_type": "history"})
+        ));
+        assert!(needs_window(
+            &json!({"type": "reaction", "reaction": {"message_id": "wamid.A", "emoji": "👍"}})
+        ));
+    }
+
+    proptest! {
+        /// Out-of-order and duplicate events: the window follows the latest message.
+        #[test]
+        fn the_window_follows_the_latest_message_in_any_order(mut times in proptest::collection::vec(0i64..200_000, 1..20)) {
+            let mut book = WindowBook::default();
+            for t in &times {
+                book.observe(&inbound("111", "222", T0 + t, Origin::Customer));
+            }
+            times.sort_unstable();
+            let latest = T0 + times[times.len() - 1];
+            let text = json!({"type": "text"});
+            prop_assert!(book.check("111", "222", &text, (latest + 24 * 3600 - 1) * 1000, 24).is_ok());
+            prop_assert!(book.check("111", "222", &text, (latest + 24 * 3600) * 1000, 24).is_err());
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The media sink against the real broker, moto's S3 and the Graph API simulator:
+//! an inbound image's bytes land in S3 under `{org}/{sha256}`, equal to what the
+//! simulator serves, with its MIME type and one `media.stored` record; a media id
+//! Meta does not know is dead-lettered with the reason.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coexist::Config;
+use coexist::roles::SinkName;
+use events::delivery::MediaStored;
+use events::event::{Direction, EventBody, MediaRef, MessageEvent, Origin};
+use events::{WhatsAppEvent, ids, topics};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use support::{free_port, unique};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "sim-media-token";
+
+fn image_event(org: &str, number: &str, wamid: &str, media_id: &str) -> WhatsAppEvent {
+    WhatsAppEvent {
+        id: wamid.to_string(),
+        org: org.to_string(),
+        phone_number_id: number.to_string(),
+        display_phone_number: String::new(),
+        waba_id: String::new(),
+        received_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+        body: EventBody::Message(MessageEvent {
+            wamid: wamid.to_string(),
+            conversation_id: ids::conversation_id(number, "16505551234"),
+            contact_wa_id: "16505551234".into(),
+            contact_name: None,
+            direction: Direction::Inbound,
+            origin: Origin::Customer,
+            sent_at: 1_750_000_000,
+            message_type: "image".into(),
+            preview: None,
+            reply_to: None,
+            media: Some(MediaRef {
+                id: Some(media_id.to_string()),
+                mime_type: Some("image/jpeg".into()),
+                sha256: None,
+                filename: None,
+            }),
+            history_status: None,
+            raw: json!({}),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_image_is_copied_to_s3_byte_for_byte() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    // The simulator.
+    let mut sim_config = Config::load(None).unwrap();
+    sim_config.simulate.graph.access_tokens = vec![runtime::Secret::new(TOKEN)];
+    sim_config.simulate.graph.callbacks = false;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+        .await
+        .unwrap();
+    let sim_url = format!("http://{}", listener.local_addr().unwrap());
+    let app = coexist::simulate::graph::router(&sim_config);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // The sink, for this test's number only.
+    let id = unique();
+    let (org, number) = (format!("media-{id}"), format!("7{id}"));
+    let mut config = Config::load(None).unwrap();
+    config.kafka.client_id = format!("test-media-{id}");
+    config.graph.base_url = sim_url;
+    config.graph.only_listed_numbers = true;
+    config.graph.numbers = vec![sinks::graph::GraphNumber {
+        phone_number_id: number.clone(),
+        access_token: runtime::Secret::new(TOKEN),
+        messages_per_second: 0,
+    }];
+    config.sinks.batch.max_wait_ms = 5;
+    coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (config, stop) = (config.clone(), shutdown.clone());
+        async move { coexist::roles::sink(&config, SinkName::Media, stop).await }
+    });
+
+    let publisher = config.kafka.publisher("media-test").await.unwrap();
+    let media_id = format!("{id}001");
+    let wamid = format!("wamid.img.{id}");
+    let event = image_event(&org, &number, &wamid, &media_id);
+    // Twice: a redelivered webhook must rewrite the same object.
+    for _ in 0..2 {
+        publisher
+            .send_json(topics::WHATSAPP_EVENTS, &number, &event, vec![])
+            .await
+            .unwrap();
+    }
+    let missing_wamid = format!("wamid.gone.{id}");
+    let missing = image_event(&org, &number, &missing_wamid, &format!("missing-{id}"));
+    publisher
+        .send_json(topics::WHATSAPP_EVENTS, &number, &missing, vec![])
+        .await
+        .unwrap();
+
+    let stored = support::read_records(
+        &config.kafka.brokers,
+        topics::MEDIA_STORED,
+        &number,
+        &wamid,
+        2,
+    )
+    .await;
+    let records: Vec<MediaStored> = stored
+        .iter()
+        .map(|(v, _)| serde_json::from_str(v).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "one record per delivery: {records:?}");
+    assert_eq!(
+        records[0], records[1],
+        "a redelivery republishes the same record"
+    );
+    let (expected, mime) = coexist::simulate::graph::synthetic_media(&media_id);
+    let record = &records[0];
+    assert_eq!(
+        record.key,
+        format!("{org}/{}", hex::encode(Sha256::digest(&expected)))
+    );
+    assert_eq!(record.mime_type, mime);
+    assert_eq!(record.bytes, expected.len() as u64);
+    assert_eq!(record.media_id, media_id);
+
+    let s3 = config.s3.client();
+    let object = s3
+        .get_object()
+        .bucket(&config.s3.bucket)
+        .key(&record.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(object.content_type(), Some("image/jpeg"));
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    assert_eq!(
+        bytes.to_vec(),
+        expected,
+        "S3 holds exactly the simulator's bytes"
+    );
+
+    // The unknown media id: dead-lettered with Meta's reason, nothing stored.
+    let dead = support::read_records(
+        &config.kafka.brokers,
+        topics::DEADLETTER,
+        &number,
+        &missing_wamid,
+        1,
+    )
+    .await;
+    let (_, headers) = dead.last().unwrap();
+    let reason = headers
+        .iter()
+        .find(|(k, _)| k == runtime::consume::dlq_headers::ERROR)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("does not exist"), "{reason}");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
