@@ -61,7 +61,8 @@ pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Res
     webhooks.and(presence)
 }
 
-/// Runs one sink over `whatsapp.events`.
+/// Runs one sink (over `whatsapp.events`; ClickHouse also reads statuses,
+/// assignments and outbound sends).
 pub async fn sink(
     config: &Config,
     name: SinkName,
@@ -97,13 +98,13 @@ pub async fn sink(
             {
                 return Ok(());
             }
-            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            let consumer = config.kafka.consumer(&role, sinks::clickhouse::TOPICS)?;
             consume::run(
                 &role,
                 consumer,
                 ClickHouseSink::new(ch),
                 dead_letters,
-                batch,
+                ch.batching(&batch),
                 shutdown,
             )
             .await

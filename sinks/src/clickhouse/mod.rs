@@ -1,4 +1,17 @@
-//! The ClickHouse sink: one row per message event, for delivery analytics.
+//! The ClickHouse sink: delivery and agent analytics. It reads four topics and
+//! writes one table per kind of event; materialized views built on those tables
+//! (see [`migrations`]) feed the dashboards (`dashboards/`).
+//!
+//! | topic | table |
+//! | --- | --- |
+//! | `whatsapp.events` | `message_events` (messages and Meta's raw statuses) |
+//! | `messages.status` | `status_transitions` |
+//! | `conversations.assignments` | `assignments` |
+//! | `messages.outbound`, `messages.outbound.results` | `outbound_messages` |
+//!
+//! Each write is deduplicated by `(org, event_id)`: within the batch, then against
+//! what the table already holds, so a redelivered or re-consumed event never lands
+//! twice (and the summing views never count it twice).
 
 pub mod config;
 pub mod mapping;
@@ -6,12 +19,26 @@ pub mod migrations;
 
 use std::collections::HashSet;
 
-use clickhouse::{Client, Row};
+use clickhouse::{Client, Row, RowOwned, RowWrite};
+use events::codec;
+use events::delivery::{OutboundMessage, OutboundResult, StatusTransition};
+use events::inbox::AssignmentEvent;
+use events::topics;
 use runtime::{Record, Reject, Stage};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 pub use config::ClickHouseConfig;
-use mapping::MessageEventRow;
+use mapping::{AssignmentRow, Keyed, MessageEventRow, OutboundRow, StatusTransitionRow};
+
+/// The topics this sink reads.
+pub const TOPICS: &[&str] = &[
+    topics::WHATSAPP_EVENTS,
+    topics::MESSAGES_STATUS,
+    topics::CONVERSATION_ASSIGNMENTS,
+    topics::MESSAGES_OUTBOUND,
+    topics::OUTBOUND_RESULTS,
+];
 
 /// A client for the configured database.
 pub fn client(config: &ClickHouseConfig) -> Client {
@@ -72,11 +99,56 @@ pub struct ClickHouseSink {
     client: Client,
 }
 
+/// A batch split by table.
+#[derive(Default)]
+struct Rows {
+    messages: Vec<MessageEventRow>,
+    statuses: Vec<StatusTransitionRow>,
+    assignments: Vec<AssignmentRow>,
+    outbound: Vec<OutboundRow>,
+}
+
 impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig) -> Self {
         Self {
             client: client(config),
         }
+    }
+
+    /// Inserts the rows whose `(org, event_id)` is new to the batch and the table.
+    async fn write_new<T>(&self, mut rows: Vec<T>) -> anyhow::Result<()>
+    where
+        T: Keyed + RowOwned + RowWrite,
+    {
+        let mut seen = HashSet::new();
+        rows.retain(|r| seen.insert((r.org().to_string(), r.event_id().to_string())));
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Skip what an earlier attempt (or a redelivered event) already wrote.
+        let ids: Vec<&str> = rows.iter().map(Keyed::event_id).collect();
+        let existing: HashSet<(String, String)> = self
+            .client
+            .query(&format!(
+                "SELECT org, event_id FROM {} WHERE event_id IN (SELECT arrayJoin(?))",
+                T::TABLE
+            ))
+            .bind(ids)
+            .fetch_all::<ExistingId>()
+            .await?
+            .into_iter()
+            .map(|e| (e.org, e.event_id))
+            .collect();
+        rows.retain(|r| !existing.contains(&(r.org().to_string(), r.event_id().to_string())));
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<T>(T::TABLE).await?;
+        for row in &rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
     }
 }
 
@@ -86,43 +158,111 @@ struct ExistingId {
     event_id: String,
 }
 
+/// Decodes a record of `topic`'s type and maps it, or says why it cannot be.
+fn decode<T: DeserializeOwned, R>(
+    record: &Record,
+    index: usize,
+    map: impl Fn(&T) -> R,
+    rejects: &mut Vec<Reject>,
+) -> Option<R> {
+    match codec::decode::<T>(&record.value) {
+        Ok(value) => Some(map(&value)),
+        Err(err) => {
+            rejects.push(Reject {
+                index,
+                reason: format!("not a valid {} value: {err}", record.topic),
+            });
+            None
+        }
+    }
+}
+
+/// Splits a batch into rows per table, and records that cannot be read.
+fn split(batch: &[Record]) -> (Rows, Vec<Reject>) {
+    let mut rows = Rows::default();
+    let mut rejects = Vec::new();
+    let r = &mut rejects;
+    for (i, record) in batch.iter().enumerate() {
+        match record.topic.as_str() {
+            topics::WHATSAPP_EVENTS => {
+                if let Some(Some(row)) = decode(record, i, mapping::row, r) {
+                    rows.messages.push(row);
+                }
+            }
+            topics::MESSAGES_STATUS => rows.statuses.extend(decode::<StatusTransition, _>(
+                record,
+                i,
+                mapping::status_row,
+                r,
+            )),
+            topics::CONVERSATION_ASSIGNMENTS => rows.assignments.extend(
+                decode::<AssignmentEvent, _>(record, i, mapping::assignment_row, r),
+            ),
+            topics::MESSAGES_OUTBOUND => rows.outbound.extend(decode::<OutboundMessage, _>(
+                record,
+                i,
+                mapping::outbound_row,
+                r,
+            )),
+            topics::OUTBOUND_RESULTS => rows.outbound.extend(decode::<OutboundResult, _>(
+                record,
+                i,
+                mapping::result_row,
+                r,
+            )),
+            other => r.push(Reject {
+                index: i,
+                reason: format!("the clickhouse sink does not read topic {other}"),
+            }),
+        }
+    }
+    (rows, rejects)
+}
+
 impl Stage for ClickHouseSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let (decoded, rejects) = crate::decode_events(batch);
-        let mut rows: Vec<MessageEventRow> = decoded
-            .iter()
-            .filter_map(|(_, e)| mapping::row(e))
-            .collect();
-        // Ids are unique per org: dedupe on (org, event_id).
-        let mut seen = HashSet::new();
-        rows.retain(|r| seen.insert((r.org.clone(), r.event_id.clone())));
-        if rows.is_empty() {
-            return Ok(rejects);
-        }
-        // Skip what an earlier attempt (or a redelivered webhook) already wrote.
-        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-        let existing: HashSet<(String, String)> = self
-            .client
-            .query(
-                "SELECT org, event_id FROM message_events WHERE event_id IN (SELECT arrayJoin(?))",
-            )
-            .bind(ids)
-            .fetch_all::<ExistingId>()
-            .await?
-            .into_iter()
-            .map(|e| (e.org, e.event_id))
-            .collect();
-        rows.retain(|r| !existing.contains(&(r.org.clone(), r.event_id.clone())));
-        if !rows.is_empty() {
-            let mut insert = self
-                .client
-                .insert::<MessageEventRow>("message_events")
-                .await?;
-            for row in &rows {
-                insert.write(row).await?;
-            }
-            insert.end().await?;
-        }
+        let (rows, rejects) = split(batch);
+        // Base tables before the tables whose views read them is not required (each
+        // view reads one table), but a fixed order keeps retries predictable.
+        self.write_new(rows.messages).await?;
+        self.write_new(rows.outbound).await?;
+        self.write_new(rows.statuses).await?;
+        self.write_new(rows.assignments).await?;
         Ok(rejects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(topic: &str, value: &str) -> Record {
+        Record {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: value.as_bytes().to_vec(),
+            headers: vec![],
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn split_routes_by_topic_and_rejects_what_it_cannot_read() {
+        let status = r#"{"id":"w:sent","org":"o","phone_number_id":"1","conversation_id":"1-2","wamid":"w","to":"sent","at":10}"#;
+        let assignment = r#"{"id":"a","org":"o","phone_number_id":"1","conversation_id":"1-2","state":"resolved","at_ms":10}"#;
+        let batch = [
+            record(topics::MESSAGES_STATUS, status),
+            record(topics::CONVERSATION_ASSIGNMENTS, assignment),
+            record(topics::MESSAGES_STATUS, "{not json"),
+            record(topics::AGENTS_PRESENCE, "{}"),
+        ];
+        let (rows, rejects) = split(&batch);
+        assert_eq!(rows.statuses.len(), 1);
+        assert_eq!(rows.assignments.len(), 1);
+        let rejected: Vec<usize> = rejects.iter().map(|r| r.index).collect();
+        assert_eq!(rejected, vec![2, 3]);
+        assert!(rejects[0].reason.contains("messages.status"));
     }
 }
