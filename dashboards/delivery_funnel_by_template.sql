@@ -39,6 +39,12 @@ FROM
         FROM message_delivery
         WHERE org = {org:String}
           AND ({phone_number_id:String} = '' OR phone_number_id = {phone_number_id:String})
+          AND wamid IN
+          (
+              SELECT wamid FROM outbound_messages
+              WHERE org = {org:String} AND kind = 'result' AND wamid != ''
+                AND event_time >= {from:DateTime}
+          )
         GROUP BY wamid
     ) USING wamid
 )

@@ -177,6 +177,7 @@ fn status(
     record("messages.status", value)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn assignment(
     org: &str,
     number: &str,
@@ -740,5 +741,56 @@ async fn the_api_serves_panels_only_within_an_org_scope() {
     let (status, js) = get(format!("{}/dashboards/chart.umd.min.js", urls[1])).await;
     assert_eq!(status, 200);
     assert!(js.contains("Chart.js v4"));
+    s.drop().await;
+}
+
+#[tokio::test]
+async fn a_latency_pairs_steps_written_in_different_batches() {
+    let s = Seeded::new("latency").await;
+    let (org, a) = (s.org.clone(), s.a.clone());
+    s.write(&[status(&org, &a, "wx", None, "sent", D + 100, None)])
+        .await;
+    s.write(&[status(
+        &org,
+        &a,
+        "wx",
+        Some("sent"),
+        "delivered",
+        D + 107,
+        None,
+    )])
+    .await;
+    s.write(&[status(
+        &org,
+        &a,
+        "wx",
+        Some("delivered"),
+        "read",
+        D + 1107,
+        None,
+    )])
+    .await;
+    // A step whose predecessor was never written has no latency (not a bogus one).
+    s.write(&[status(
+        &org,
+        &a,
+        "wy",
+        Some("sent"),
+        "delivered",
+        D + 200,
+        None,
+    )])
+    .await;
+    let latency = table(&s.panel("delivery_latency").await);
+    assert_eq!(
+        latency,
+        vec![vec![
+            json!(a),
+            json!(1),
+            json!([7, 7, 7]),
+            json!(1),
+            json!([1000, 1000, 1000])
+        ]]
+    );
     s.drop().await;
 }

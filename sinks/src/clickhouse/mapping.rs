@@ -15,6 +15,8 @@ pub trait Keyed {
     /// The table the row goes to.
     const TABLE: &'static str;
     fn org(&self) -> &str;
+    /// The second column of every table's sort key: lets lookups use the index.
+    fn phone_number_id(&self) -> &str;
     fn event_id(&self) -> &str;
 }
 
@@ -24,6 +26,9 @@ macro_rules! keyed {
             const TABLE: &'static str = $table;
             fn org(&self) -> &str {
                 &self.org
+            }
+            fn phone_number_id(&self) -> &str {
+                &self.phone_number_id
             }
             fn event_id(&self) -> &str {
                 &self.event_id
@@ -68,6 +73,8 @@ pub struct StatusTransitionRow {
     pub error_code: i32,
     pub error_title: String,
     pub event_time: u32,
+    /// When the message reached `from_status` (0: unknown); the sink fills it in.
+    pub from_time: u32,
 }
 keyed!(StatusTransitionRow, "status_transitions");
 
@@ -166,6 +173,7 @@ pub fn status_row(t: &StatusTransition) -> StatusTransitionRow {
         error_code: t.error.as_ref().map_or(0, code),
         error_title: t.error.as_ref().map(title).unwrap_or_default(),
         event_time: u32::try_from(t.at).unwrap_or_default(),
+        from_time: 0,
     }
 }
 

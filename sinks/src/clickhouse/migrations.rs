@@ -45,7 +45,9 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         2,
         "status_transitions",
-        // One row per step a message's status moved forward (`messages.status`).
+        // One row per step a message's status moved forward (`messages.status`), with
+        // when the message reached the step it left (`from_time`, filled by the sink;
+        // 0 when unknown), so a latency is one row, not a pairing at query time.
         "CREATE TABLE IF NOT EXISTS {db}.status_transitions (
         event_id String,
         org String,
@@ -57,6 +59,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         error_code Int32,
         error_title String,
         event_time DateTime,
+        from_time DateTime,
         event_date Date DEFAULT toDate(event_time)
     ) ENGINE = ReplacingMergeTree()
     PARTITION BY toYYYYMM(event_date)
@@ -137,14 +140,15 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         org,
         phone_number_id,
         toDate(event_time) AS day,
-        toUInt64(from_status = '' AND wamid NOT LIKE 'outbound:%') AS accepted,
-        toUInt64(to_status != 'failed' AND indexOf(['accepted', 'sent', 'delivered', 'read'], from_status) < 2
-            AND indexOf(['accepted', 'sent', 'delivered', 'read'], to_status) >= 2) AS sent,
-        toUInt64(to_status != 'failed' AND indexOf(['accepted', 'sent', 'delivered', 'read'], from_status) < 3
-            AND indexOf(['accepted', 'sent', 'delivered', 'read'], to_status) >= 3) AS delivered,
-        toUInt64(to_status = 'read') AS read,
-        toUInt64(to_status = 'failed') AS failed
-    FROM {db}.status_transitions",
+        sum(toUInt64(from_status = '' AND wamid NOT LIKE 'outbound:%')) AS accepted,
+        sum(toUInt64(to_status != 'failed' AND indexOf(['accepted', 'sent', 'delivered', 'read'], from_status) < 2
+            AND indexOf(['accepted', 'sent', 'delivered', 'read'], to_status) >= 2)) AS sent,
+        sum(toUInt64(to_status != 'failed' AND indexOf(['accepted', 'sent', 'delivered', 'read'], from_status) < 3
+            AND indexOf(['accepted', 'sent', 'delivered', 'read'], to_status) >= 3)) AS delivered,
+        sum(toUInt64(to_status = 'read')) AS read,
+        sum(toUInt64(to_status = 'failed')) AS failed
+    FROM {db}.status_transitions
+    GROUP BY org, phone_number_id, day",
     ),
     (
         7,
@@ -203,9 +207,10 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         10,
         "failures_daily_mv",
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.failures_daily_mv TO {db}.failures_daily AS
-    SELECT org, phone_number_id, toDate(event_time) AS day, error_code, error_title, toUInt64(1) AS failures
+    SELECT org, phone_number_id, toDate(event_time) AS day, error_code, error_title, count() AS failures
     FROM {db}.status_transitions
-    WHERE to_status = 'failed'",
+    WHERE to_status = 'failed'
+    GROUP BY org, phone_number_id, day, error_code, error_title",
     ),
     (
         11,
@@ -264,9 +269,50 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         15,
         "agent_daily_mv",
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.agent_daily_mv TO {db}.agent_daily AS
-    SELECT org, phone_number_id, toDate(event_time) AS day, assignee, toUInt64(1) AS assigned
+    SELECT org, phone_number_id, toDate(event_time) AS day, assignee, count() AS assigned
     FROM {db}.assignments
-    WHERE state = 'assigned' AND rejected = ''",
+    WHERE state = 'assigned' AND rejected = ''
+    GROUP BY org, phone_number_id, day, assignee",
+    ),
+    (
+        16,
+        "latency_daily",
+        // Sent→delivered and delivered→read per number and day, as mergeable
+        // quantile states: the latency panel merges a few states per day instead of
+        // pairing millions of messages. `quantileTiming` keeps seconds exactly below
+        // 1024 s, in 16 s steps up to 30000 s, and caps longer waits at 30000 s.
+        "CREATE TABLE IF NOT EXISTS {db}.latency_daily (
+        org String,
+        phone_number_id String,
+        day Date,
+        delivered_pairs AggregateFunction(countIf, UInt8),
+        sent_to_delivered AggregateFunction(quantilesTimingIf(0.5, 0.9, 0.99), UInt64, UInt8),
+        read_pairs AggregateFunction(countIf, UInt8),
+        delivered_to_read AggregateFunction(quantilesTimingIf(0.5, 0.9, 0.99), UInt64, UInt8)
+    ) ENGINE = AggregatingMergeTree()
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (org, phone_number_id, day)",
+    ),
+    (
+        17,
+        "latency_daily_mv",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.latency_daily_mv TO {db}.latency_daily AS
+    SELECT
+        org,
+        phone_number_id,
+        toDate(event_time) AS day,
+        countIfState(toUInt8(from_status = 'sent' AND to_status = 'delivered' AND from_time > 0
+            AND event_time >= from_time)) AS delivered_pairs,
+        quantilesTimingIfState(0.5, 0.9, 0.99)(toUInt64(toInt64(event_time) - toInt64(from_time)),
+            toUInt8(from_status = 'sent' AND to_status = 'delivered' AND from_time > 0
+            AND event_time >= from_time)) AS sent_to_delivered,
+        countIfState(toUInt8(from_status = 'delivered' AND to_status = 'read' AND from_time > 0
+            AND event_time >= from_time)) AS read_pairs,
+        quantilesTimingIfState(0.5, 0.9, 0.99)(toUInt64(toInt64(event_time) - toInt64(from_time)),
+            toUInt8(from_status = 'delivered' AND to_status = 'read' AND from_time > 0
+            AND event_time >= from_time)) AS delivered_to_read
+    FROM {db}.status_transitions
+    GROUP BY org, phone_number_id, day",
     ),
 ];
 

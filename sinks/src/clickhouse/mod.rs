@@ -17,7 +17,7 @@ pub mod config;
 pub mod mapping;
 pub mod migrations;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use clickhouse::{Client, Row, RowOwned, RowWrite};
 use events::codec;
@@ -125,14 +125,18 @@ impl ClickHouseSink {
         if rows.is_empty() {
             return Ok(());
         }
-        // Skip what an earlier attempt (or a redelivered event) already wrote.
-        let ids: Vec<&str> = rows.iter().map(Keyed::event_id).collect();
+        // Skip what an earlier attempt (or a redelivered event) already wrote. The org
+        // and number sets let ClickHouse narrow the scan by the sort key.
+        let (orgs, numbers, ids) = key_sets(&rows);
         let existing: HashSet<(String, String)> = self
             .client
             .query(&format!(
-                "SELECT org, event_id FROM {} WHERE event_id IN (SELECT arrayJoin(?))",
+                "SELECT org, event_id FROM {} WHERE org IN (SELECT arrayJoin(?)) \
+                 AND phone_number_id IN (SELECT arrayJoin(?)) AND event_id IN (SELECT arrayJoin(?))",
                 T::TABLE
             ))
+            .bind(orgs)
+            .bind(numbers)
             .bind(ids)
             .fetch_all::<ExistingId>()
             .await?
@@ -150,12 +154,79 @@ impl ClickHouseSink {
         insert.end().await?;
         Ok(())
     }
+
+    /// Fills in when each transition's message reached the status it left: from an
+    /// earlier row of the batch, else from the table (a message's transitions come
+    /// in order on one partition, so the earlier step is written by then).
+    async fn fill_from_times(&self, rows: &mut [StatusTransitionRow]) -> anyhow::Result<()> {
+        let mut known: HashMap<(String, String), u32> = rows
+            .iter()
+            .map(|r| ((r.org.clone(), r.event_id.clone()), r.event_time))
+            .collect();
+        let from_id = |r: &StatusTransitionRow| events::ids::status_id(&r.wamid, &r.from_status);
+        let missing: Vec<StatusTransitionRow> = rows
+            .iter()
+            .filter(|r| !r.from_status.is_empty())
+            .filter(|r| !known.contains_key(&(r.org.clone(), from_id(r))))
+            .map(|r| StatusTransitionRow {
+                event_id: from_id(r),
+                ..r.clone()
+            })
+            .collect();
+        if !missing.is_empty() {
+            let (orgs, numbers, ids) = key_sets(&missing);
+            let found = self
+                .client
+                .query(
+                    "SELECT org, event_id, event_time FROM status_transitions \
+                     WHERE org IN (SELECT arrayJoin(?)) AND phone_number_id IN (SELECT arrayJoin(?)) \
+                     AND event_id IN (SELECT arrayJoin(?))",
+                )
+                .bind(orgs)
+                .bind(numbers)
+                .bind(ids)
+                .fetch_all::<ReachedAt>()
+                .await?;
+            known.extend(
+                found
+                    .into_iter()
+                    .map(|f| ((f.org, f.event_id), f.event_time)),
+            );
+        }
+        for row in rows.iter_mut().filter(|r| !r.from_status.is_empty()) {
+            row.from_time = known
+                .get(&(row.org.clone(), from_id(row)))
+                .copied()
+                .unwrap_or_default();
+        }
+        Ok(())
+    }
+}
+
+/// The distinct orgs, numbers and event ids of `rows`, to bind as `IN` sets.
+fn key_sets<T: Keyed>(rows: &[T]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+    let distinct = |f: fn(&T) -> &str| {
+        let set: HashSet<&str> = rows.iter().map(f).collect();
+        set.into_iter().collect::<Vec<_>>()
+    };
+    (
+        distinct(Keyed::org),
+        distinct(Keyed::phone_number_id),
+        rows.iter().map(Keyed::event_id).collect(),
+    )
 }
 
 #[derive(Row, Deserialize)]
 struct ExistingId {
     org: String,
     event_id: String,
+}
+
+#[derive(Row, Deserialize)]
+struct ReachedAt {
+    org: String,
+    event_id: String,
+    event_time: u32,
 }
 
 /// Decodes a record of `topic`'s type and maps it, or says why it cannot be.
@@ -221,7 +292,8 @@ fn split(batch: &[Record]) -> (Rows, Vec<Reject>) {
 
 impl Stage for ClickHouseSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let (rows, rejects) = split(batch);
+        let (mut rows, rejects) = split(batch);
+        self.fill_from_times(&mut rows.statuses).await?;
         // Base tables before the tables whose views read them is not required (each
         // view reads one table), but a fixed order keeps retries predictable.
         self.write_new(rows.messages).await?;
