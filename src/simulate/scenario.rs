@@ -620,7 +620,7 @@ mod tests {
             };
             // Late statuses may trail the week's end by hours; nothing starts before it.
             assert!(
-                at_ms >= END - 7 * 86_400_000 && at_ms < END + 86_400_000,
+                (END - 7 * 86_400_000..END + 86_400_000).contains(&at_ms),
                 "{r:?}"
             );
         }
