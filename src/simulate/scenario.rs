@@ -183,17 +183,24 @@ impl Generator<'_> {
     /// A time in `[from, to)` on a random day, at an hour drawn from [`HOURLY`].
     fn daytime(&mut self, from: i64, to: i64) -> i64 {
         let day_ms = 86_400_000;
-        let days = ((to - from) / day_ms).max(1);
+        // Every calendar day the range touches; draws outside the range are redrawn.
+        let days = to.div_euclid(day_ms) - from.div_euclid(day_ms) + 1;
         let total: u32 = HOURLY.iter().sum();
-        let mut ticket = self.rng.below(u64::from(total)) as u32;
-        let mut hour = 0;
-        while ticket >= HOURLY[hour] {
-            ticket -= HOURLY[hour];
-            hour += 1;
+        let mut at = from;
+        for _ in 0..32 {
+            let mut ticket = self.rng.below(u64::from(total)) as u32;
+            let mut hour = 0;
+            while ticket >= HOURLY[hour] {
+                ticket -= HOURLY[hour];
+                hour += 1;
+            }
+            let day_start =
+                from - from.rem_euclid(day_ms) + self.rng.below(days as u64) as i64 * day_ms;
+            at = day_start + hour as i64 * 3_600_000 + self.rng.below(3_600_000) as i64;
+            if (from..to).contains(&at) {
+                return at;
+            }
         }
-        let day_start =
-            from - from.rem_euclid(day_ms) + self.rng.below(days as u64) as i64 * day_ms;
-        let at = day_start + hour as i64 * 3_600_000 + self.rng.below(3_600_000) as i64;
         at.clamp(from, to - 1)
     }
 
