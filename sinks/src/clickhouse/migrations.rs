@@ -7,8 +7,9 @@
 //! `(org, phone_number_id, event_id)`, so repeats collapse at merge time (and `FINAL`
 //! collapses them at query time); the sink also skips ids already present before
 //! inserting and dedupes within a batch, so a repeat never lands at all. That
-//! pre-insert check is what keeps the summing views exact: a materialized view
-//! sees every inserted block, so a row inserted twice would be counted twice. The
+//! pre-insert check is what keeps the summing and quantile views exact: a
+//! materialized view sees every inserted block, so a row inserted twice would be
+//! counted twice. The
 //! per-message view (`message_delivery`) keeps only `min`/`max` states, which a
 //! duplicate cannot change, and the dashboards count base-table rows by distinct
 //! event id, so both stay exact even if a duplicate slipped past the check.
