@@ -27,6 +27,10 @@ pub struct AnalyticsArgs {
     /// Keep the bench database afterwards (default: dropped).
     #[arg(long)]
     pub keep: bool,
+    /// Also write an API send and its Graph API answer for every message, and time
+    /// the per-template funnel, which joins them to the per-message view.
+    #[arg(long)]
+    pub sends: bool,
 }
 
 /// What the bench measured.
@@ -63,6 +67,15 @@ pub async fn run(config: Config, args: AnalyticsArgs) -> anyhow::Result<Analytic
         offset += count;
         bar.set_position(offset);
     }
+    if args.sends {
+        let messages = args.rows / 3;
+        let mut offset = 0;
+        while offset < messages {
+            let count = args.chunk.min(messages - offset);
+            client.query(&sends_sql(offset, count)).execute().await?;
+            offset += count;
+        }
+    }
     bar.finish_and_clear();
     let insert = started.elapsed();
 
@@ -97,7 +110,11 @@ pub async fn run(config: Config, args: AnalyticsArgs) -> anyhow::Result<Analytic
         "baseline: SELECT count() over the status rows".into(),
         baseline,
     ));
-    for panel in ["delivery_latency", "delivery_funnel", "failures_by_code"] {
+    let mut panels = vec!["delivery_latency", "delivery_funnel", "failures_by_code"];
+    if args.sends {
+        panels.push("delivery_funnel_by_template");
+    }
+    for panel in panels {
         let time = median(args.runs, || async {
             run_panel(&client, panel, &query)
                 .await
@@ -153,6 +170,29 @@ fn insert_sql(offset: u64, count: u64) -> String {
                 SELECT number, cityHash64(intDiv(number, 3), 7) % 100 < 2 AS failed
                 FROM numbers({offset}, {count})
             )
+        )"
+    )
+}
+
+/// A send (`message`, with one of two templates) and its answer (`result`, with the
+/// wamid of [`insert_sql`]'s message) for messages `offset..offset+count`.
+fn sends_sql(offset: u64, count: u64) -> String {
+    format!(
+        "INSERT INTO outbound_messages
+            (event_id, kind, org, phone_number_id, conversation_id, outbound_id, sent_by,
+             message_type, template_name, wamid, error_code, error_title, event_time, event_ms)
+        SELECT
+            concat(kind, ':', outbound_id), kind, '{ORG}', toString(1000 + msg % 10),
+            concat(toString(1000 + msg % 10), '-', toString(msg % 50000)), outbound_id,
+            if(kind = 'message', 'agent', ''), if(kind = 'message', 'template', ''),
+            if(kind = 'message', ['order_update', 'shipping_notice'][msg % 2 + 1], ''),
+            if(kind = 'result', concat('wamid.bench.', toString(msg)), ''), 0, '',
+            toDateTime({START} + intDiv(msg, 5)), 0
+        FROM
+        (
+            SELECT number AS msg, concat('out.', toString(number)) AS outbound_id,
+                arrayJoin(['message', 'result']) AS kind
+            FROM numbers({offset}, {count})
         )"
     )
 }
