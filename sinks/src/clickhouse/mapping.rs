@@ -75,6 +75,9 @@ pub struct StatusTransitionRow {
     pub event_time: u32,
     /// When the message reached `from_status` (0: unknown); the sink fills it in.
     pub from_time: u32,
+    /// The template the message was sent with ('' for none or unknown); the sink
+    /// fills it in from the send.
+    pub template_name: String,
 }
 keyed!(StatusTransitionRow, "status_transitions");
 
@@ -174,6 +177,7 @@ pub fn status_row(t: &StatusTransition) -> StatusTransitionRow {
         error_title: t.error.as_ref().map(title).unwrap_or_default(),
         event_time: u32::try_from(t.at).unwrap_or_default(),
         from_time: 0,
+        template_name: String::new(),
     }
 }
 
@@ -220,6 +224,7 @@ pub fn outbound_row(m: &OutboundMessage) -> OutboundRow {
 }
 
 /// The Graph API's answer: the wamid that links a send to its statuses, or an error.
+/// Its `template_name` is the send's, filled in by the sink.
 pub fn result_row(r: &OutboundResult) -> OutboundRow {
     OutboundRow {
         event_id: format!("result:{}", r.id),

@@ -9,10 +9,8 @@
 //! inserting and dedupes within a batch, so a repeat never lands at all. That
 //! pre-insert check is what keeps the summing and quantile views exact: a
 //! materialized view sees every inserted block, so a row inserted twice would be
-//! counted twice. The
-//! per-message view (`message_delivery`) keeps only `min`/`max` states, which a
-//! duplicate cannot change, and the dashboards count base-table rows by distinct
-//! event id, so both stay exact even if a duplicate slipped past the check.
+//! counted twice. Panels over base tables count distinct event ids, so they stay
+//! exact even if a duplicate slipped past the check.
 //!
 //! Views only see rows inserted after they exist (no `POPULATE`, which would race
 //! with the sink): on a database that already holds data, rebuild by replaying.
@@ -47,8 +45,9 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         2,
         "status_transitions",
         // One row per step a message's status moved forward (`messages.status`), with
-        // when the message reached the step it left (`from_time`, filled by the sink;
-        // 0 when unknown), so a latency is one row, not a pairing at query time.
+        // when the message reached the step it left (`from_time`) and the template it
+        // was sent with (`template_name`), both filled by the sink (0 / '' when
+        // unknown), so a latency or a template's funnel step is one row, not a join.
         "CREATE TABLE IF NOT EXISTS {db}.status_transitions (
         event_id String,
         org String,
@@ -61,6 +60,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         error_title String,
         event_time DateTime,
         from_time DateTime,
+        template_name String,
         event_date Date DEFAULT toDate(event_time)
     ) ENGINE = ReplacingMergeTree()
     PARTITION BY toYYYYMM(event_date)
@@ -116,7 +116,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         5,
         "delivery_daily",
-        // The funnel per number and day: how many messages crossed each step. A
+        // The funnel per number, day and template: sends attempted (from
+        // `outbound_messages`), then how many messages crossed each step. A
         // transition from F to T crosses every step after F up to T (statuses skip
         // steps when Meta reports read before delivered); `accepted` is the first
         // transition of a message Meta gave a wamid to.
@@ -124,6 +125,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         org String,
         phone_number_id String,
         day Date,
+        template_name String,
+        attempted UInt64,
         accepted UInt64,
         sent UInt64,
         delivered UInt64,
@@ -131,7 +134,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         failed UInt64
     ) ENGINE = SummingMergeTree()
     PARTITION BY toYYYYMM(day)
-    ORDER BY (org, phone_number_id, day)",
+    ORDER BY (org, phone_number_id, day, template_name)",
     ),
     (
         6,
@@ -141,6 +144,8 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         org,
         phone_number_id,
         toDate(event_time) AS day,
+        template_name,
+        toUInt64(0) AS attempted,
         sum(toUInt64(from_status = '' AND wamid NOT LIKE 'outbound:%')) AS accepted,
         sum(toUInt64(to_status != 'failed' AND indexOf(['accepted', 'sent', 'delivered', 'read'], from_status) < 2
             AND indexOf(['accepted', 'sent', 'delivered', 'read'], to_status) >= 2)) AS sent,
@@ -149,46 +154,7 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         sum(toUInt64(to_status = 'read')) AS read,
         sum(toUInt64(to_status = 'failed')) AS failed
     FROM {db}.status_transitions
-    GROUP BY org, phone_number_id, day",
-    ),
-    (
-        7,
-        "message_delivery",
-        // One row per message after merges: when it reached each status. Min and max
-        // states only, so a duplicate transition changes nothing. Latency panels pair
-        // the times here; the template funnel joins it with `outbound_messages`.
-        "CREATE TABLE IF NOT EXISTS {db}.message_delivery (
-        org String,
-        phone_number_id String,
-        wamid String,
-        first_at AggregateFunction(min, DateTime),
-        accepted_at AggregateFunction(minIf, DateTime, UInt8),
-        sent_at AggregateFunction(minIf, DateTime, UInt8),
-        delivered_at AggregateFunction(minIf, DateTime, UInt8),
-        read_at AggregateFunction(minIf, DateTime, UInt8),
-        failed_at AggregateFunction(minIf, DateTime, UInt8),
-        error_code AggregateFunction(max, Int32)
-    ) ENGINE = AggregatingMergeTree()
-    PARTITION BY tuple()
-    ORDER BY (org, phone_number_id, wamid)",
-    ),
-    (
-        8,
-        "message_delivery_mv",
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.message_delivery_mv TO {db}.message_delivery AS
-    SELECT
-        org,
-        phone_number_id,
-        wamid,
-        minState(event_time) AS first_at,
-        minIfState(event_time, to_status = 'accepted') AS accepted_at,
-        minIfState(event_time, to_status = 'sent') AS sent_at,
-        minIfState(event_time, to_status = 'delivered') AS delivered_at,
-        minIfState(event_time, to_status = 'read') AS read_at,
-        minIfState(event_time, to_status = 'failed') AS failed_at,
-        maxState(error_code) AS error_code
-    FROM {db}.status_transitions
-    GROUP BY org, phone_number_id, wamid",
+    GROUP BY org, phone_number_id, day, template_name",
     ),
     (
         9,
@@ -314,6 +280,39 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
             AND event_time >= from_time)) AS delivered_to_read
     FROM {db}.status_transitions
     GROUP BY org, phone_number_id, day",
+    ),
+    (
+        18,
+        "delivery_daily_sends_mv",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.delivery_daily_sends_mv TO {db}.delivery_daily AS
+    SELECT org, phone_number_id, toDate(event_time) AS day, template_name, count() AS attempted,
+        toUInt64(0) AS accepted, toUInt64(0) AS sent, toUInt64(0) AS delivered, toUInt64(0) AS read,
+        toUInt64(0) AS failed
+    FROM {db}.outbound_messages
+    WHERE kind = 'message'
+    GROUP BY org, phone_number_id, day, template_name",
+    ),
+    (
+        19,
+        "sent_wamids",
+        // The template each wamid was sent with, ordered by wamid so the sink finds a
+        // status's template by the sort key. Filled from the Graph API's answers,
+        // which the sink labels with their send's template.
+        "CREATE TABLE IF NOT EXISTS {db}.sent_wamids (
+        org String,
+        phone_number_id String,
+        wamid String,
+        template_name String
+    ) ENGINE = ReplacingMergeTree()
+    ORDER BY (org, phone_number_id, wamid)",
+    ),
+    (
+        20,
+        "sent_wamids_mv",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.sent_wamids_mv TO {db}.sent_wamids AS
+    SELECT org, phone_number_id, wamid, template_name
+    FROM {db}.outbound_messages
+    WHERE kind = 'result' AND wamid != ''",
     ),
 ];
 

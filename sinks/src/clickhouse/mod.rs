@@ -203,6 +203,135 @@ impl ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    /// Labels each Graph API answer with its send's template, and each status
+    /// transition with its message's: from the batch first, else by sort-key lookups
+    /// (`outbound_messages` by send, `sent_wamids` by wamid). A status read before
+    /// its send's answer is written stays unlabelled ('').
+    async fn fill_templates(&self, rows: &mut Rows) -> anyhow::Result<()> {
+        type Key = (String, String);
+        let mut by_send: HashMap<Key, String> = rows
+            .outbound
+            .iter()
+            .filter(|r| r.kind == "message")
+            .map(|r| {
+                (
+                    (r.org.clone(), r.outbound_id.clone()),
+                    r.template_name.clone(),
+                )
+            })
+            .collect();
+        // Sends whose template is not in the batch: answers, and refused sends' statuses.
+        let mut wanted: Vec<(String, String, String)> = rows
+            .outbound
+            .iter()
+            .filter(|r| r.kind == "result")
+            .map(|r| {
+                (
+                    r.org.clone(),
+                    r.phone_number_id.clone(),
+                    r.outbound_id.clone(),
+                )
+            })
+            .chain(rows.statuses.iter().filter_map(|r| {
+                r.wamid
+                    .strip_prefix("outbound:")
+                    .map(|id| (r.org.clone(), r.phone_number_id.clone(), id.to_string()))
+            }))
+            .filter(|(org, _, id)| !by_send.contains_key(&(org.clone(), id.clone())))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if !wanted.is_empty() {
+            let (orgs, numbers) = org_number_sets(wanted.iter().map(|(o, n, _)| (o, n)));
+            let ids: Vec<String> = wanted
+                .iter()
+                .map(|(_, _, id)| format!("message:{id}"))
+                .collect();
+            let found = self
+                .client
+                .query(
+                    "SELECT org, outbound_id AS key, template_name FROM outbound_messages \
+                     WHERE org IN (SELECT arrayJoin(?)) AND phone_number_id IN (SELECT arrayJoin(?)) \
+                     AND event_id IN (SELECT arrayJoin(?))",
+                )
+                .bind(orgs)
+                .bind(numbers)
+                .bind(ids)
+                .fetch_all::<Template>()
+                .await?;
+            by_send.extend(found.into_iter().map(|t| ((t.org, t.key), t.template_name)));
+        }
+        for row in rows.outbound.iter_mut().filter(|r| r.kind == "result") {
+            if let Some(t) = by_send.get(&(row.org.clone(), row.outbound_id.clone())) {
+                row.template_name = t.clone();
+            }
+        }
+        let mut by_wamid: HashMap<Key, String> = rows
+            .outbound
+            .iter()
+            .filter(|r| r.kind == "result" && !r.wamid.is_empty())
+            .map(|r| ((r.org.clone(), r.wamid.clone()), r.template_name.clone()))
+            .collect();
+        let mut wanted: Vec<(String, String, String)> = rows
+            .statuses
+            .iter()
+            .filter(|r| !r.wamid.starts_with("outbound:"))
+            .filter(|r| !by_wamid.contains_key(&(r.org.clone(), r.wamid.clone())))
+            .map(|r| (r.org.clone(), r.phone_number_id.clone(), r.wamid.clone()))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if !wanted.is_empty() {
+            let (orgs, numbers) = org_number_sets(wanted.iter().map(|(o, n, _)| (o, n)));
+            let wamids: Vec<&str> = wanted.iter().map(|(_, _, w)| w.as_str()).collect();
+            let found = self
+                .client
+                .query(
+                    "SELECT org, wamid AS key, template_name FROM sent_wamids \
+                     WHERE org IN (SELECT arrayJoin(?)) AND phone_number_id IN (SELECT arrayJoin(?)) \
+                     AND wamid IN (SELECT arrayJoin(?))",
+                )
+                .bind(orgs)
+                .bind(numbers)
+                .bind(wamids)
+                .fetch_all::<Template>()
+                .await?;
+            by_wamid.extend(found.into_iter().map(|t| ((t.org, t.key), t.template_name)));
+        }
+        for row in rows.statuses.iter_mut() {
+            let found = match row.wamid.strip_prefix("outbound:") {
+                Some(id) => by_send.get(&(row.org.clone(), id.to_string())),
+                None => by_wamid.get(&(row.org.clone(), row.wamid.clone())),
+            };
+            if let Some(t) = found {
+                row.template_name = t.clone();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Distinct orgs and numbers, to bind as `IN` sets that narrow a lookup by sort key.
+fn org_number_sets<'a>(
+    pairs: impl Iterator<Item = (&'a String, &'a String)>,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut orgs = HashSet::new();
+    let mut numbers = HashSet::new();
+    for (org, number) in pairs {
+        orgs.insert(org.as_str());
+        numbers.insert(number.as_str());
+    }
+    (orgs.into_iter().collect(), numbers.into_iter().collect())
+}
+
+#[derive(Row, Deserialize)]
+struct Template {
+    org: String,
+    key: String,
+    template_name: String,
+}
+
 /// The distinct orgs, numbers and event ids of `rows`, to bind as `IN` sets.
 fn key_sets<T: Keyed>(rows: &[T]) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
     let distinct = |f: fn(&T) -> &str| {
@@ -294,6 +423,7 @@ impl Stage for ClickHouseSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
         let (mut rows, rejects) = split(batch);
         self.fill_from_times(&mut rows.statuses).await?;
+        self.fill_templates(&mut rows).await?;
         // Base tables before the tables whose views read them is not required (each
         // view reads one table), but a fixed order keeps retries predictable.
         self.write_new(rows.messages).await?;
