@@ -536,19 +536,34 @@ pub async fn run(config: &crate::Config, args: ScenarioArgs) -> anyhow::Result<(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut sends = futures::stream::iter(records.iter().map(|r| {
-        let publisher = publisher.clone();
-        async move {
-            publisher
-                .send_json(r.topic, &r.key, &r.value, vec![])
-                .await
-                .with_context(|| format!("producing to {}", r.topic))
+    // In causal order, as the real writers produce them: sends and messages, then the
+    // Graph API's answers, then what the processors derive (statuses, assignments).
+    // The sink labels a status with its send's template only once the answer is in.
+    let phases: [&[&str]; 3] = [
+        &[topics::WHATSAPP_EVENTS, topics::MESSAGES_OUTBOUND],
+        &[topics::OUTBOUND_RESULTS],
+        &[topics::MESSAGES_STATUS, topics::CONVERSATION_ASSIGNMENTS],
+    ];
+    for phase in phases {
+        let mut sends = futures::stream::iter(
+            records
+                .iter()
+                .filter(|r| phase.contains(&r.topic))
+                .map(|r| {
+                    let publisher = publisher.clone();
+                    async move {
+                        publisher
+                            .send_json(r.topic, &r.key, &r.value, vec![])
+                            .await
+                            .with_context(|| format!("producing to {}", r.topic))
+                    }
+                }),
+        )
+        .buffered(512);
+        while let Some(sent) = sends.next().await {
+            sent?;
+            bar.inc(1);
         }
-    }))
-    .buffer_unordered(512);
-    while let Some(sent) = sends.next().await {
-        sent?;
-        bar.inc(1);
     }
     publisher.flush(Duration::from_secs(10));
     bar.finish();
