@@ -83,6 +83,8 @@ enum BenchCommand {
     Router(coexist::bench::processors::ProcessorArgs),
     /// Assignments and messages through the notifier vs. raw consume of the same records.
     Notifier(coexist::bench::processors::ProcessorArgs),
+    /// The heaviest dashboard panel over 10 million status rows vs. count() of them.
+    Analytics(coexist::bench::analytics::AnalyticsArgs),
 }
 
 #[derive(Subcommand)]
@@ -91,6 +93,8 @@ enum SimulateCommand {
     Inbound(coexist::simulate::InboundArgs),
     /// Answer as Meta's Graph API and Expo's push service on one port.
     Serve(coexist::simulate::ServeArgs),
+    /// A realistic week of one org's traffic, straight onto the topics the sinks read.
+    Scenario(coexist::simulate::scenario::ScenarioArgs),
 }
 
 #[derive(Subcommand)]
@@ -217,12 +221,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Bench {
+            command: BenchCommand::Analytics(args),
+        } => {
+            let report = coexist::bench::analytics::run(config, args).await?;
+            print!("{}", coexist::bench::analytics::report(&report));
+            Ok(())
+        }
         Command::Simulate {
             command: SimulateCommand::Inbound(args),
         } => coexist::simulate::inbound(&config, args, runtime::shutdown::on_signals()).await,
         Command::Simulate {
             command: SimulateCommand::Serve(args),
         } => coexist::simulate::serve(&config, args, runtime::shutdown::on_signals()).await,
+        Command::Simulate {
+            command: SimulateCommand::Scenario(args),
+        } => coexist::simulate::scenario::run(&config, args).await,
         Command::Config { env: true } => {
             Config::env_keys().iter().for_each(|k| println!("{k}"));
             Ok(())

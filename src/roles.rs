@@ -69,7 +69,7 @@ pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Res
     webhooks.and(presence)
 }
 
-/// Runs one sink (over `whatsapp.events`; the whatsapp sink over `messages.outbound`).
+/// Runs one sink: each reads the topics its module names (see topics.yaml).
 pub async fn sink(
     config: &Config,
     name: SinkName,
@@ -114,13 +114,13 @@ pub async fn sink(
             {
                 return Ok(());
             }
-            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
+            let consumer = config.kafka.consumer(&role, sinks::clickhouse::TOPICS)?;
             consume::run(
                 &role,
                 consumer,
                 ClickHouseSink::new(ch),
                 dead_letters,
-                batch,
+                ch.batching(&batch),
                 shutdown,
             )
             .await

@@ -1,6 +1,8 @@
 //! The REST API for agent apps and admins. It reads stores and writes commands to
 //! Kafka; it never writes a store itself.
 
+pub mod analytics;
+
 use axum::Router;
 use axum::routing::get;
 

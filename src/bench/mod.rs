@@ -2,6 +2,8 @@
 //! the same broker, with the same payloads, so the ratio means something on any
 //! machine.
 
+pub mod analytics;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;

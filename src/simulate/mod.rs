@@ -5,6 +5,7 @@
 
 pub mod expo;
 pub mod graph;
+pub mod scenario;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

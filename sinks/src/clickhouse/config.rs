@@ -10,6 +10,10 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: Secret,
+    /// Most rows per insert: ClickHouse wants few large inserts, not many small ones.
+    pub batch_max_rows: usize,
+    /// How long a batch waits to fill once its first record is in.
+    pub batch_max_wait_ms: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -19,6 +23,20 @@ impl Default for ClickHouseConfig {
             database: "coexist".into(),
             user: "default".into(),
             password: Secret::default(),
+            batch_max_rows: 5_000,
+            batch_max_wait_ms: 200,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// The consume loop's settings for this sink: its own batch size and wait, the
+    /// shared retry backoff.
+    pub fn batching(&self, shared: &runtime::LoopConfig) -> runtime::LoopConfig {
+        runtime::LoopConfig {
+            max_records: self.batch_max_rows.max(1),
+            max_wait_ms: self.batch_max_wait_ms,
+            ..shared.clone()
         }
     }
 }

@@ -1,0 +1,20 @@
+-- The delivery funnel per business number and template: API sends attempted, then
+-- messages that crossed each step (accepted, sent, delivered, read) and that failed,
+-- from the delivery_daily view. Messages sent with no template (or whose send is
+-- unknown, e.g. statuses of Business-app messages) are under template ''.
+-- Whole days: every day touched by [from, to).
+SELECT
+    phone_number_id,
+    template_name AS template,
+    sum(attempted) AS attempted,
+    sum(accepted) AS accepted,
+    sum(sent) AS sent,
+    sum(delivered) AS delivered,
+    sum(read) AS read,
+    sum(failed) AS failed
+FROM delivery_daily
+WHERE org = {org:String}
+  AND ({phone_number_id:String} = '' OR phone_number_id = {phone_number_id:String})
+  AND day >= toDate({from:DateTime}) AND day <= toDate({to:DateTime} - 1)
+GROUP BY phone_number_id, template_name
+ORDER BY phone_number_id, template_name
