@@ -10,6 +10,7 @@ use runtime::mqtt::MqttConnection;
 use runtime::{KafkaConfig, LoopConfig};
 use serde::{Deserialize, Serialize};
 use sinks::clickhouse::ClickHouseConfig;
+use sinks::expo::ExpoConfig;
 use sinks::mongo::MongoConfig;
 use sinks::mqtt::MqttConfig;
 
@@ -82,6 +83,7 @@ pub struct SinksConfig {
     pub mongo: MongoConfig,
     pub clickhouse: ClickHouseConfig,
     pub mqtt: MqttConfig,
+    pub expo: ExpoConfig,
 }
 
 /// `[api]`.
