@@ -95,6 +95,10 @@ impl Scenario {
     }
 
     async fn notify(&self, id: &str, agent: &str) {
+        self.notify_at(id, agent, now_ms()).await;
+    }
+
+    async fn notify_at(&self, id: &str, agent: &str, at_ms: i64) {
         let n = PushNotification {
             id: id.into(),
             org: self.org.clone(),
@@ -102,7 +106,7 @@ impl Scenario {
             title: "Sheena Nelson".into(),
             body: "Is my order on its way?".into(),
             conversation_id: format!("conv-{agent}"),
-            at_ms: now_ms(),
+            at_ms,
         };
         self.publisher
             .send_json(topics::NOTIFICATIONS_PUSH, agent, &n, vec![])
@@ -214,6 +218,7 @@ async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
     for n in ["n1", "n2", "n1", "n3", "n2"] {
         s.notify(n, "ann").await; // n1 and n2 redelivered
     }
+    s.notify_at("stale", "ann", now_ms() - 3_600_000).await; // old news: dropped
     s.notify("marker", "ann").await; // same key, same partition: handled after the others
     wait_delivered(&s, "the marker on both devices", |d| {
         d.iter().filter(|(_, n)| n == "marker").count() == 2
@@ -223,6 +228,7 @@ async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
     let delivered = delivered(&requests);
     let per_pair = counts(&delivered);
     assert_eq!(per_pair.len(), 8, "{per_pair:?}");
+    assert!(!delivered.iter().any(|(_, n)| n == "stale"), "{per_pair:?}");
     assert!(per_pair.values().all(|&n| n == 1), "{per_pair:?}");
     let message = requests
         .iter()

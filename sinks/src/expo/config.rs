@@ -26,6 +26,9 @@ pub struct ExpoConfig {
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     pub request_timeout_ms: u64,
+    /// A notification older than this is dropped, not pushed: after an outage, or
+    /// for a new consumer group reading the topic's backlog, it is old news.
+    pub max_age_ms: i64,
     /// Expo message fields.
     pub sound: String,
     pub priority: String,
@@ -43,6 +46,7 @@ impl Default for ExpoConfig {
             retry_initial_ms: 500,
             retry_max_ms: 30_000,
             request_timeout_ms: 10_000,
+            max_age_ms: 600_000,
             sound: "default".into(),
             priority: "high".into(),
         }

@@ -22,6 +22,11 @@ pub fn is_expo_push_token(token: &str) -> bool {
         && token.ends_with(']')
 }
 
+/// Too old to push: the agent has likely seen the conversation by other means.
+pub fn is_stale(at_ms: i64, now_ms: i64, max_age_ms: i64) -> bool {
+    now_ms.saturating_sub(at_ms) > max_age_ms
+}
+
 /// `_id` of a ticket in `push_tickets`: one per notification and token.
 pub fn ticket_key(org: &str, notification_id: &str, token: &str) -> String {
     format!("{org}:{notification_id}:{token}")
@@ -275,6 +280,14 @@ mod tests {
         assert!(!is_expo_push_token("ExponentPushToken[]"));
         assert!(!is_expo_push_token("ExponentPushToken[abc"));
         assert!(!is_expo_push_token("fcm:abc"));
+    }
+
+    #[test]
+    fn old_notifications_are_stale() {
+        assert!(!is_stale(1_000, 1_500, 600));
+        assert!(!is_stale(1_000, 1_600, 600));
+        assert!(is_stale(1_000, 1_601, 600));
+        assert!(!is_stale(2_000, 1_000, 600)); // a clock a little ahead is not stale
     }
 
     #[test]

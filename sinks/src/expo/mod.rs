@@ -211,6 +211,15 @@ impl Stage for ExpoSink {
                 }),
             }
         }
+        let now = now_ms();
+        let before = notifications.len();
+        notifications.retain(|(_, n)| !mapping::is_stale(n.at_ms, now, self.config.max_age_ms));
+        if notifications.len() < before {
+            tracing::info!(
+                dropped = before - notifications.len(),
+                "stale push notifications not sent"
+            );
+        }
         if notifications.is_empty() {
             return Ok(rejects);
         }
