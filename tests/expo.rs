@@ -215,8 +215,12 @@ async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
     );
     s.register("ann", phone).await;
     s.register("ann", tablet).await;
-    for n in ["n1", "n2", "n1", "n3", "n2"] {
-        s.notify(n, "ann").await; // n1 and n2 redelivered
+    s.notify("n1", "ann").await;
+    s.notify("n2", "ann").await;
+    wait_delivered(&s, "n1 and n2 on both devices", |d| d.len() >= 4).await;
+    // Redelivered after they were sent (a later batch: only their tickets say so).
+    for n in ["n1", "n3", "n2"] {
+        s.notify(n, "ann").await;
     }
     s.notify_at("stale", "ann", now_ms() - 3_600_000).await; // old news: dropped
     s.notify("marker", "ann").await; // same key, same partition: handled after the others
@@ -416,11 +420,30 @@ async fn an_inbound_message_for_an_agent_with_no_online_device_ends_as_a_push() 
         )
         .await
         .unwrap();
-    // The notifier's group starts at the present: let it join first.
-    tokio::time::sleep(Duration::from_millis(u64::from(
-        p.config.kafka.session_timeout_ms,
-    )))
+    // The notifier's group starts at the present: let it join first (a fixed sleep
+    // was not enough on a loaded machine).
+    let group = p.config.kafka.group_id("process-notifier");
+    let admin: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &p.config.kafka.brokers)
+        .create()
+        .unwrap();
+    wait_for(
+        "the notifier to join its group",
+        Duration::from_secs(60),
+        || {
+            use rdkafka::consumer::Consumer;
+            let joined = admin
+                .fetch_group_list(Some(&group), Duration::from_secs(5))
+                .is_ok_and(|list| {
+                    list.groups()
+                        .iter()
+                        .any(|g| g.state() == "Stable" && !g.members().is_empty())
+                });
+            async move { joined }
+        },
+    )
     .await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // its "latest" offsets resolved
 
     // Online: the conversation is assigned and reaches the agent's inbox; no push.
     let first = p.fixture("msg_text", "-push-1");
