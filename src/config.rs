@@ -10,6 +10,7 @@ use runtime::mqtt::MqttConnection;
 use runtime::{KafkaConfig, LoopConfig};
 use serde::{Deserialize, Serialize};
 use sinks::clickhouse::ClickHouseConfig;
+use sinks::expo::ExpoConfig;
 use sinks::mongo::MongoConfig;
 use sinks::mqtt::MqttConfig;
 
@@ -85,6 +86,7 @@ pub struct SinksConfig {
     pub clickhouse: ClickHouseConfig,
     pub mqtt: MqttConfig,
     pub whatsapp: sinks::whatsapp::WhatsAppConfig,
+    pub expo: ExpoConfig,
 }
 
 /// `[api]`.

@@ -9,6 +9,7 @@ use clap::ValueEnum;
 use events::topics;
 use runtime::consume::{self, DeadLetters};
 use sinks::clickhouse::ClickHouseSink;
+use sinks::expo::ExpoSink;
 use sinks::mongo::MongoSink;
 use sinks::mqtt::MqttSink;
 use tokio::task::JoinSet;
@@ -24,15 +25,17 @@ pub enum SinkName {
     Mqtt,
     Whatsapp,
     Media,
+    Expo,
 }
 
 impl SinkName {
-    pub const ALL: [SinkName; 5] = [
+    pub const ALL: [SinkName; 6] = [
         SinkName::Mongo,
         SinkName::Clickhouse,
         SinkName::Mqtt,
         SinkName::Whatsapp,
         SinkName::Media,
+        SinkName::Expo,
     ];
 
     /// `sink-mongo`: the role name, consumer group suffix and client id suffix.
@@ -126,8 +129,50 @@ pub async fn sink(
             .await
         }
         SinkName::Mqtt => {
-            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
-            let sink = MqttSink::new(&config.mqtt, config.sinks.mqtt.clone());
+            let mut sink = MqttSink::new(&config.mqtt, config.sinks.mqtt.clone());
+            // Who owns each conversation, so new messages reach the owner's inbox.
+            let kafka = config.kafka.clone();
+            let (assignments, _) = tokio::task::spawn_blocking(move || {
+                processors::table::read_whole(
+                    &kafka,
+                    topics::CONVERSATION_ASSIGNMENTS,
+                    "sink-mqtt-owners",
+                )
+            })
+            .await??;
+            for value in &assignments {
+                if let Ok(assignment) = events::codec::decode(value) {
+                    sink.remember(&assignment);
+                }
+            }
+            tracing::info!(
+                owned = sink.owned_conversations(),
+                "mqtt sink rebuilt conversation owners"
+            );
+            let consumer = config.kafka.consumer(
+                &role,
+                &[
+                    topics::WHATSAPP_EVENTS,
+                    topics::CONVERSATION_ASSIGNMENTS,
+                    topics::OUTBOUND_RESULTS,
+                ],
+            )?;
+            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
+        }
+        SinkName::Expo => {
+            let mongo = &config.sinks.mongo;
+            let connect = || async {
+                let db = sinks::mongo::connect(mongo).await?;
+                sinks::expo::ensure_indexes(&db).await?;
+                Ok(db)
+            };
+            let Some(db) = until_ready("mongodb", &shutdown, connect).await else {
+                return Ok(());
+            };
+            let sink = ExpoSink::new(db, config.sinks.expo.clone())?;
+            let consumer = config
+                .kafka
+                .consumer(&role, &[topics::NOTIFICATIONS_PUSH])?;
             consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
         }
         SinkName::Whatsapp => {

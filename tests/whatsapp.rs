@@ -276,7 +276,7 @@ async fn replies_are_sent_once_and_their_statuses_reach_messages_status_in_any_o
         c.simulate.graph.seed = seed;
     })
     .await;
-    let p = support::Pipeline::start_with("wa-status", |c| {
+    let p = support::Pipeline::start_with("wa-status", |c, _| {
         c.ingest.listen = ingest.clone();
         c.graph.base_url = sim.url.clone();
         // Only this pipeline's number: other tests' commands are not its business.

@@ -7,6 +7,7 @@
 //! [`Stage`]: runtime::Stage
 
 pub mod clickhouse;
+pub mod expo;
 pub mod graph;
 pub mod media;
 pub mod mongo;

@@ -49,12 +49,12 @@ impl Pipeline {
     /// Starts every role against the stack named by the environment (defaults: the
     /// local stack's ports).
     pub async fn start(name: &str) -> Self {
-        Self::start_with(name, |_| {}).await
+        Self::start_with(name, |_, _| {}).await
     }
 
-    /// Like [`Self::start`], with `configure` applied last (e.g. to point the Graph
-    /// API at a simulator).
-    pub async fn start_with(name: &str, configure: impl FnOnce(&mut Config)) -> Self {
+    /// Like [`Self::start`], with `configure(config, org)` applied before the roles
+    /// start (e.g. the router's agents for this org, the Expo simulator's URL).
+    pub async fn start_with(name: &str, configure: impl FnOnce(&mut Config, &str)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -82,7 +82,7 @@ impl Pipeline {
             config.mqtt.password = runtime::Secret::new("coexist-dev");
         }
         config.sinks.batch.max_wait_ms = 5;
-        configure(&mut config);
+        configure(&mut config, &org);
 
         let mqtt =
             MqttRecorder::subscribe(&config, &format!("{}/{org}/#", config.mqtt.topic_prefix))

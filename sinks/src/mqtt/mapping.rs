@@ -1,21 +1,208 @@
-//! Events → MQTT publishes (pure): the topic scheme of DESIGN.md.
+//! Records → MQTT publishes (pure): the topic scheme of DESIGN.md.
+//!
+//! - `{prefix}/{org}/conversations/{conversation_id}`: new messages, status changes
+//!   and the Graph API's answers to outbound messages.
+//! - `{prefix}/{org}/agents/{agent_id}/inbox`: what one agent must see: assignments
+//!   (to the new owner), the outcome of a command (to whoever issued it, so a
+//!   transfer also reaches the agent who gave the conversation away), and new
+//!   customer messages of the agent's conversations. Every device of the agent
+//!   subscribes to it.
+
+use std::collections::HashMap;
 
 use events::WhatsAppEvent;
+use events::delivery::OutboundResult;
 use events::event::{EventBody, Origin};
+use events::inbox::{AssignmentEvent, ConversationState};
+
+/// The owner of conversations answered from the WhatsApp Business app: not an agent
+/// with an inbox.
+pub const BUSINESS_APP: &str = "business_app";
 
 /// `{prefix}/{org}/conversations/{conversation_id}`.
 pub fn conversation_topic(prefix: &str, org: &str, conversation_id: &str) -> String {
     format!("{prefix}/{org}/conversations/{conversation_id}")
 }
 
-/// Where an event is published, if anywhere: new messages and status changes go to
-/// their conversation; history imports are not news and are read over REST.
-pub fn topic_for(prefix: &str, event: &WhatsAppEvent) -> Option<String> {
+/// `{prefix}/{org}/agents/{agent_id}/inbox`.
+pub fn inbox_topic(prefix: &str, org: &str, agent_id: &str) -> String {
+    format!("{prefix}/{org}/agents/{agent_id}/inbox")
+}
+
+/// Who owns each conversation now, folded from `conversations.assignments`: the
+/// sink's only state, rebuilt from that topic at start.
+#[derive(Debug, Default, Clone)]
+pub struct Owners {
+    /// `org:conversation_id` → agent.
+    owners: HashMap<String, String>,
+}
+
+/// A change to [`Owners`], so a batch that was not written can be undone.
+#[derive(Debug)]
+pub struct Undo {
+    key: String,
+    previous: Option<String>,
+}
+
+impl Owners {
+    pub fn get(&self, org: &str, conversation_id: &str) -> Option<&str> {
+        self.owners
+            .get(&format!("{org}:{conversation_id}"))
+            .map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    /// Applies an assignment; a rejected command changes nothing.
+    pub fn apply(&mut self, a: &AssignmentEvent) -> Option<Undo> {
+        if a.rejected.is_some() {
+            return None;
+        }
+        let key = format!("{}:{}", a.org, a.conversation_id);
+        let previous = match (a.state, &a.assignee) {
+            (ConversationState::Assigned, Some(agent)) => {
+                self.owners.insert(key.clone(), agent.clone())
+            }
+            _ => self.owners.remove(&key),
+        };
+        Some(Undo { key, previous })
+    }
+
+    /// Reverts changes, newest first.
+    pub fn undo(&mut self, undo: Vec<Undo>) {
+        for change in undo.into_iter().rev() {
+            match change.previous {
+                Some(agent) => self.owners.insert(change.key, agent),
+                None => self.owners.remove(&change.key),
+            };
+        }
+    }
+}
+
+fn is_agent(id: &str) -> bool {
+    !id.is_empty() && id != BUSINESS_APP
+}
+
+/// Where an event of `whatsapp.events` goes: new messages and status changes to
+/// their conversation (history imports are not news: they are read over REST), and
+/// a customer's new message also to the inbox of the conversation's owner.
+pub fn event_topics(prefix: &str, event: &WhatsAppEvent, owners: &Owners) -> Vec<String> {
     match &event.body {
         EventBody::Message(m) if m.origin != Origin::History => {
-            Some(conversation_topic(prefix, &event.org, &m.conversation_id))
+            let mut topics = vec![conversation_topic(prefix, &event.org, &m.conversation_id)];
+            if m.origin == Origin::Customer
+                && let Some(agent) = owners.get(&event.org, &m.conversation_id)
+                && is_agent(agent)
+            {
+                topics.push(inbox_topic(prefix, &event.org, agent));
+            }
+            topics
         }
-        EventBody::Status(s) => Some(conversation_topic(prefix, &event.org, &s.conversation_id)),
-        _ => None,
+        EventBody::Status(s) => vec![conversation_topic(prefix, &event.org, &s.conversation_id)],
+        _ => Vec::new(),
+    }
+}
+
+/// Where an assignment goes: the new owner's inbox, and the issuer's when it
+/// answers a command. A rejected command reaches its issuer only.
+///
+/// Not to the previous owner: the owners table is rebuilt from the whole topic at
+/// start, ahead of where the group resumes, so "previous" would be wrong while it
+/// catches up.
+pub fn assignment_topics(prefix: &str, a: &AssignmentEvent) -> Vec<String> {
+    let mut agents: Vec<&str> = Vec::new();
+    if a.rejected.is_none()
+        && a.state == ConversationState::Assigned
+        && let Some(owner) = a.assignee.as_deref()
+    {
+        agents.push(owner);
+    }
+    if a.command_id.is_some() {
+        agents.extend(a.issued_by.as_deref());
+    }
+    let mut topics: Vec<String> = Vec::new();
+    for agent in agents.into_iter().filter(|a| is_agent(a)) {
+        let topic = inbox_topic(prefix, &a.org, agent);
+        if !topics.contains(&topic) {
+            topics.push(topic);
+        }
+    }
+    topics
+}
+
+/// An outbound message's result goes to its conversation.
+pub fn outbound_result_topics(prefix: &str, r: &OutboundResult) -> Vec<String> {
+    vec![conversation_topic(prefix, &r.org, &r.conversation_id)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(assignee: Option<&str>, state: ConversationState) -> AssignmentEvent {
+        AssignmentEvent {
+            id: "a1".into(),
+            org: "o".into(),
+            phone_number_id: "p".into(),
+            conversation_id: "c".into(),
+            state,
+            assignee: assignee.map(str::to_string),
+            command_id: None,
+            issued_by: None,
+            rejected: None,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_assignment_reaches_the_new_owner_only() {
+        let a = assignment(Some("ann"), ConversationState::Assigned);
+        assert_eq!(assignment_topics("x", &a), ["x/o/agents/ann/inbox"]);
+        let queued = assignment(None, ConversationState::Open);
+        assert!(assignment_topics("x", &queued).is_empty());
+        let app = assignment(Some(BUSINESS_APP), ConversationState::Assigned);
+        assert!(assignment_topics("x", &app).is_empty());
+    }
+
+    #[test]
+    fn a_command_result_reaches_its_issuer_once_and_a_rejection_only_the_issuer() {
+        let mut transfer = assignment(Some("bob"), ConversationState::Assigned);
+        transfer.command_id = Some("cmd1".into());
+        transfer.issued_by = Some("ann".into());
+        assert_eq!(
+            assignment_topics("x", &transfer),
+            ["x/o/agents/bob/inbox", "x/o/agents/ann/inbox"]
+        );
+        let mut claim = assignment(Some("ann"), ConversationState::Assigned);
+        claim.command_id = Some("cmd2".into());
+        claim.issued_by = Some("ann".into());
+        assert_eq!(assignment_topics("x", &claim), ["x/o/agents/ann/inbox"]);
+        let mut rejected = assignment(Some("bob"), ConversationState::Assigned);
+        rejected.command_id = Some("cmd3".into());
+        rejected.issued_by = Some("cy".into());
+        rejected.rejected = Some("not the owner".into());
+        assert_eq!(assignment_topics("x", &rejected), ["x/o/agents/cy/inbox"]);
+    }
+
+    #[test]
+    fn owners_follow_assignments_ignore_rejections_and_undo_in_reverse() {
+        let mut owners = Owners::default();
+        let mut undo = Vec::new();
+        undo.extend(owners.apply(&assignment(Some("ann"), ConversationState::Assigned)));
+        assert_eq!(owners.get("o", "c"), Some("ann"));
+        let mut rejected = assignment(Some("bob"), ConversationState::Assigned);
+        rejected.rejected = Some("no".into());
+        assert!(owners.apply(&rejected).is_none());
+        undo.extend(owners.apply(&assignment(Some("bob"), ConversationState::Assigned)));
+        undo.extend(owners.apply(&assignment(None, ConversationState::Resolved)));
+        assert_eq!(owners.get("o", "c"), None);
+        owners.undo(undo);
+        assert!(owners.is_empty());
     }
 }

@@ -1,5 +1,12 @@
-//! The MQTT sink: publishes messages and status changes, QoS 1, and counts a batch as
-//! written only when the broker has acknowledged every publish (PUBACK).
+//! The MQTT sink: publishes messages, status changes and outbound results to their
+//! conversation's topic, and assignments, command outcomes and new messages to the
+//! agents' inboxes (see [`mapping`]), QoS 1; a batch counts as written only when the
+//! broker has acknowledged every publish (PUBACK).
+//!
+//! It reads `whatsapp.events`, `conversations.assignments` and
+//! `messages.outbound.results` in one group. The first two are keyed by
+//! `phone_number_id` with equal partition counts, so one member owns a number's
+//! events and its assignments, and keeps who owns each conversation as a table.
 
 pub mod config;
 pub mod mapping;
@@ -7,6 +14,9 @@ pub mod recent;
 
 use std::time::Duration;
 
+use events::delivery::OutboundResult;
+use events::inbox::AssignmentEvent;
+use events::{WhatsAppEvent, topics};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use runtime::mqtt::MqttConnection;
 use runtime::{Record, Reject, Stage};
@@ -14,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use config::MqttConfig;
+use mapping::{Owners, Undo};
 use recent::RecentIds;
 
 pub struct MqttSink {
@@ -21,6 +32,7 @@ pub struct MqttSink {
     acks: mpsc::UnboundedReceiver<()>,
     event_loop: JoinHandle<()>,
     recent: RecentIds,
+    owners: Owners,
     config: MqttConfig,
     prefix: String,
 }
@@ -58,44 +70,114 @@ impl MqttSink {
             acks,
             event_loop,
             recent: RecentIds::new(config.dedup_capacity),
+            owners: Owners::default(),
             config,
             prefix: connection.topic_prefix.clone(),
         }
     }
 }
 
+impl MqttSink {
+    /// Folds the assignments so far into the owners table, publishing nothing: how
+    /// the table is rebuilt from `conversations.assignments` at start.
+    pub fn remember(&mut self, assignment: &AssignmentEvent) {
+        self.owners.apply(assignment);
+    }
+
+    /// How many conversations have an owner, as far as the sink knows.
+    pub fn owned_conversations(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// The dedup key and the topics of one record (none when already published);
+    /// `Err` is why it cannot be read.
+    fn route(
+        &mut self,
+        record: &Record,
+        published: &[String],
+        undo: &mut Vec<Undo>,
+    ) -> Result<(String, Vec<String>), String> {
+        let prefix = &self.prefix;
+        match record.topic.as_str() {
+            topics::CONVERSATION_ASSIGNMENTS => {
+                let a = events::codec::decode::<AssignmentEvent>(&record.value)
+                    .map_err(|e| format!("not an assignment: {e}"))?;
+                let key = format!("assignment:{}:{}", a.org, a.id);
+                if self.recent.contains(&key) || published.contains(&key) {
+                    // A late copy must not move the owner back either.
+                    return Ok((key, Vec::new()));
+                }
+                undo.extend(self.owners.apply(&a));
+                let topics = mapping::assignment_topics(prefix, &a);
+                Ok((key, topics))
+            }
+            topics::OUTBOUND_RESULTS => {
+                let r = events::codec::decode::<OutboundResult>(&record.value)
+                    .map_err(|e| format!("not an outbound result: {e}"))?;
+                let topics = mapping::outbound_result_topics(prefix, &r);
+                Ok((format!("result:{}:{}", r.org, r.id), topics))
+            }
+            _ => {
+                let event = events::codec::decode::<WhatsAppEvent>(&record.value)
+                    .map_err(|e| format!("not a whatsapp event: {e}"))?;
+                let topics = mapping::event_topics(prefix, &event, &self.owners);
+                Ok((event.scoped_id(), topics))
+            }
+        }
+    }
+}
+
 impl Stage for MqttSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let (decoded, rejects) = crate::decode_events(batch);
+        let mut undo = Vec::new();
+        let result = self.publish(batch, &mut undo).await;
+        if result.is_err() {
+            // The batch will be redone: the owners table must be as it was before it.
+            self.owners.undo(undo);
+        }
+        result
+    }
+}
+
+impl MqttSink {
+    async fn publish(
+        &mut self,
+        batch: &[Record],
+        undo: &mut Vec<Undo>,
+    ) -> anyhow::Result<Vec<Reject>> {
+        let mut rejects = Vec::new();
         while self.acks.try_recv().is_ok() {} // acks of an abandoned attempt
         let mut published = Vec::new();
-        for (index, event) in &decoded {
-            let scoped = event.scoped_id();
-            if self.recent.contains(&scoped) || published.contains(&scoped) {
+        let mut publishes = 0;
+        for (index, record) in batch.iter().enumerate() {
+            let (key, topics) = match self.route(record, &published, undo) {
+                Ok(routed) => routed,
+                Err(reason) => {
+                    rejects.push(Reject { index, reason });
+                    continue;
+                }
+            };
+            if topics.is_empty() || self.recent.contains(&key) || published.contains(&key) {
                 continue;
             }
-            let Some(topic) = mapping::topic_for(&self.prefix, event) else {
-                continue;
-            };
-            let payload = batch
-                .get(*index)
-                .map(|r| events::codec::json_part(&r.value).to_vec())
-                .unwrap_or_default();
-            self.client
-                .publish(topic, QoS::AtLeastOnce, false, payload)
-                .await?;
-            published.push(scoped);
+            let payload = events::codec::json_part(&record.value).to_vec();
+            for topic in topics {
+                self.client
+                    .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                    .await?;
+                publishes += 1;
+            }
+            published.push(key);
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.ack_timeout_ms);
-        for _ in 0..published.len() {
+        for _ in 0..publishes {
             match tokio::time::timeout_at(deadline, self.acks.recv()).await {
                 Ok(Some(())) => {}
                 Ok(None) => anyhow::bail!("mqtt event loop stopped"),
-                Err(_) => anyhow::bail!(
-                    "mqtt broker did not acknowledge {} publishes in time",
-                    published.len()
-                ),
+                Err(_) => {
+                    anyhow::bail!("mqtt broker did not acknowledge {publishes} publishes in time")
+                }
             }
         }
         for id in published {
