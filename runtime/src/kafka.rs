@@ -108,10 +108,11 @@ impl KafkaConfig {
             // and idempotent writes), so read_committed buys nothing; and tansu's last
             // stable offset can lag its high watermark, which stalls such consumers.
             .set("isolation.level", "read_uncommitted")
-            // Range gives partition p of every subscribed topic to the same member.
-            // Stages that read co-partitioned topics (the router: events and commands,
-            // both keyed by business number) rely on it.
-            .set("partition.assignment.strategy", "range")
+            // librdkafka's default assignor list starts with range, which gives
+            // partition p of every subscribed topic to the same member: stages that
+            // read co-partitioned topics (the router: events and commands, both keyed
+            // by business number) rely on it. (Setting it explicitly made tansu list
+            // the group without members.)
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set(
                 "heartbeat.interval.ms",

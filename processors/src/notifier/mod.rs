@@ -22,6 +22,9 @@ pub struct NotifierConfig {
     pub collapse_window_ms: i64,
     /// Most pushes one agent receives per minute.
     pub max_per_minute: usize,
+    /// Where a new consumer group starts: `latest` (pushes about the past are
+    /// noise) or `earliest` (tests that must not race the group's join).
+    pub new_group_starts_at: String,
 }
 
 impl Default for NotifierConfig {
@@ -29,6 +32,7 @@ impl Default for NotifierConfig {
         Self {
             collapse_window_ms: 60_000,
             max_per_minute: 6,
+            new_group_starts_at: "latest".into(),
         }
     }
 }
@@ -323,6 +327,7 @@ mod tests {
         let mut n = Notifier::new(NotifierConfig {
             collapse_window_ms: 60_000,
             max_per_minute: 1,
+            ..NotifierConfig::default()
         });
         for i in 0..5 {
             n.remember(&assign(&format!("c{i}"), "ann"));
@@ -342,6 +347,7 @@ mod tests {
         let mut n = Notifier::new(NotifierConfig {
             collapse_window_ms: 0,
             max_per_minute: 2,
+            ..NotifierConfig::default()
         });
         let pushed: Vec<bool> = (0..4)
             .map(|i| {

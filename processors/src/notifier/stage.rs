@@ -25,6 +25,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let publisher = kafka.publisher(ROLE).await?;
     let dead_letters = DeadLetters::new(publisher.clone(), "process.notifier");
+    let starts_at = config.new_group_starts_at.clone();
     let mut notifier = Notifier::new(config);
     let (assignments, presence_table, presence_ends) = {
         let kafka = kafka.clone();
@@ -61,7 +62,7 @@ pub async fn run(
         kafka.consumer_from(
             ROLE,
             &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS],
-            "latest",
+            &starts_at,
         )?,
         batch,
         shutdown.clone(),
