@@ -20,6 +20,8 @@ pub const NOTIFICATIONS_PUSH: &str = "notifications.push";
 pub const OUTBOUND_RESULTS: &str = "messages.outbound.results";
 /// Media copied to S3.
 pub const MEDIA_STORED: &str = "media.stored";
+/// Directory changes from the API (agents, numbers, routing, push tokens), keyed by org.
+pub const DIRECTORY_CHANGES: &str = "directory.changes";
 /// What could not be parsed or written, with headers saying why.
 pub const DEADLETTER: &str = "deadletter";
 
@@ -35,5 +37,6 @@ pub const ALL: &[&str] = &[
     MESSAGES_STATUS,
     NOTIFICATIONS_PUSH,
     MEDIA_STORED,
+    DIRECTORY_CHANGES,
     DEADLETTER,
 ];

@@ -4,6 +4,7 @@
 //! trip), which every MongoDB version and wire-compatible server understands.
 
 pub mod config;
+pub mod directory;
 pub mod mapping;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub async fn connect(config: &MongoConfig) -> anyhow::Result<Database> {
     let client = Client::with_uri_str(config.uri.expose()).await?;
     let db = client.database(&config.database);
     ensure_indexes(&db).await?;
+    directory::ensure_indexes(&db).await?;
     Ok(db)
 }
 
@@ -79,6 +81,25 @@ impl MongoSink {
 
 impl Stage for MongoSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
+        // Directory changes share the consumer (one group, one commit); they are
+        // written on their own, the rest as before.
+        let (directory, events): (Vec<usize>, Vec<usize>) =
+            (0..batch.len()).partition(|&i| batch[i].topic == events::topics::DIRECTORY_CHANGES);
+        if directory.is_empty() {
+            return self.handle_events(batch).await;
+        }
+        let mut rejects = directory::write(&self.db, batch, &directory).await?;
+        let sub: Vec<Record> = events.iter().map(|&i| batch[i].clone()).collect();
+        for mut reject in self.handle_events(&sub).await? {
+            reject.index = events[reject.index];
+            rejects.push(reject);
+        }
+        Ok(rejects)
+    }
+}
+
+impl MongoSink {
+    async fn handle_events(&self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
         let (decoded, mut rejects) = crate::decode_events(batch);
         let plan = mapping::plan(decoded.iter().map(|(i, e)| (*i, e)));
         rejects.extend(execute(&self.db, plan).await?);
