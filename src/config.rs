@@ -24,7 +24,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub processors: ProcessorsConfig,
     pub sinks: SinksConfig,
-    pub api: ApiConfig,
+    pub api: api::ApiConfig,
 }
 
 /// `[processors]`: each processor's own settings.
@@ -82,21 +82,6 @@ pub struct SinksConfig {
     pub mongo: MongoConfig,
     pub clickhouse: ClickHouseConfig,
     pub mqtt: MqttConfig,
-}
-
-/// `[api]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ApiConfig {
-    pub listen: String,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8081".into(),
-        }
-    }
 }
 
 impl Config {

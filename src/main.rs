@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: SimulateCommand,
     },
+    /// Administration of a deployment.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print the effective configuration (secrets redacted) or the env variables.
     Config {
         /// List every COEXIST_* variable instead.
@@ -87,6 +92,13 @@ enum SimulateCommand {
     Inbound(coexist::simulate::InboundArgs),
     /// Answer as Meta's Graph API and Expo's push service on one port.
     Serve(coexist::simulate::ServeArgs),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an org and its first admin (directory changes on Kafka, written by the
+    /// mongo sink), so someone can log in. Idempotent.
+    Bootstrap(coexist::admin::BootstrapArgs),
 }
 
 #[derive(Subcommand)]
@@ -225,6 +237,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Simulate {
             command: SimulateCommand::Serve(args),
         } => coexist::simulate::serve(&config, args, runtime::shutdown::on_signals()).await,
+        Command::Admin {
+            command: AdminCommand::Bootstrap(args),
+        } => coexist::admin::bootstrap(&config, &args).await,
         Command::Config { env: true } => {
             Config::env_keys().iter().for_each(|k| println!("{k}"));
             Ok(())
