@@ -115,5 +115,31 @@ async fn issued_credentials_reach_the_own_inbox_and_nothing_of_another_org() {
         }
     };
     assert!(refused, "a wrong password connected");
+
+    // Logging out ends the device's MQTT login too.
+    assert_eq!(
+        stack
+            .call("POST", "/v1/auth/logout", Some(&tokens.access), None)
+            .await
+            .0,
+        204
+    );
+    let password = creds["password"].as_str().unwrap().to_string();
+    support::wait_for(
+        "the broker to refuse a logged-out device",
+        Duration::from_secs(15),
+        || async {
+            let (_, mut events) = client(&creds, &password);
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => return false,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => return true,
+                    Err(_) => return false,
+                }
+            }
+        },
+    )
+    .await;
     stack.stop().await;
 }

@@ -451,16 +451,47 @@ fn tokens(
 }
 
 async fn revoke(state: &AppState, filter: Document, reason: &str) -> ApiResult<u64> {
+    use futures::TryStreamExt;
     let mut filter = filter;
     filter.insert("revoked_at_ms", bson::Bson::Null);
-    let result = state
-        .db
-        .collection::<Document>(sessions::SESSIONS)
+    let sessions_coll = state.db.collection::<Document>(sessions::SESSIONS);
+    let ending: Vec<Document> = sessions_coll
+        .find(filter.clone())
+        .projection(doc! { "_id": 1, "org": 1, "agent_id": 1 })
+        .await?
+        .try_collect()
+        .await?;
+    let result = sessions_coll
         .update_many(
             filter,
             doc! { "$set": { "revoked_at_ms": now_ms(), "revoked_reason": reason } },
         )
         .await?;
+    // The devices' MQTT logins end with their sessions (best effort: a broker that is
+    // down must not keep a user from logging out).
+    let usernames: Vec<String> = ending
+        .iter()
+        .filter_map(|d| {
+            Some(format!(
+                "{}:{}:{}",
+                super::text(d, "org")?,
+                super::text(d, "agent_id")?,
+                d.get_str("_id").ok()?
+            ))
+        })
+        .collect();
+    if !usernames.is_empty() {
+        let mqtt = state.mqtt.clone();
+        tokio::spawn(async move {
+            for username in usernames {
+                let correlation = sessions::random_id(8);
+                let commands = crate::mqtt_access::revoke_commands(&username, &correlation);
+                if let Err(err) = crate::mqtt_access::run(&mqtt, &commands, &correlation).await {
+                    tracing::debug!(%username, error = %err, "mqtt client not removed");
+                }
+            }
+        });
+    }
     Ok(result.modified_count)
 }
 
