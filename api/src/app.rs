@@ -185,6 +185,9 @@ fn generic(status: StatusCode) -> ErrorBody {
     }
 }
 
+/// What the admin-scope layer carries: the state and how to make the extension.
+type ScopeState<T> = (AppState, fn(String) -> T);
+
 /// Wraps a router (e.g. the analytics one) so only admins reach it, with their org
 /// inserted as the request extension `scope(org)` its handlers read
 /// (`analytics::OrgScope`).
@@ -196,7 +199,7 @@ where
 }
 
 async fn admin_scope<T: Clone + Send + Sync + 'static>(
-    State((state, scope)): State<(AppState, fn(String) -> T)>,
+    State((state, scope)): State<ScopeState<T>>,
     req: Request,
     next: Next,
 ) -> Response {

@@ -72,16 +72,14 @@ impl Inner {
 
     /// 429 with `Retry-After` when `ip` is over its budget.
     pub fn limit_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.ip_limiter
-            .check_key(&ip)
-            .map_err(|not_until| retry(not_until))
+        self.ip_limiter.check_key(&ip).map_err(retry)
     }
 
     /// 429 with `Retry-After` when the user is over their budget.
     pub fn limit_user(&self, org: &str, user: &str) -> Result<(), ApiError> {
         self.user_limiter
             .check_key(&format!("{org}:{user}"))
-            .map_err(|not_until| retry(not_until))
+            .map_err(retry)
     }
 }
 

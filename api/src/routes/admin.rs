@@ -29,17 +29,21 @@ pub struct BusinessNumber {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct NumberUpsert {
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub display_phone_number: String,
     pub waba_id: Option<String>,
     /// The Graph API access token of the number (sealed at once, never returned).
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub access_token: String,
     /// The Meta app secret that signs its webhooks (sealed likewise).
+    #[schema(pattern = r"\S", max_length = 4096)]
     pub app_secret: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PolicyRequest {
     /// A number's policy; absent sets the org's default.
+    #[schema(pattern = r"^[0-9]{1,32}$")]
     pub phone_number_id: Option<String>,
     /// `{"kind":"round_robin"|"least_loaded"|"manual"}` or
     /// `{"kind":"sticky","window_ms":86400000}`.
@@ -111,7 +115,7 @@ pub async fn list_numbers(
 
 /// Add or update a business number and its credentials.
 #[utoipa::path(put, path = "/v1/business-numbers/{phone_number_id}", tag = "admin",
-    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path)),
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
     request_body = NumberUpsert,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn upsert_number(
@@ -122,7 +126,7 @@ pub async fn upsert_number(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     valid_digits("phone_number_id", &phone_number_id)?;
     let nonempty = |what: &str, s: &str| {
-        if s.trim().is_empty() || s.len() > 4096 {
+        if s.trim().is_empty() || s.chars().count() > 4096 {
             Err(ApiError::invalid(format!(
                 "{what} must be 1-4096 characters"
             )))
@@ -193,7 +197,7 @@ pub fn sync_payload(kind: SyncKind) -> serde_json::Value {
 /// Start the coexistence sync of a number: its Business-app contacts or its history.
 /// Progress arrives as webhooks; follow it with `GET` on the same path.
 #[utoipa::path(post, path = "/v1/business-numbers/{phone_number_id}/sync", tag = "admin",
-    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path)),
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
     request_body = SyncRequest,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn start_sync(
@@ -229,7 +233,7 @@ pub async fn start_sync(
 
 /// How far the history sync of a number has come.
 #[utoipa::path(get, path = "/v1/business-numbers/{phone_number_id}/sync", tag = "admin",
-    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path)),
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
     responses((status = 200, body = SyncProgress), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn sync_progress(
     State(state): State<AppState>,

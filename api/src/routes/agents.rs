@@ -32,22 +32,29 @@ pub struct Agent {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Invite {
     /// Chosen by the admin (letters, digits, - _ .).
+    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
     pub agent_id: String,
+    #[schema(pattern = r"\S", max_length = 100)]
     pub name: String,
+    #[schema(pattern = r"^[^@]+@[^@]+$", max_length = 254)]
     pub email: Option<String>,
     /// Digits with country code: where one-time codes are sent.
+    #[schema(pattern = r"^\+?[0-9]{6,20}$")]
     pub phone: Option<String>,
     #[schema(value_type = String, example = "agent")]
     pub role: Role,
     /// Most conversations assigned at once.
+    #[schema(maximum = 1000)]
     pub capacity: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AgentPatch {
+    #[schema(pattern = r"\S", max_length = 100)]
     pub name: Option<String>,
     #[schema(value_type = Option<String>, example = "admin")]
     pub role: Option<Role>,
+    #[schema(maximum = 1000)]
     pub capacity: Option<u32>,
 }
 
@@ -93,7 +100,7 @@ pub async fn list_agents(
 
 /// One agent.
 #[utoipa::path(get, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = [])),
-    params(("agent_id" = String, Path)),
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
     responses((status = 200, body = Agent), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_agent(
     State(state): State<AppState>,
@@ -109,7 +116,7 @@ pub async fn get_agent(
 
 fn valid_invite(invite: &Invite) -> ApiResult<()> {
     valid_id("agent_id", &invite.agent_id)?;
-    if invite.name.trim().is_empty() || invite.name.len() > 100 {
+    if invite.name.trim().is_empty() || invite.name.chars().count() > 100 {
         return Err(ApiError::invalid("name must be 1-100 characters"));
     }
     if invite.email.is_none() && invite.phone.is_none() {
@@ -118,7 +125,7 @@ fn valid_invite(invite: &Invite) -> ApiResult<()> {
         ));
     }
     if let Some(email) = &invite.email
-        && (!email.contains('@') || email.len() > 254)
+        && (!email.contains('@') || email.chars().count() > 254)
     {
         return Err(ApiError::invalid("email is not an address"));
     }
@@ -161,7 +168,7 @@ pub async fn invite_agent(
 
 /// Change an agent's name, role or capacity.
 #[utoipa::path(patch, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = ["admin"])),
-    params(("agent_id" = String, Path)), request_body = AgentPatch,
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = AgentPatch,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn update_agent(
     State(state): State<AppState>,
@@ -176,7 +183,7 @@ pub async fn update_agent(
     if patch
         .name
         .as_ref()
-        .is_some_and(|n| n.trim().is_empty() || n.len() > 100)
+        .is_some_and(|n| n.trim().is_empty() || n.chars().count() > 100)
     {
         return Err(ApiError::invalid("name must be 1-100 characters"));
     }
@@ -195,7 +202,7 @@ pub async fn update_agent(
 
 /// Deactivate an agent: they can no longer log in, and their sessions end now.
 #[utoipa::path(delete, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = ["admin"])),
-    params(("agent_id" = String, Path)),
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn deactivate_agent(
     State(state): State<AppState>,

@@ -20,10 +20,13 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OtpRequest {
     /// The user's email, or
+    #[schema(pattern = r"^[^@]+@[^@]+$", max_length = 254)]
     pub email: Option<String>,
     /// their phone number (digits, with country code).
+    #[schema(pattern = r"^\+?[0-9]{6,20}$")]
     pub phone: Option<String>,
     /// Needed only when the same email or phone belongs to users of several orgs.
+    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
     pub org: Option<String>,
 }
 
@@ -35,10 +38,13 @@ pub struct OtpChallenge {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OtpVerify {
+    #[schema(max_length = 64)]
     pub challenge_id: String,
     /// The six digits received.
+    #[schema(pattern = r"^[0-9]{6}$")]
     pub code: String,
     /// A stable id of the device: one session per device.
+    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
     pub device_id: String,
     pub device_name: Option<String>,
 }
@@ -99,7 +105,8 @@ pub async fn request_otp(
 ) -> ApiResult<(StatusCode, Json<OtpChallenge>)> {
     let mut filter = doc! { "active": true };
     match (&req.email, &req.phone) {
-        (Some(email), None) if email.contains('@') && email.len() <= 254 => {
+        // Both given: the email decides.
+        (Some(email), _) if email.contains('@') && email.chars().count() <= 254 => {
             filter.insert("email", normalize_email(email));
         }
         (None, Some(phone)) if (6..=20).contains(&normalize_phone(phone).len()) => {
@@ -627,7 +634,7 @@ pub async fn list_sessions(
 
 /// End one of the caller's sessions.
 #[utoipa::path(delete, path = "/v1/auth/sessions/{session_id}", tag = "auth",
-    security(("bearer" = [])), params(("session_id" = String, Path)),
+    security(("bearer" = [])), params(("session_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn revoke_session(
     State(state): State<AppState>,

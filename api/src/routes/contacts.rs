@@ -35,8 +35,10 @@ pub struct ContactPage {
 #[into_params(parameter_in = Query)]
 pub struct ContactQuery {
     /// A name (case-insensitive, anywhere in it) or a phone prefix (digits).
+    #[param(max_length = 100)]
     pub q: Option<String>,
     /// The `wa_id` to continue after.
+    #[param(pattern = r"^[0-9]{1,32}$")]
     pub after: Option<String>,
     pub limit: Option<u32>,
 }
@@ -122,7 +124,7 @@ pub async fn list_contacts(
 
 /// One contact.
 #[utoipa::path(get, path = "/v1/contacts/{wa_id}", tag = "contacts", security(("bearer" = [])),
-    params(("wa_id" = String, Path)),
+    params(("wa_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
     responses((status = 200, body = Contact), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_contact(
     State(state): State<AppState>,
@@ -141,7 +143,7 @@ pub async fn get_contact(
 
 /// A contact's conversations (one per business number), newest first.
 #[utoipa::path(get, path = "/v1/contacts/{wa_id}/conversations", tag = "contacts",
-    security(("bearer" = [])), params(("wa_id" = String, Path)),
+    security(("bearer" = [])), params(("wa_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
     responses((status = 200, body = Vec<Conversation>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn contact_conversations(
     State(state): State<AppState>,

@@ -18,10 +18,13 @@ use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PushTokenRequest {
+    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
     pub device_id: String,
     /// `ExponentPushToken[...]`.
+    #[schema(pattern = r"^Expo(nent)?PushToken\[[A-Za-z0-9_-]{1,200}\]$")]
     pub token: String,
     /// `ios`, `android` or `web`.
+    #[schema(pattern = r"^(ios|android|web)$")]
     pub platform: String,
 }
 
@@ -72,7 +75,7 @@ pub async fn register_push_token(
 
 /// Remove one of the caller's push tokens.
 #[utoipa::path(delete, path = "/v1/push-tokens/{token}", tag = "push", security(("bearer" = [])),
-    params(("token" = String, Path)),
+    params(("token" = String, Path, pattern = r"^Expo(nent)?PushToken\[[A-Za-z0-9_-]{1,200}\]$")),
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn unregister_push_token(
     State(state): State<AppState>,
