@@ -104,6 +104,13 @@ pub async fn request_otp(
     Body(req): Body<OtpRequest>,
 ) -> ApiResult<(StatusCode, Json<OtpChallenge>)> {
     let mut filter = doc! { "active": true };
+    let email_ok = |e: &String| e.contains('@') && e.chars().count() <= 254;
+    let phone_ok = |p: &String| (6..=20).contains(&normalize_phone(p).len());
+    if req.email.as_ref().is_some_and(|e| !email_ok(e))
+        || req.phone.as_ref().is_some_and(|p| !phone_ok(p))
+    {
+        return Err(ApiError::invalid("the email or phone number is malformed"));
+    }
     match (&req.email, &req.phone) {
         // Both given: the email decides.
         (Some(email), _) if email.contains('@') && email.chars().count() <= 254 => {

@@ -40,6 +40,7 @@ pub struct ContactQuery {
     /// The `wa_id` to continue after.
     #[param(pattern = r"^[0-9]{1,32}$")]
     pub after: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -105,7 +106,7 @@ pub async fn list_contacts(
         valid_digits("after", after)?;
         filter.insert("_id", doc! { "$gt": format!("{}:{after}", caller.org) });
     }
-    let limit = page_size(&state, query.limit);
+    let limit = page_size(&state, query.limit)?;
     let found: Vec<Document> = state
         .db
         .collection::<Document>(collections::CONTACTS)

@@ -49,6 +49,7 @@ pub struct ConversationQuery {
     /// From the last page's `next`.
     #[param(pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -82,6 +83,7 @@ pub struct PageQuery {
     /// From the last page's `next`.
     #[param(pattern = r"^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -171,7 +173,7 @@ pub async fn list_conversations(
     if let Some(c) = cursor_of(&query.cursor)? {
         conditions.push(c.after("last_message_at"));
     }
-    let limit = page_size(&state, query.limit);
+    let limit = page_size(&state, query.limit)?;
     let found: Vec<Document> = state
         .db
         .collection::<Document>(collections::CONVERSATIONS)
@@ -231,7 +233,7 @@ pub async fn list_messages(
     if let Some(c) = cursor_of(&query.cursor)? {
         conditions.push(c.after("sent_at"));
     }
-    let limit = page_size(&state, query.limit);
+    let limit = page_size(&state, query.limit)?;
     let found: Vec<Document> = state
         .db
         .collection::<Document>(collections::MESSAGES)

@@ -120,13 +120,17 @@ pub fn json(doc: &Document, key: &str) -> Option<serde_json::Value> {
         .map(|b| b.clone().into_relaxed_extjson())
 }
 
-/// Page size from a request, within bounds.
-pub fn page_size(state: &AppState, asked: Option<u32>) -> i64 {
-    i64::from(
-        asked
-            .unwrap_or(state.config.default_page)
-            .clamp(1, state.config.max_page),
-    )
+/// The most a `limit` parameter may say (the spec's maximum); pages are further
+/// capped by `[api] max_page`.
+pub const LIMIT_MAX: u32 = 1000;
+
+/// Page size from a request: 1..=LIMIT_MAX or 400, then at most `max_page`.
+pub fn page_size(state: &AppState, asked: Option<u32>) -> ApiResult<i64> {
+    let asked = asked.unwrap_or(state.config.default_page);
+    if !(1..=LIMIT_MAX).contains(&asked) {
+        return Err(ApiError::invalid(format!("limit is 1-{LIMIT_MAX}")));
+    }
+    Ok(i64::from(asked.min(state.config.max_page.max(1))))
 }
 
 /// Ids in paths and bodies: short, printable, no separators that would let one id
