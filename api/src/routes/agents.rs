@@ -129,11 +129,12 @@ fn valid_invite(invite: &Invite) -> ApiResult<()> {
     {
         return Err(ApiError::invalid("email is not an address"));
     }
-    if let Some(phone) = &invite.phone {
-        let digits = super::auth::normalize_phone(phone);
-        if !(6..=20).contains(&digits.len()) {
-            return Err(ApiError::invalid("phone needs 6-20 digits"));
-        }
+    if let Some(phone) = &invite.phone
+        && !super::auth::phone_is_valid(phone)
+    {
+        return Err(ApiError::invalid(
+            "phone is 6-20 digits, optionally after +",
+        ));
     }
     if invite.capacity > 1000 {
         return Err(ApiError::invalid("capacity is at most 1000"));
