@@ -35,7 +35,7 @@ pub struct ContactPage {
 #[into_params(parameter_in = Query)]
 pub struct ContactQuery {
     /// A name (case-insensitive, anywhere in it) or a phone prefix (digits).
-    #[param(max_length = 100)]
+    #[param(max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub q: Option<String>,
     /// The `wa_id` to continue after.
     #[param(pattern = r"^[0-9]{1,32}$")]
@@ -76,8 +76,13 @@ pub async fn list_contacts(
 ) -> ApiResult<Json<ContactPage>> {
     let mut filter = doc! { "org": &caller.org };
     if let Some(q) = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        if q.len() > 100 {
+        if q.chars().count() > 100 {
             return Err(ApiError::invalid("q is at most 100 characters"));
+        }
+        // A search becomes a BSON regex, whose pattern cannot hold NUL (the driver
+        // refuses it); control characters are never part of a name anyway.
+        if q.chars().any(char::is_control) {
+            return Err(ApiError::invalid("q must not contain control characters"));
         }
         let digits: String = q.chars().filter(char::is_ascii_digit).collect();
         if !digits.is_empty()
