@@ -303,7 +303,7 @@ pub async fn verify_otp(
     if req.code.len() != 6 || !req.code.chars().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::invalid("the code is six digits"));
     }
-    if req.challenge_id.len() > 64 {
+    if req.challenge_id.chars().count() > 64 {
         return Err(ApiError::invalid("challenge_id is too long"));
     }
     let otps = state.db.collection::<Document>(sessions::OTPS);
