@@ -26,7 +26,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub processors: ProcessorsConfig,
     pub sinks: SinksConfig,
-    pub api: ApiConfig,
+    pub api: api::ApiConfig,
     pub simulate: crate::simulate::SimulateConfig,
 }
 
@@ -87,21 +87,6 @@ pub struct SinksConfig {
     pub mqtt: MqttConfig,
     pub whatsapp: sinks::whatsapp::WhatsAppConfig,
     pub expo: ExpoConfig,
-}
-
-/// `[api]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ApiConfig {
-    pub listen: String,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8081".into(),
-        }
-    }
 }
 
 impl Config {

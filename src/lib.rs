@@ -1,6 +1,7 @@
 //! The `coexist` binary's library: configuration, the topic contract, and the roles
 //! that subcommands run (integration tests run them in-process through it).
 
+pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod roles;

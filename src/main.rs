@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: SimulateCommand,
     },
+    /// Administration of a deployment.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print the effective configuration (secrets redacted) or the env variables.
     Config {
         /// List every COEXIST_* variable instead.
@@ -95,6 +100,13 @@ enum SimulateCommand {
     Serve(coexist::simulate::ServeArgs),
     /// A realistic week of one org's traffic, straight onto the topics the sinks read.
     Scenario(coexist::simulate::scenario::ScenarioArgs),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an org and its first admin (directory changes on Kafka, written by the
+    /// mongo sink), so someone can log in. Idempotent.
+    Bootstrap(coexist::admin::BootstrapArgs),
 }
 
 #[derive(Subcommand)]
@@ -237,6 +249,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Simulate {
             command: SimulateCommand::Scenario(args),
         } => coexist::simulate::scenario::run(&config, args).await,
+        Command::Admin {
+            command: AdminCommand::Bootstrap(args),
+        } => coexist::admin::bootstrap(&config, &args).await,
         Command::Config { env: true } => {
             Config::env_keys().iter().for_each(|k| println!("{k}"));
             Ok(())

@@ -97,6 +97,7 @@ pub async fn sink(
                     topics::MESSAGES_OUTBOUND,
                     topics::OUTBOUND_RESULTS,
                     topics::MEDIA_STORED,
+                    topics::DIRECTORY_CHANGES,
                 ],
             )?;
             consume::run(
@@ -291,7 +292,19 @@ pub async fn process(
 
 /// Runs the API.
 pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    api::serve(&config.api.listen, shutdown).await
+    let publisher = config.kafka.publisher("api").await?;
+    let client = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose()).await?;
+    let deps = api::Deps {
+        config: config.api.clone(),
+        db: client.database(&config.sinks.mongo.database),
+        publisher: publisher.clone(),
+        mqtt: config.mqtt.clone(),
+        s3: config.s3.clone(),
+        clickhouse: Some(sinks::clickhouse::client(&config.sinks.clickhouse)),
+    };
+    let result = api::serve(deps, shutdown).await;
+    publisher.flush(Duration::from_secs(5));
+    result
 }
 
 /// Every role in one process. If one fails, the others are shut down too.

@@ -1,25 +1,76 @@
-//! The REST API for agent apps and admins. It reads stores and writes commands to
-//! Kafka; it never writes a store itself.
+//! The REST API for agent apps (web, Expo) and admins: `/v1`, JSON, OpenAPI at
+//! `/openapi.json`, Swagger UI at `/docs`.
+//!
+//! It reads the stores (MongoDB) and turns every change into a command on Kafka,
+//! answered `202 Accepted` with the command id. One exception, on purpose: auth
+//! state (`auth_otps`, `auth_sessions`) is the API's own and written directly, since
+//! a one-time code and a refresh token must be spendable exactly once, which needs
+//! an atomic compare-and-swap and read-your-writes; a trip through Kafka would leave
+//! a window in which a stolen token is used twice.
 
 pub mod analytics;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod cursor;
+pub mod directory;
+pub mod error;
+pub mod extract;
+pub mod mqtt_access;
+pub mod openapi;
+pub mod routes;
+pub mod seal;
+pub mod state;
 
-use axum::Router;
-use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-/// The API's routes.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok" }))
+use mongodb::IndexModel;
+use mongodb::bson::{Document, doc};
+
+pub use config::ApiConfig;
+pub use state::{AppState, Deps, Inner};
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Serves the API on `listen` until `shutdown`.
+/// The served OpenAPI document (for tests and tooling).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::openapi::finish(routes::router().split_for_parts().1)
+}
+
+/// Serves the API until `shutdown`.
 pub async fn serve(
-    listen: &str,
+    deps: Deps,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listen = deps.config.listen.clone();
+    let state: AppState = Arc::new(Inner::new(deps)?);
+    if let Err(err) = ensure_indexes(&state.db).await {
+        tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
+    }
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(%listen, "api up");
-    axum::serve(listener, router())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    axum::serve(
+        listener,
+        app::build(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
+    Ok(())
+}
+
+async fn ensure_indexes(db: &mongodb::Database) -> anyhow::Result<()> {
+    let index = |keys: Document| IndexModel::builder().keys(keys).build();
+    db.collection::<Document>(auth::sessions::SESSIONS)
+        .create_indexes([index(doc! { "org": 1, "agent_id": 1 })])
+        .await?;
+    db.collection::<Document>(auth::sessions::OTPS)
+        .create_indexes([index(doc! { "challenge_id": 1 })])
         .await?;
     Ok(())
 }

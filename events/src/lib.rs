@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod delivery;
+pub mod directory;
 pub mod event;
 pub mod ids;
 pub mod inbox;

@@ -5,7 +5,7 @@
 use schemars::{JsonSchema, schema_for};
 use serde_json::Value;
 
-use crate::{delivery, event, inbox, topics};
+use crate::{delivery, directory, event, inbox, topics};
 
 /// The raw topic holds Meta's body verbatim; its schema covers the envelope only,
 /// since change values are whatever Meta sends for the field.
@@ -69,6 +69,10 @@ pub fn topic_value_schemas() -> Vec<(&'static str, Value)> {
             schema_for!(delivery::PushNotification),
         ),
         (topics::MEDIA_STORED, schema_for!(delivery::MediaStored)),
+        (
+            topics::DIRECTORY_CHANGES,
+            schema_for!(directory::DirectoryChange),
+        ),
     ];
     schemas
         .into_iter()

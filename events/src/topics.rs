@@ -22,6 +22,8 @@ pub const OUTBOUND_RESULTS: &str = "messages.outbound.results";
 pub const OUTBOUND_INTENTS: &str = "messages.outbound.intents";
 /// Media copied to S3.
 pub const MEDIA_STORED: &str = "media.stored";
+/// Directory changes from the API (agents, numbers, routing, push tokens), keyed by org.
+pub const DIRECTORY_CHANGES: &str = "directory.changes";
 /// What could not be parsed or written, with headers saying why.
 pub const DEADLETTER: &str = "deadletter";
 
@@ -38,5 +40,6 @@ pub const ALL: &[&str] = &[
     MESSAGES_STATUS,
     NOTIFICATIONS_PUSH,
     MEDIA_STORED,
+    DIRECTORY_CHANGES,
     DEADLETTER,
 ];

@@ -15,6 +15,7 @@ use super::panels::{AnalyticsError, PANELS};
 use super::{AnalyticsQuery, OrgScope, run_panel};
 
 const PAGE: &str = include_str!("static/dashboards.html");
+const PAGE_JS: &str = include_str!("static/dashboards.js");
 const CHART_JS: &str = include_str!("static/chart.umd.min.js");
 
 /// Default range when the caller names none: the last seven days.
@@ -24,10 +25,32 @@ const DEFAULT_RANGE_MS: i64 = 7 * 24 * 3600 * 1000;
 /// [`OrgScope`] from the auth layer), and the page at `GET /dashboards` with its
 /// chart library at `GET /dashboards/chart.umd.min.js` (static, no data in them).
 pub fn router(client: clickhouse::Client) -> Router {
+    data(client).merge(page())
+}
+
+/// The data routes alone (`/v1/analytics/...`), for an auth layer to wrap.
+pub fn data(client: clickhouse::Client) -> Router {
     Router::new()
         .route("/v1/analytics/panels", get(list))
         .route("/v1/analytics/panels/{id}", get(panel))
+        .with_state(client)
+}
+
+/// The static page and its chart library: no data in them, so no auth (the page
+/// sends the admin's bearer token with its data requests).
+pub fn page() -> Router {
+    Router::new()
         .route("/dashboards", get(|| async { Html(PAGE) }))
+        // The page's code is a file of its own: the API's CSP allows no inline script.
+        .route(
+            "/dashboards/dashboards.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    PAGE_JS,
+                )
+            }),
+        )
         .route(
             "/dashboards/chart.umd.min.js",
             get(|| async {
@@ -40,7 +63,6 @@ pub fn router(client: clickhouse::Client) -> Router {
                 )
             }),
         )
-        .with_state(client)
 }
 
 /// `?from=&to=` in ms since the epoch, `phone_number_id` optional.

@@ -4,6 +4,7 @@
 //! trip), which every MongoDB version and wire-compatible server understands.
 
 pub mod config;
+pub mod directory;
 pub mod inbox;
 pub mod mapping;
 
@@ -24,6 +25,7 @@ pub async fn connect(config: &MongoConfig) -> anyhow::Result<Database> {
     let client = Client::with_uri_str(config.uri.expose()).await?;
     let db = client.database(&config.database);
     ensure_indexes(&db).await?;
+    directory::ensure_indexes(&db).await?;
     Ok(db)
 }
 
@@ -84,7 +86,26 @@ impl MongoSink {
 
 impl Stage for MongoSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        // Statements in batch order, whatever topic each record came from.
+        // Directory changes share the consumer (one group, one commit); they are
+        // written on their own, the rest in batch order.
+        let (directory, others): (Vec<usize>, Vec<usize>) =
+            (0..batch.len()).partition(|&i| batch[i].topic == events::topics::DIRECTORY_CHANGES);
+        if directory.is_empty() {
+            return self.handle_inbox(batch).await;
+        }
+        let mut rejects = directory::write(&self.db, batch, &directory).await?;
+        let sub: Vec<Record> = others.iter().map(|&i| batch[i].clone()).collect();
+        for mut reject in self.handle_inbox(&sub).await? {
+            reject.index = others[reject.index];
+            rejects.push(reject);
+        }
+        Ok(rejects)
+    }
+}
+
+impl MongoSink {
+    /// Webhook events and the inbox topics: statements in batch order.
+    async fn handle_inbox(&self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
         let mut plan = Vec::new();
         let mut rejects = Vec::new();
         for (index, record) in batch.iter().enumerate() {

@@ -1,0 +1,124 @@
+//! `[api]`: where the API listens, its keys, and the limits it enforces at the edge.
+
+use runtime::Secret;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    pub listen: String,
+    /// Log one-time codes (never in production: anyone with the logs could log in).
+    pub dev_mode: bool,
+    /// JWT signing keys (HS256). The first signs; all verify, so a key is rotated by
+    /// putting the new one first and dropping the old after `access_ttl_secs`. Empty
+    /// means an ephemeral random key (tokens die with the process; dev only).
+    pub jwt_keys: Vec<JwtKey>,
+    /// `iss` and `aud` of access tokens.
+    pub jwt_issuer: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    /// Server-side pepper of the OTP hashes (HMAC-SHA256). Empty: ephemeral.
+    pub otp_pepper: Secret,
+    pub otp: OtpPolicy,
+    /// The WhatsApp authentication template that carries the code.
+    pub otp_template: String,
+    pub otp_template_language: String,
+    /// Keys that seal business-number credentials (AES-256-GCM; 32 bytes, base64).
+    /// The first seals; all open. Empty: ephemeral (sealed data dies with the process).
+    pub secret_keys: Vec<SealKey>,
+    /// Origins allowed by CORS (exact matches). Empty: no cross-origin access.
+    pub cors_origins: Vec<String>,
+    pub rate_limit: RateLimits,
+    pub max_body_bytes: usize,
+    pub timeout_ms: u64,
+    /// Page size when a list request names none, and the most it may ask for.
+    pub default_page: u32,
+    pub max_page: u32,
+    /// How long a presigned media URL works.
+    pub media_url_ttl_secs: u64,
+    /// The broker address handed to devices (empty: the `[mqtt]` host and port).
+    pub mqtt_public_host: String,
+    pub mqtt_public_port: u16,
+}
+
+/// One JWT key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JwtKey {
+    pub kid: String,
+    pub secret: Secret,
+}
+
+/// One sealing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealKey {
+    pub id: String,
+    /// 32 bytes, base64.
+    pub key: Secret,
+}
+
+/// `[api.otp]`: one-time code policy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OtpPolicy {
+    pub ttl_secs: u64,
+    /// Wrong codes per challenge before the user is locked out.
+    pub max_attempts: u32,
+    pub lockout_secs: u64,
+    /// Least time between two codes for one user.
+    pub resend_cooldown_secs: u64,
+}
+
+impl Default for OtpPolicy {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 300,
+            max_attempts: 5,
+            lockout_secs: 900,
+            resend_cooldown_secs: 30,
+        }
+    }
+}
+
+/// `[api.rate_limit]`: requests per minute (token bucket, burst = the whole minute).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimits {
+    pub per_ip_per_minute: u32,
+    pub per_user_per_minute: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_ip_per_minute: 600,
+            per_user_per_minute: 600,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8081".into(),
+            dev_mode: false,
+            jwt_keys: Vec::new(),
+            jwt_issuer: "coexist".into(),
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 30 * 86_400,
+            otp_pepper: Secret::default(),
+            otp: OtpPolicy::default(),
+            otp_template: "coexist_login".into(),
+            otp_template_language: "en_US".into(),
+            secret_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            rate_limit: RateLimits::default(),
+            max_body_bytes: 1 << 20,
+            timeout_ms: 10_000,
+            default_page: 50,
+            max_page: 200,
+            media_url_ttl_secs: 300,
+            mqtt_public_host: String::new(),
+            mqtt_public_port: 0,
+        }
+    }
+}

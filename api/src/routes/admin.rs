@@ -1,0 +1,264 @@
+//! Admin-only: business numbers (credentials sealed before they leave the API),
+//! routing policy, and the coexistence sync of a newly onboarded number.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use events::delivery::OutboundMessage;
+use events::directory::{Change, RoutingPolicy};
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use serde::{Deserialize, Serialize};
+use sinks::mongo::directory::collections;
+use utoipa::ToSchema;
+
+use super::{Accepted, accepted, text, valid_digits};
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BusinessNumber {
+    pub phone_number_id: String,
+    pub display_phone_number: Option<String>,
+    pub waba_id: Option<String>,
+    /// Credentials are never returned; this says whether they are set.
+    pub has_credentials: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NumberUpsert {
+    #[schema(pattern = r"\S", max_length = 4096)]
+    pub display_phone_number: String,
+    pub waba_id: Option<String>,
+    /// The Graph API access token of the number (sealed at once, never returned).
+    #[schema(pattern = r"\S", max_length = 4096)]
+    pub access_token: String,
+    /// The Meta app secret that signs its webhooks (sealed likewise).
+    #[schema(pattern = r"\S", max_length = 4096)]
+    pub app_secret: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PolicyRequest {
+    /// A number's policy; absent sets the org's default.
+    #[schema(pattern = r"^[0-9]{1,32}$")]
+    pub phone_number_id: Option<String>,
+    /// `{"kind":"round_robin"|"least_loaded"|"manual"}` or
+    /// `{"kind":"sticky","window_ms":86400000}`.
+    #[schema(value_type = Object)]
+    pub policy: RoutingPolicy,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SyncRequest {
+    /// `contacts` (the Business app's contacts) or `history` (past chats).
+    pub kind: SyncKind,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncKind {
+    Contacts,
+    History,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SyncProgress {
+    pub phone_number_id: String,
+    /// History import progress in percent, as Meta reports it (absent: not started).
+    pub progress: Option<i64>,
+    /// Chunks received, as `phase:chunk_order`.
+    pub chunks: Vec<String>,
+    pub updated_at_ms: Option<i64>,
+}
+
+/// The business number `phone_number_id` of `org` (404 for another org's).
+pub async fn number_of(state: &AppState, org: &str, phone_number_id: &str) -> ApiResult<Document> {
+    state
+        .db
+        .collection::<Document>(collections::BUSINESS_NUMBERS)
+        .find_one(doc! { "_id": format!("{org}:{phone_number_id}") })
+        .await?
+        .ok_or_else(|| ApiError::not_found("business number"))
+}
+
+/// The org's business numbers.
+#[utoipa::path(get, path = "/v1/business-numbers", tag = "admin", security(("bearer" = ["admin"])),
+    responses((status = 200, body = Vec<BusinessNumber>)))]
+pub async fn list_numbers(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+) -> ApiResult<Json<Vec<BusinessNumber>>> {
+    let found: Vec<Document> = state
+        .db
+        .collection::<Document>(collections::BUSINESS_NUMBERS)
+        .find(doc! { "org": &caller.org })
+        .sort(doc! { "_id": 1 })
+        .limit(1000)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(Json(
+        found
+            .iter()
+            .map(|d| BusinessNumber {
+                phone_number_id: text(d, "phone_number_id").unwrap_or_default(),
+                display_phone_number: text(d, "display_phone_number"),
+                waba_id: text(d, "waba_id"),
+                has_credentials: d.get_document("access_token").is_ok(),
+            })
+            .collect(),
+    ))
+}
+
+/// Add or update a business number and its credentials.
+#[utoipa::path(put, path = "/v1/business-numbers/{phone_number_id}", tag = "admin",
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
+    request_body = NumberUpsert,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn upsert_number(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(phone_number_id): Path<String>,
+    Body(req): Body<NumberUpsert>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    valid_digits("phone_number_id", &phone_number_id)?;
+    let nonempty = |what: &str, s: &str| {
+        if s.trim().is_empty() || s.chars().count() > 4096 {
+            Err(ApiError::invalid(format!(
+                "{what} must be 1-4096 characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    nonempty("display_phone_number", &req.display_phone_number)?;
+    nonempty("access_token", &req.access_token)?;
+    nonempty("app_secret", &req.app_secret)?;
+    // A number belongs to one org; another org's is reported as absent, not as taken.
+    let owner = state
+        .db
+        .collection::<Document>(collections::BUSINESS_NUMBERS)
+        .find_one(doc! { "phone_number_id": &phone_number_id, "org": { "$ne": &caller.org } })
+        .await?;
+    if owner.is_some() {
+        return Err(ApiError::not_found("business number"));
+    }
+    let change = Change::BusinessNumberUpserted {
+        phone_number_id,
+        display_phone_number: req.display_phone_number,
+        waba_id: req.waba_id,
+        access_token: state.sealer.seal(&req.access_token),
+        app_secret: state.sealer.seal(&req.app_secret),
+    };
+    let id = crate::directory::publish(&state, &caller.org, &caller.user_id, change).await?;
+    Ok(accepted(id))
+}
+
+/// Set the routing policy of the org or of one of its numbers.
+#[utoipa::path(put, path = "/v1/routing-policy", tag = "admin", security(("bearer" = ["admin"])),
+    request_body = PolicyRequest,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn set_routing_policy(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Body(req): Body<PolicyRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    if let Some(number) = &req.phone_number_id {
+        valid_digits("phone_number_id", number)?;
+        number_of(&state, &caller.org, number).await?;
+    }
+    if let RoutingPolicy::Sticky { window_ms } = req.policy
+        && !(1..=30 * 86_400_000).contains(&window_ms)
+    {
+        return Err(ApiError::invalid(
+            "window_ms must be between 1 ms and 30 days",
+        ));
+    }
+    let change = Change::RoutingPolicySet {
+        phone_number_id: req.phone_number_id,
+        policy: req.policy,
+    };
+    let id = crate::directory::publish(&state, &caller.org, &caller.user_id, change).await?;
+    Ok(accepted(id))
+}
+
+/// The Graph API body that starts a coexistence sync (sent by the whatsapp sink).
+pub fn sync_payload(kind: SyncKind) -> serde_json::Value {
+    let sync_type = match kind {
+        SyncKind::Contacts => "smb_app_state_sync",
+        SyncKind::History => "history",
+    };
+    serde_json::json!({ "messaging_product": "whatsapp", "type": "smb_app_data", "sync_type": sync_type })
+}
+
+/// Start the coexistence sync of a number: its Business-app contacts or its history.
+/// Progress arrives as webhooks; follow it with `GET` on the same path.
+#[utoipa::path(post, path = "/v1/business-numbers/{phone_number_id}/sync", tag = "admin",
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
+    request_body = SyncRequest,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn start_sync(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(phone_number_id): Path<String>,
+    Body(req): Body<SyncRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    valid_digits("phone_number_id", &phone_number_id)?;
+    number_of(&state, &caller.org, &phone_number_id).await?;
+    let id = super::command_id();
+    let message = OutboundMessage {
+        id: id.clone(),
+        org: caller.org.clone(),
+        phone_number_id: phone_number_id.clone(),
+        conversation_id: String::new(),
+        to: String::new(),
+        sent_by: caller.user_id.clone(),
+        at_ms: crate::now_ms(),
+        payload: sync_payload(req.kind),
+    };
+    state
+        .publisher
+        .send_json(
+            events::topics::MESSAGES_OUTBOUND,
+            &phone_number_id,
+            &message,
+            vec![],
+        )
+        .await?;
+    Ok(accepted(id))
+}
+
+/// How far the history sync of a number has come.
+#[utoipa::path(get, path = "/v1/business-numbers/{phone_number_id}/sync", tag = "admin",
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
+    responses((status = 200, body = SyncProgress), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn sync_progress(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(phone_number_id): Path<String>,
+) -> ApiResult<Json<SyncProgress>> {
+    valid_digits("phone_number_id", &phone_number_id)?;
+    number_of(&state, &caller.org, &phone_number_id).await?;
+    let sync = state
+        .db
+        .collection::<Document>(sinks::mongo::mapping::collections::HISTORY_SYNCS)
+        .find_one(doc! { "_id": format!("{}:{phone_number_id}", caller.org) })
+        .await?
+        .unwrap_or_default();
+    Ok(Json(SyncProgress {
+        phone_number_id,
+        progress: super::int(&sync, "progress"),
+        chunks: sync
+            .get_array("chunks")
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        updated_at_ms: super::millis(&sync, "updated_at"),
+    }))
+}

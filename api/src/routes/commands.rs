@@ -1,0 +1,431 @@
+//! Writes, as commands on Kafka: send a message, mark read, claim / transfer /
+//! resolve / reopen / force-assign / note. Each is validated here, answered
+//! `202 Accepted` with its command id; the outcome reaches the issuer's MQTT inbox and
+//! `GET /v1/commands/{command_id}`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use events::delivery::OutboundMessage;
+use events::inbox::{CommandAction, ConversationCommand};
+use mongodb::bson::{Document, doc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::{Accepted, accepted, text, valid_id};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path};
+use crate::state::AppState;
+
+/// What to send. `reply_to` quotes an earlier message of the conversation.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SendRequest {
+    Text {
+        #[schema(pattern = r"\S", max_length = 4096)]
+        body: String,
+        reply_to: Option<String>,
+        preview_url: Option<bool>,
+    },
+    /// An approved template (the only kind allowed outside the 24-hour window).
+    Template {
+        name: String,
+        language: String,
+        #[schema(value_type = Option<Vec<Object>>)]
+        components: Option<Vec<Value>>,
+        reply_to: Option<String>,
+    },
+    /// Image, video, audio, document or sticker, by uploaded media id or by link.
+    Media {
+        kind: MediaKind,
+        id: Option<String>,
+        link: Option<String>,
+        caption: Option<String>,
+        filename: Option<String>,
+        reply_to: Option<String>,
+    },
+    Reaction {
+        message_id: String,
+        /// One emoji; empty removes the reaction.
+        emoji: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    Document,
+    Sticker,
+}
+
+impl MediaKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::Document => "document",
+            MediaKind::Sticker => "sticker",
+        }
+    }
+}
+
+/// The Graph API body for `req` to `to`, or why it is not sendable.
+pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
+    let mut body =
+        json!({ "messaging_product": "whatsapp", "recipient_type": "individual", "to": to });
+    let reply_to = match req {
+        SendRequest::Text {
+            body: text,
+            reply_to,
+            preview_url,
+        } => {
+            if text.trim().is_empty() || text.chars().count() > 4096 {
+                return Err("text body must be 1-4096 characters".into());
+            }
+            body["type"] = json!("text");
+            body["text"] = json!({ "body": text, "preview_url": preview_url.unwrap_or(false) });
+            reply_to
+        }
+        SendRequest::Template {
+            name,
+            language,
+            components,
+            reply_to,
+        } => {
+            if name.is_empty() || name.len() > 512 || language.is_empty() || language.len() > 16 {
+                return Err("template needs a name and a language code".into());
+            }
+            let mut template = json!({ "name": name, "language": { "code": language } });
+            if let Some(components) = components {
+                template["components"] = json!(components);
+            }
+            body["type"] = json!("template");
+            body["template"] = template;
+            reply_to
+        }
+        SendRequest::Media {
+            kind,
+            id,
+            link,
+            caption,
+            filename,
+            reply_to,
+        } => {
+            let mut media = match (id, link) {
+                (Some(id), None) if !id.is_empty() && id.len() <= 128 => json!({ "id": id }),
+                (None, Some(link)) if link.starts_with("https://") && link.len() <= 2048 => {
+                    json!({ "link": link })
+                }
+                _ => return Err("media needs exactly one of id or an https link".into()),
+            };
+            if let Some(caption) = caption {
+                if matches!(kind, MediaKind::Audio | MediaKind::Sticker) {
+                    return Err("audio and stickers take no caption".into());
+                }
+                if caption.chars().count() > 1024 {
+                    return Err("caption is at most 1024 characters".into());
+                }
+                media["caption"] = json!(caption);
+            }
+            if let Some(filename) = filename {
+                if *kind != MediaKind::Document {
+                    return Err("only documents have a filename".into());
+                }
+                media["filename"] = json!(filename);
+            }
+            body["type"] = json!(kind.as_str());
+            body[kind.as_str()] = media;
+            reply_to
+        }
+        SendRequest::Reaction { message_id, emoji } => {
+            if message_id.is_empty() || emoji.chars().count() > 8 {
+                return Err("a reaction names a message and one emoji".into());
+            }
+            body["type"] = json!("reaction");
+            body["reaction"] = json!({ "message_id": message_id, "emoji": emoji });
+            &None
+        }
+    };
+    if let Some(wamid) = reply_to {
+        body["context"] = json!({ "message_id": wamid });
+    }
+    Ok(body)
+}
+
+/// Send a message in a conversation.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/messages", tag = "commands",
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = SendRequest,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Body(req): Body<SendRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
+    let (number, to) = parties(&conversation)?;
+    let payload = graph_payload(&to, &req).map_err(ApiError::invalid)?;
+    outbound(&state, &caller, &conversation_id, &number, &to, payload).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MarkRead {
+    /// The newest inbound message read.
+    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    pub message_id: String,
+}
+
+/// Mark a conversation read up to a message (blue ticks for the customer).
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/read", tag = "commands",
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = MarkRead,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Body(req): Body<MarkRead>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
+    valid_id("message_id", &req.message_id)?;
+    let message = state
+        .db
+        .collection::<Document>(sinks::mongo::mapping::collections::MESSAGES)
+        .find_one(doc! { "_id": format!("{}:{}", caller.org, req.message_id), "conversation_id": &conversation_id })
+        .await?;
+    if message.is_none() {
+        return Err(ApiError::not_found("message"));
+    }
+    let (number, to) = parties(&conversation)?;
+    let payload =
+        json!({ "messaging_product": "whatsapp", "status": "read", "message_id": req.message_id });
+    outbound(&state, &caller, &conversation_id, &number, &to, payload).await
+}
+
+fn parties(conversation: &Document) -> ApiResult<(String, String)> {
+    match (
+        text(conversation, "phone_number_id"),
+        text(conversation, "contact_wa_id"),
+    ) {
+        (Some(n), Some(c)) if !n.is_empty() && !c.is_empty() => Ok((n, c)),
+        _ => Err(ApiError::conflict(
+            "the conversation has no customer to write to",
+        )),
+    }
+}
+
+async fn outbound(
+    state: &AppState,
+    caller: &Caller,
+    conversation_id: &str,
+    number: &str,
+    to: &str,
+    payload: Value,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let id = super::command_id();
+    let message = OutboundMessage {
+        id: id.clone(),
+        org: caller.org.clone(),
+        phone_number_id: number.to_string(),
+        conversation_id: conversation_id.to_string(),
+        to: to.to_string(),
+        sent_by: caller.user_id.clone(),
+        at_ms: crate::now_ms(),
+        payload,
+    };
+    state
+        .publisher
+        .send_json(events::topics::MESSAGES_OUTBOUND, number, &message, vec![])
+        .await?;
+    Ok(accepted(id))
+}
+
+/// The body of a conversation command (documentation of [`CommandAction`]'s JSON):
+/// `{"action":"claim"}`, `{"action":"transfer","to_agent":"bob"}` (absent: back to
+/// the queue), `{"action":"resolve"}`, `{"action":"reopen"}`,
+/// `{"action":"force_assign","to_agent":"bob"}` (admins), `{"action":"note","text":"..."}`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct CommandRequest {
+    action: ActionName,
+    /// For transfer and force_assign.
+    to_agent: Option<String>,
+    /// For note.
+    text: Option<String>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+enum ActionName {
+    Claim,
+    Transfer,
+    Resolve,
+    Reopen,
+    ForceAssign,
+    Note,
+}
+
+/// Claim, transfer, resolve, reopen, force-assign or annotate a conversation.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/commands", tag = "commands",
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = CommandRequest,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn conversation_command(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Body(action): Body<CommandAction>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
+    let to_agent = match &action {
+        CommandAction::ForceAssign { to_agent } => {
+            if !caller.is_admin() {
+                return Err(ApiError::forbidden());
+            }
+            Some(to_agent)
+        }
+        CommandAction::Transfer { to_agent } => to_agent.as_ref(),
+        CommandAction::Note { text } => {
+            if text.trim().is_empty() || text.chars().count() > 4000 {
+                return Err(ApiError::invalid("a note is 1-4000 characters"));
+            }
+            None
+        }
+        CommandAction::Claim | CommandAction::Resolve | CommandAction::Reopen => None,
+    };
+    if let Some(agent) = to_agent {
+        valid_id("to_agent", agent)?;
+        let found = super::agents::find(&state, &caller.org, agent).await?;
+        if found.is_none_or(|a| super::flag(&a, "active") != Some(true)) {
+            return Err(ApiError::not_found("agent"));
+        }
+    }
+    let number = text(&conversation, "phone_number_id")
+        .ok_or_else(|| ApiError::conflict("the conversation has no business number"))?;
+    let id = super::command_id();
+    let command = ConversationCommand {
+        id: id.clone(),
+        org: caller.org.clone(),
+        phone_number_id: number.clone(),
+        conversation_id,
+        issued_by: caller.user_id.clone(),
+        at_ms: crate::now_ms(),
+        action,
+    };
+    state
+        .publisher
+        .send_json(
+            events::topics::CONVERSATION_COMMANDS,
+            &number,
+            &command,
+            vec![],
+        )
+        .await?;
+    Ok(accepted(id))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CommandResult {
+    pub command_id: String,
+    pub kind: Option<String>,
+    pub accepted: bool,
+    pub reason: Option<String>,
+    pub at_ms: Option<i64>,
+}
+
+/// The outcome of a command (the same as arrives on MQTT). 404 until it is known.
+#[utoipa::path(get, path = "/v1/commands/{command_id}", tag = "commands",
+    security(("bearer" = [])), params(("command_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    responses((status = 200, body = CommandResult), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn command_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(command_id): Path<String>,
+) -> ApiResult<Json<CommandResult>> {
+    valid_id("command_id", &command_id)?;
+    let result = state
+        .db
+        .collection::<Document>("command_results")
+        .find_one(doc! { "_id": format!("{}:{command_id}", caller.org) })
+        .await?
+        .ok_or_else(|| ApiError::not_found("command result (yet)"))?;
+    Ok(Json(CommandResult {
+        command_id,
+        kind: text(&result, "kind"),
+        accepted: super::flag(&result, "accepted").unwrap_or(false),
+        reason: text(&result, "reason"),
+        at_ms: super::int(&result, "at_ms"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_follow_the_graph_api() {
+        let text = SendRequest::Text {
+            body: "hi".into(),
+            reply_to: Some("wamid.X".into()),
+            preview_url: None,
+        };
+        assert_eq!(
+            graph_payload("1555", &text).unwrap(),
+            json!({"messaging_product":"whatsapp","recipient_type":"individual","to":"1555",
+                   "type":"text","text":{"body":"hi","preview_url":false},
+                   "context":{"message_id":"wamid.X"}})
+        );
+        let doc = SendRequest::Media {
+            kind: MediaKind::Document,
+            id: None,
+            link: Some("https://x.test/a.pdf".into()),
+            caption: Some("c".into()),
+            filename: Some("a.pdf".into()),
+            reply_to: None,
+        };
+        let body = graph_payload("1", &doc).unwrap();
+        assert_eq!(body["type"], "document");
+        assert_eq!(body["document"]["filename"], "a.pdf");
+        let reaction = SendRequest::Reaction {
+            message_id: "wamid.Y".into(),
+            emoji: "👍".into(),
+        };
+        assert_eq!(
+            graph_payload("1", &reaction).unwrap()["reaction"]["emoji"],
+            "👍"
+        );
+    }
+
+    #[test]
+    fn unsendable_requests_say_why() {
+        let empty = SendRequest::Text {
+            body: " ".into(),
+            reply_to: None,
+            preview_url: None,
+        };
+        assert!(graph_payload("1", &empty).is_err());
+        let both = SendRequest::Media {
+            kind: MediaKind::Image,
+            id: Some("1".into()),
+            link: Some("https://x".into()),
+            caption: None,
+            filename: None,
+            reply_to: None,
+        };
+        assert!(graph_payload("1", &both).is_err());
+        let audio_caption = SendRequest::Media {
+            kind: MediaKind::Audio,
+            id: Some("1".into()),
+            link: None,
+            caption: Some("no".into()),
+            filename: None,
+            reply_to: None,
+        };
+        assert!(graph_payload("1", &audio_caption).is_err());
+    }
+}

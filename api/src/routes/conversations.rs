@@ -1,0 +1,330 @@
+//! `/v1/conversations`, their messages (newest first, by cursor), a message's status
+//! history, and presigned media URLs.
+
+use std::time::Duration;
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use axum::Json;
+use axum::extract::State;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use serde::{Deserialize, Serialize};
+use sinks::mongo::mapping::collections;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{json, millis, page_size, text, valid_id};
+use crate::auth::Caller;
+use crate::cursor::Cursor;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Path, Query};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Conversation {
+    pub conversation_id: String,
+    pub phone_number_id: Option<String>,
+    pub contact_wa_id: Option<String>,
+    /// `open`, `assigned` or `resolved`.
+    pub state: Option<String>,
+    pub assignee: Option<String>,
+    pub unread_count: i64,
+    pub last_message_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationPage {
+    pub items: Vec<Conversation>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConversationQuery {
+    /// `open`, `assigned` or `resolved`.
+    #[param(pattern = r"^(open|assigned|resolved)$")]
+    pub state: Option<String>,
+    /// An agent id, or `me`.
+    #[param(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    pub assignee: Option<String>,
+    /// From the last page's `next`.
+    #[param(pattern = r"^[A-Za-z0-9_-]+$")]
+    pub cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub wamid: String,
+    /// `inbound` or `outbound`.
+    pub direction: Option<String>,
+    /// `cloud_api`, `business_app` or `history`.
+    pub origin: Option<String>,
+    #[serde(rename = "type")]
+    pub message_type: Option<String>,
+    pub preview: Option<String>,
+    pub reply_to: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub media: Option<serde_json::Value>,
+    pub status: Option<String>,
+    pub sent_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessagePage {
+    pub items: Vec<Message>,
+    /// Older messages: pass as `cursor`.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// From the last page's `next`.
+    #[param(pattern = r"^[A-Za-z0-9_-]+$")]
+    pub cursor: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StatusChange {
+    pub status: String,
+    pub at_ms: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    pub errors: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MediaUrl {
+    pub url: String,
+    pub expires_in_secs: u64,
+    pub mime_type: Option<String>,
+}
+
+pub fn conversation_of(d: &Document) -> Conversation {
+    Conversation {
+        conversation_id: text(d, "id").unwrap_or_default(),
+        phone_number_id: text(d, "phone_number_id"),
+        contact_wa_id: text(d, "contact_wa_id"),
+        state: text(d, "state"),
+        assignee: text(d, "assignee"),
+        unread_count: super::int(d, "unread_count").unwrap_or(0),
+        last_message_at_ms: millis(d, "last_message_at"),
+    }
+}
+
+fn message_of(d: &Document) -> Message {
+    Message {
+        wamid: text(d, "id").unwrap_or_default(),
+        direction: text(d, "direction"),
+        origin: text(d, "origin"),
+        message_type: text(d, "type"),
+        preview: text(d, "preview"),
+        reply_to: text(d, "reply_to"),
+        media: json(d, "media"),
+        status: text(d, "status"),
+        sent_at_ms: millis(d, "sent_at"),
+    }
+}
+
+fn cursor_of(text: &Option<String>) -> ApiResult<Option<Cursor>> {
+    text.as_deref()
+        .map(|c| Cursor::decode(c).ok_or_else(|| ApiError::invalid("cursor is not one we issued")))
+        .transpose()
+}
+
+/// The conversation `id` of the caller's org (404 otherwise).
+pub async fn find(state: &AppState, org: &str, id: &str) -> ApiResult<Document> {
+    valid_id("conversation_id", id)?;
+    state
+        .db
+        .collection::<Document>(collections::CONVERSATIONS)
+        .find_one(doc! { "_id": format!("{org}:{id}") })
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))
+}
+
+/// Conversations by state and assignee, most recent activity first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", security(("bearer" = [])),
+    params(ConversationQuery), responses((status = 200, body = ConversationPage)))]
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ConversationQuery>,
+) -> ApiResult<Json<ConversationPage>> {
+    let mut filter = doc! { "org": &caller.org };
+    if let Some(s) = &query.state {
+        if !["open", "assigned", "resolved"].contains(&s.as_str()) {
+            return Err(ApiError::invalid("state is open, assigned or resolved"));
+        }
+        filter.insert("state", s);
+    }
+    if let Some(a) = &query.assignee {
+        let who = if a == "me" {
+            caller.user_id.clone()
+        } else {
+            a.clone()
+        };
+        valid_id("assignee", &who)?;
+        filter.insert("assignee", who);
+    }
+    let mut conditions = vec![filter];
+    if let Some(c) = cursor_of(&query.cursor)? {
+        conditions.push(c.after("last_message_at"));
+    }
+    let limit = page_size(&state, query.limit)?;
+    let found: Vec<Document> = state
+        .db
+        .collection::<Document>(collections::CONVERSATIONS)
+        .find(doc! { "$and": conditions })
+        .sort(doc! { "last_message_at": -1, "_id": -1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?;
+    let next = next_cursor(&found, limit, "last_message_at");
+    Ok(Json(ConversationPage {
+        items: found.iter().map(conversation_of).collect(),
+        next,
+    }))
+}
+
+fn next_cursor(found: &[Document], limit: i64, field: &str) -> Option<String> {
+    if (found.len() as i64) < limit {
+        return None;
+    }
+    let last = found.last()?;
+    Some(
+        Cursor {
+            t: millis(last, field).unwrap_or(0),
+            id: last.get_str("_id").ok()?.to_string(),
+        }
+        .encode(),
+    )
+}
+
+/// One conversation.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}", tag = "conversations",
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    responses((status = 200, body = Conversation), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+) -> ApiResult<Json<Conversation>> {
+    let conversation = find(&state, &caller.org, &conversation_id).await?;
+    Ok(Json(conversation_of(&conversation)))
+}
+
+/// A conversation's messages, newest first; `next` pages to older ones and stays
+/// stable while new messages arrive.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages", tag = "conversations",
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$"), PageQuery),
+    responses((status = 200, body = MessagePage), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn list_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(conversation_id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Json<MessagePage>> {
+    find(&state, &caller.org, &conversation_id).await?;
+    let mut conditions = vec![doc! { "org": &caller.org, "conversation_id": &conversation_id }];
+    if let Some(c) = cursor_of(&query.cursor)? {
+        conditions.push(c.after("sent_at"));
+    }
+    let limit = page_size(&state, query.limit)?;
+    let found: Vec<Document> = state
+        .db
+        .collection::<Document>(collections::MESSAGES)
+        .find(doc! { "$and": conditions })
+        .sort(doc! { "sent_at": -1, "_id": -1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?;
+    let next = next_cursor(&found, limit, "sent_at");
+    Ok(Json(MessagePage {
+        items: found.iter().map(message_of).collect(),
+        next,
+    }))
+}
+
+/// Every status a message reached, in order.
+#[utoipa::path(get, path = "/v1/messages/{wamid}/statuses", tag = "conversations",
+    security(("bearer" = [])), params(("wamid" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    responses((status = 200, body = Vec<StatusChange>), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn message_statuses(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(wamid): Path<String>,
+) -> ApiResult<Json<Vec<StatusChange>>> {
+    valid_id("wamid", &wamid)?;
+    let exists = state
+        .db
+        .collection::<Document>(collections::MESSAGES)
+        .find_one(doc! { "_id": format!("{}:{wamid}", caller.org) })
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::not_found("message"));
+    }
+    let found: Vec<Document> = state
+        .db
+        .collection::<Document>(collections::MESSAGE_STATUSES)
+        .find(doc! { "org": &caller.org, "wamid": &wamid })
+        .sort(doc! { "at": 1 })
+        .limit(100)
+        .await?
+        .try_collect()
+        .await?;
+    Ok(Json(
+        found
+            .iter()
+            .map(|d| StatusChange {
+                status: text(d, "status").unwrap_or_default(),
+                at_ms: millis(d, "at"),
+                errors: json(d, "errors"),
+            })
+            .collect(),
+    ))
+}
+
+/// A short-lived URL to download a stored media file (from the `media` collection
+/// the media sink's `media.stored` events fill).
+#[utoipa::path(get, path = "/v1/media/{media_id}", tag = "conversations",
+    security(("bearer" = [])), params(("media_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    responses((status = 200, body = MediaUrl), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn media_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(media_id): Path<String>,
+) -> ApiResult<Json<MediaUrl>> {
+    valid_id("media_id", &media_id)?;
+    let media = state
+        .db
+        .collection::<Document>("media")
+        .find_one(doc! { "_id": format!("{}:{media_id}", caller.org) })
+        .await?
+        .ok_or_else(|| ApiError::not_found("media"))?;
+    let key = text(&media, "key").ok_or_else(|| ApiError::not_found("media"))?;
+    // Keys are `{org}/{sha256}`: refuse anything outside the caller's prefix.
+    if !key.starts_with(&format!("{}/", caller.org)) {
+        return Err(ApiError::not_found("media"));
+    }
+    let ttl = state.config.media_url_ttl_secs;
+    let presign =
+        PresigningConfig::expires_in(Duration::from_secs(ttl)).map_err(ApiError::unavailable)?;
+    let request = state
+        .s3
+        .get_object()
+        .bucket(&state.s3_bucket)
+        .key(&key)
+        .presigned(presign)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(MediaUrl {
+        url: request.uri().to_string(),
+        expires_in_secs: ttl,
+        mime_type: text(&media, "mime_type"),
+    }))
+}

@@ -1,0 +1,122 @@
+//! Sealing business-number credentials (access token, app secret) with AES-256-GCM
+//! before they reach Kafka or MongoDB. The key id travels with the ciphertext, so keys
+//! rotate: seal with the first key, open with whichever sealed it.
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use events::directory::Sealed;
+use rand::Rng;
+
+use crate::config::ApiConfig;
+
+const NONCE_LEN: usize = 12;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SealError {
+    #[error("sealing key {0} is not 32 bytes of base64")]
+    BadKey(String),
+    #[error("no sealing key {0}")]
+    UnknownKey(String),
+    #[error("sealed data does not open (wrong key or tampered)")]
+    Corrupt,
+}
+
+#[derive(Clone)]
+pub struct Sealer {
+    keys: Vec<(String, Aes256Gcm)>,
+}
+
+impl Sealer {
+    /// From `[api] secret_keys`; empty gets an ephemeral key (dev only).
+    pub fn from_config(config: &ApiConfig) -> Result<Self, SealError> {
+        let mut keys = Vec::new();
+        for key in &config.secret_keys {
+            let bytes = STANDARD
+                .decode(key.key.expose().trim())
+                .map_err(|_| SealError::BadKey(key.id.clone()))?;
+            keys.push((key.id.clone(), bytes));
+        }
+        if keys.is_empty() {
+            tracing::warn!("api.secret_keys is empty: sealing with an ephemeral key (dev only)");
+            let mut bytes = vec![0u8; 32];
+            rand::rng().fill(&mut bytes[..]);
+            keys.push(("ephemeral".into(), bytes));
+        }
+        Self::new(&keys)
+    }
+
+    pub fn new(keys: &[(String, Vec<u8>)]) -> Result<Self, SealError> {
+        let keys = keys
+            .iter()
+            .map(|(id, bytes)| {
+                Aes256Gcm::new_from_slice(bytes)
+                    .map(|cipher| (id.clone(), cipher))
+                    .map_err(|_| SealError::BadKey(id.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { keys })
+    }
+
+    pub fn seal(&self, plaintext: &str) -> Sealed {
+        let (id, cipher) = &self.keys[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill(&mut nonce[..]);
+        // Encryption with a valid key and a 12-byte nonce does not fail.
+        let ciphertext = cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .unwrap_or_default();
+        let mut data = nonce.to_vec();
+        data.extend(ciphertext);
+        Sealed {
+            key_id: id.clone(),
+            data: STANDARD.encode(data),
+        }
+    }
+
+    pub fn open(&self, sealed: &Sealed) -> Result<String, SealError> {
+        let cipher = self
+            .keys
+            .iter()
+            .find(|(id, _)| *id == sealed.key_id)
+            .map(|(_, c)| c)
+            .ok_or_else(|| SealError::UnknownKey(sealed.key_id.clone()))?;
+        let data = STANDARD
+            .decode(&sealed.data)
+            .map_err(|_| SealError::Corrupt)?;
+        if data.len() < NONCE_LEN {
+            return Err(SealError::Corrupt);
+        }
+        let (nonce, ciphertext) = data.split_at(NONCE_LEN);
+        let plain = cipher
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .map_err(|_| SealError::Corrupt)?;
+        String::from_utf8(plain).map_err(|_| SealError::Corrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seals_open_only_with_their_key_and_untampered() {
+        let a = Sealer::new(&[("a".into(), vec![1; 32])]).unwrap();
+        let sealed = a.seal("EAAG-token");
+        assert!(!sealed.data.contains("EAAG"));
+        assert_eq!(a.open(&sealed).unwrap(), "EAAG-token");
+        let rotated = Sealer::new(&[("b".into(), vec![2; 32]), ("a".into(), vec![1; 32])]).unwrap();
+        assert_eq!(rotated.open(&sealed).unwrap(), "EAAG-token");
+        assert_eq!(rotated.seal("x").key_id, "b");
+        let mut bytes = STANDARD.decode(&sealed.data).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let tampered = Sealed {
+            key_id: "a".into(),
+            data: STANDARD.encode(bytes),
+        };
+        assert_eq!(a.open(&tampered), Err(SealError::Corrupt));
+        assert!(Sealer::new(&[("x".into(), vec![0; 16])]).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! What every handler shares: config, the store, the producer, keys and limiters.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota};
+use mongodb::Database;
+use runtime::Publisher;
+use runtime::mqtt::MqttConnection;
+
+use crate::auth::jwt::JwtKeys;
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+use crate::seal::Sealer;
+
+/// The API's dependencies, built once at start.
+pub struct Deps {
+    pub config: ApiConfig,
+    pub db: Database,
+    pub publisher: Publisher,
+    pub mqtt: MqttConnection,
+    pub s3: runtime::S3Config,
+    /// Analytics (`/v1/analytics`, `/dashboards`); `None` serves without them.
+    pub clickhouse: Option<clickhouse::Client>,
+}
+
+pub type AppState = Arc<Inner>;
+
+pub struct Inner {
+    pub config: ApiConfig,
+    pub db: Database,
+    pub publisher: Publisher,
+    pub jwt: JwtKeys,
+    pub sealer: Sealer,
+    pub pepper: Vec<u8>,
+    pub mqtt: MqttConnection,
+    pub s3: aws_sdk_s3::Client,
+    pub s3_bucket: String,
+    pub clickhouse: Option<clickhouse::Client>,
+    ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    user_limiter: DefaultKeyedRateLimiter<String>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+impl Inner {
+    pub fn new(deps: Deps) -> anyhow::Result<Self> {
+        let config = deps.config;
+        let jwt = JwtKeys::from_config(&config);
+        let sealer = Sealer::from_config(&config)?;
+        let pepper = if config.otp_pepper.is_empty() {
+            tracing::warn!("api.otp_pepper is empty: using an ephemeral pepper (dev only)");
+            crate::auth::sessions::random_id(32).into_bytes()
+        } else {
+            config.otp_pepper.expose().as_bytes().to_vec()
+        };
+        let limits = config.rate_limit;
+        Ok(Self {
+            ip_limiter: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_ip_per_minute)),
+            user_limiter: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_user_per_minute)),
+            s3: deps.s3.client(),
+            s3_bucket: deps.s3.bucket.clone(),
+            config,
+            db: deps.db,
+            publisher: deps.publisher,
+            jwt,
+            sealer,
+            pepper,
+            mqtt: deps.mqtt,
+            clickhouse: deps.clickhouse,
+        })
+    }
+
+    /// 429 with `Retry-After` when `ip` is over its budget.
+    pub fn limit_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.ip_limiter.check_key(&ip).map_err(retry)
+    }
+
+    /// 429 with `Retry-After` when the user is over their budget.
+    pub fn limit_user(&self, org: &str, user: &str) -> Result<(), ApiError> {
+        self.user_limiter
+            .check_key(&format!("{org}:{user}"))
+            .map_err(retry)
+    }
+}
+
+fn retry(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> ApiError {
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ));
+    ApiError::too_many(
+        "rate_limited",
+        "too many requests; slow down",
+        wait.as_secs() + 1,
+    )
+}
