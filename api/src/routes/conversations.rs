@@ -184,10 +184,37 @@ pub async fn list_conversations(
         .try_collect()
         .await?;
     let next = next_cursor(&found, limit, "last_message_at");
-    Ok(Json(ConversationPage {
-        items: found.iter().map(conversation_of).collect(),
-        next,
-    }))
+    let mut items = Vec::with_capacity(found.len());
+    for d in &found {
+        let mut conversation = conversation_of(d);
+        conversation.unread_count = unread(&state, &caller.org, d).await?;
+        items.push(conversation);
+    }
+    Ok(Json(ConversationPage { items, next }))
+}
+
+/// Customer messages after the conversation's `read_up_to` (the sink keeps no
+/// counter, so a redelivered message can never be counted twice). One indexed count
+/// (org, conversation_id, sent_at) per listed conversation.
+async fn unread(state: &AppState, org: &str, conversation: &Document) -> ApiResult<i64> {
+    let Some(id) = text(conversation, "id") else {
+        return Ok(0);
+    };
+    let mut filter = doc! {
+        "org": org,
+        "conversation_id": id,
+        "direction": "inbound",
+        "origin": { "$ne": "history" },
+    };
+    if let Ok(read) = conversation.get_datetime("read_up_to") {
+        filter.insert("sent_at", doc! { "$gt": *read });
+    }
+    let count = state
+        .db
+        .collection::<Document>(collections::MESSAGES)
+        .count_documents(filter)
+        .await?;
+    Ok(count as i64)
 }
 
 fn next_cursor(found: &[Document], limit: i64, field: &str) -> Option<String> {
