@@ -476,7 +476,14 @@ async fn an_inbound_message_for_an_agent_with_no_online_device_ends_as_a_push() 
         messages[0]["data"]["conversation_id"],
         conversation_id.as_str()
     );
-    assert_eq!(messages[0]["title"], "Sheena Nelson");
+    // The message's push ("Sheena Nelson"), or, when the notifier (reading from the
+    // start) saw the agent offline before the assignment, the assignment's push; the
+    // collapse window makes it one either way.
+    let title = messages[0]["title"].as_str().unwrap_or_default();
+    assert!(
+        ["Sheena Nelson", "New conversation"].contains(&title),
+        "{title}"
+    );
     let in_inbox: HashMap<String, usize> = p
         .mqtt
         .messages()
