@@ -247,6 +247,18 @@ async fn a_least_loaded_burst_ends_balanced_and_an_offline_agent_is_relieved() {
 /// left running would route every later test's conversations too.
 struct RouterProcess(std::process::Child);
 
+impl RouterProcess {
+    /// `coexist -c FILE process router`, configured through a file like any deployment.
+    fn start(file: &std::path::Path) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+            .args(["-c", file.to_str().unwrap(), "process", "router"])
+            .env("COEXIST_LOG_LEVEL", "warn")
+            .spawn()
+            .expect("start coexist process router");
+        Self(child)
+    }
+}
+
 impl Drop for RouterProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -267,14 +279,7 @@ async fn a_router_killed_mid_burst_restarts_to_the_same_assignments() {
     // The router as its own process, configured through a file like any deployment.
     let file = std::env::temp_dir().join(format!("coexist-router-{}.toml", unique()));
     std::fs::write(&file, toml::to_string(&s.config).unwrap()).unwrap();
-    let start = || {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
-            .args(["-c", file.to_str().unwrap(), "process", "router"])
-            .env("COEXIST_LOG_LEVEL", "warn")
-            .spawn()
-            .expect("start coexist process router");
-        RouterProcess(child)
-    };
+    let start = || RouterProcess::start(&file);
     let mut router = start();
     s.send_messages(0..BURST / 2).await;
     s.assignments_until("the first assignments", |o| o.len() >= 5)
@@ -461,14 +466,7 @@ async fn two_routers_hand_partitions_over_without_a_conflicting_owner() {
     }
     let file = std::env::temp_dir().join(format!("coexist-router-{}.toml", unique()));
     std::fs::write(&file, toml::to_string(&s.config).unwrap()).unwrap();
-    let start = || {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
-            .args(["-c", file.to_str().unwrap(), "process", "router"])
-            .env("COEXIST_LOG_LEVEL", "warn")
-            .spawn()
-            .expect("start coexist process router");
-        RouterProcess(child)
-    };
+    let start = || RouterProcess::start(&file);
     let send = |events: Vec<WhatsAppEvent>| {
         let publisher = s.publisher.clone();
         async move {

@@ -123,9 +123,9 @@ pub async fn run(
     if plan.is_empty() {
         return Ok(summary);
     }
-    let consumer: BaseConsumer = reader_config(kafka)
+    let consumer: BaseConsumer<runtime::kafka::EndIsNews> = reader_config(kafka)
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(runtime::kafka::EndIsNews)?;
     let mut assignment = TopicPartitionList::new();
     for span in plan {
         assignment.add_partition_offset(

@@ -9,6 +9,7 @@ use events::inbox::PresenceEvent;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use runtime::KafkaConfig;
+use runtime::kafka::EndIsNews;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -56,9 +57,9 @@ pub fn read_partitions(
     only: Option<&BTreeSet<i32>>,
     purpose: &str,
 ) -> anyhow::Result<(PartitionedValues, PartitionEnds)> {
-    let consumer: BaseConsumer = reader_config(kafka, purpose)
+    let consumer: BaseConsumer<EndIsNews> = reader_config(kafka, purpose)
         .set("enable.partition.eof", "true")
-        .create()?;
+        .create_with_context(EndIsNews)?;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
     let mut next: HashMap<i32, i64> = HashMap::new();

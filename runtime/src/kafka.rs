@@ -147,6 +147,21 @@ impl KafkaConfig {
     }
 }
 
+/// The context of readers that wait for end-of-partition (rebuilds, replay):
+/// reaching the end is what they wait for, not an error to log.
+pub struct EndIsNews;
+
+impl ClientContext for EndIsNews {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError as E, RDKafkaErrorCode as Code};
+        if !matches!(error, E::PartitionEOF(_) | E::Global(Code::PartitionEOF)) {
+            tracing::warn!(%error, %reason, "kafka client error while reading to the end");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNews {}
+
 /// The consumer every stage uses.
 pub type GroupConsumer = StreamConsumer<RebalanceLog>;
 

@@ -485,19 +485,6 @@ pub fn rebuild(
     Ok((ledger, window))
 }
 
-/// Reaching the end of a partition is what a rebuild waits for, not an error to log.
-struct EndIsNews;
-
-impl rdkafka::ClientContext for EndIsNews {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
-            tracing::warn!(%error, %reason, "kafka client error during rebuild");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for EndIsNews {}
-
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every value of `topic` (from `since_ms`, or the start) to the end of every
@@ -508,7 +495,7 @@ fn read_topic(
     since_ms: Option<i64>,
     mut each: impl FnMut(&[u8]),
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<EndIsNews> = ClientConfig::new()
+    let consumer: BaseConsumer<runtime::kafka::EndIsNews> = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set(
             "group.id",
@@ -517,7 +504,7 @@ fn read_topic(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted")
         .set("enable.partition.eof", "true")
-        .create_with_context(EndIsNews)?;
+        .create_with_context(runtime::kafka::EndIsNews)?;
     let metadata = consumer.fetch_metadata(Some(topic), READ_TIMEOUT)?;
     let partitions: Vec<i32> = metadata
         .topics()
