@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod bench;
+pub mod chaos;
 pub mod config;
 pub mod roles;
 pub mod simulate;
 pub mod topics;
+pub mod watch;
 
 pub use config::Config;

@@ -65,6 +65,12 @@ enum Command {
         #[command(subcommand)]
         command: SimulateCommand,
     },
+    /// Faults under load: SIGKILL and restart every role in the traffic's path and
+    /// restart MongoDB and ClickHouse under a steady stream, then count what each
+    /// store lost or holds twice. Exits non-zero unless both are 0 everywhere.
+    Chaos(coexist::chaos::ChaosArgs),
+    /// What agents' apps receive over MQTT, one readable line per message.
+    Watch(coexist::watch::WatchArgs),
     /// Administration of a deployment.
     Admin {
         #[command(subcommand)]
@@ -100,6 +106,9 @@ enum SimulateCommand {
     Serve(coexist::simulate::ServeArgs),
     /// A realistic week of one org's traffic, straight onto the topics the sinks read.
     Scenario(coexist::simulate::scenario::ScenarioArgs),
+    /// Agents' apps: online over MQTT, each answering the customer messages that
+    /// reach its inbox with a send command.
+    Agents(coexist::simulate::agents::AgentsArgs),
 }
 
 #[derive(Subcommand)]
@@ -249,6 +258,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Simulate {
             command: SimulateCommand::Scenario(args),
         } => coexist::simulate::scenario::run(&config, args).await,
+        Command::Simulate {
+            command: SimulateCommand::Agents(args),
+        } => coexist::simulate::agents::run(&config, args, runtime::shutdown::on_signals()).await,
+        Command::Watch(args) => {
+            coexist::watch::run(&config, args, runtime::shutdown::on_signals()).await
+        }
+        Command::Chaos(args) => {
+            let report = coexist::chaos::run(&config, args).await?;
+            print!("{}", report.table());
+            anyhow::ensure!(
+                report.clean(),
+                "chaos run {} lost or duplicated data",
+                report.run
+            );
+            Ok(())
+        }
         Command::Admin {
             command: AdminCommand::Bootstrap(args),
         } => coexist::admin::bootstrap(&config, &args).await,

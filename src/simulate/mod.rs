@@ -3,6 +3,7 @@
 //! receiver; `serve` answers as the Graph API ([`graph`]) and as Expo's push service
 //! ([`expo`]) on one port, so the real client code runs unchanged against it.
 
+pub mod agents;
 pub mod expo;
 pub mod graph;
 pub mod scenario;
