@@ -47,6 +47,7 @@ fn every_store_holds_everything_once_after_every_role_and_store_was_hit() {
         "SIGKILL sink-mongo",
         "SIGKILL sink-clickhouse",
         "SIGKILL sink-mqtt",
+        "SIGKILL sink-whatsapp",
         "restart mongo",
         "restart clickhouse",
     ] {
@@ -56,7 +57,7 @@ fn every_store_holds_everything_once_after_every_role_and_store_was_hit() {
         );
     }
     let stores = report["stores"].as_array().expect("stores");
-    assert_eq!(stores.len(), 8, "{stores:?}");
+    assert_eq!(stores.len(), 10, "{stores:?}");
     for store in stores {
         let name = &store["store"];
         assert!(

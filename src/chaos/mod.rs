@@ -163,17 +163,22 @@ pub struct FaultOutcome {
 /// Runs the whole thing and returns its report; the JSON file is written too.
 pub async fn run(config: &Config, args: ChaosArgs) -> anyhow::Result<Report> {
     let args = args.effective();
-    let setup = Setup::new(config, &args)?;
+    let setup = Setup::new(config, &args).await?;
     crate::roles::apply_topics(&setup.config).await?;
     setup.agents_online().await?;
     let mqtt = MqttTally::subscribe(&setup).await?;
     let mut roles = Roles::start(&setup).await?;
     let outcome = drive(&setup, &args, &mut roles, &mqtt).await;
+    // The tally needs the Graph API stand-in, one of the processes.
+    let stores = match &outcome {
+        Ok((sent, _, _)) => setup.tally(&sent.expected, &mqtt).await,
+        Err(_) => Ok(Vec::new()),
+    };
     let stopping = Instant::now();
     let exited = roles.stop_all().await;
     eprintln!("roles stopped in {:.1} s", stopping.elapsed().as_secs_f64());
     let (traffic_report, faults, settled_after) = outcome?;
-    let stores = setup.tally(&traffic_report.expected, &mqtt).await?;
+    let stores = stores?;
     let report = Report {
         run: setup.run.clone(),
         items: traffic_report.items,
@@ -206,13 +211,24 @@ async fn drive(
     roles: &mut Roles,
     mqtt: &MqttTally,
 ) -> anyhow::Result<(Sent, Vec<FaultOutcome>, Duration)> {
-    // Warm-up: a first item everywhere means every role has joined and caught up.
+    // Warm-up: one message on every number everywhere means every role has joined,
+    // caught up, and committed a position on every partition the traffic uses. A
+    // round a late-joining group skipped (it starts at the end) is followed by another.
     let warming = Instant::now();
-    let warm_up = setup.send_item(u64::MAX, None).await?;
-    setup
-        .wait_complete(&warm_up.expected, mqtt, Duration::from_secs(180))
-        .await
-        .context("the pipeline never handled the warm-up message")?;
+    let mut round = 0;
+    loop {
+        let warm_up = setup.warm_up_round(round).await?;
+        let limit = Duration::from_secs(15);
+        if setup.wait_complete(&warm_up, mqtt, limit).await.is_ok() {
+            break;
+        }
+        anyhow::ensure!(
+            warming.elapsed() < Duration::from_secs(240),
+            "the pipeline never handled a warm-up round (logs: {})",
+            setup.dir.display()
+        );
+        round += 1;
+    }
     eprintln!(
         "every role up and caught up after {:.1} s",
         warming.elapsed().as_secs_f64()
@@ -292,13 +308,16 @@ struct Setup {
     config_path: PathBuf,
     secret: String,
     webhook_url: String,
+    /// The Graph API stand-in (`coexist simulate serve`), never killed.
+    graph_url: String,
     http: reqwest::Client,
+    publisher: runtime::Publisher,
 }
 
 const AGENTS: usize = 4;
 
 impl Setup {
-    fn new(base: &Config, args: &ChaosArgs) -> anyhow::Result<Self> {
+    async fn new(base: &Config, args: &ChaosArgs) -> anyhow::Result<Self> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
         let run = format!("{}{:06}", std::process::id() % 1000, nanos % 1_000_000);
         let org = format!("chaos-{run}");
@@ -311,10 +330,12 @@ impl Setup {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("chaos-secret-{run}"));
         config.ingest.app_secrets = vec![runtime::Secret::new(&secret)];
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        config.ingest.listen = format!("127.0.0.1:{port}");
+        config.ingest.listen = format!("127.0.0.1:{}", free_port()?);
+        let graph_url = format!("http://127.0.0.1:{}", free_port()?);
+        config.graph.base_url = graph_url.clone();
+        config.graph.access_token = runtime::Secret::new(format!("chaos-token-{run}"));
+        config.graph.only_listed_numbers = false;
+        config.simulate.graph.webhook_url = String::new(); // ingest's, as configured above
         config.ingest.presence.enabled = false;
         let numbers: Vec<String> = (0..args.numbers.max(1))
             .map(|k| format!("7{run}{k}"))
@@ -327,6 +348,9 @@ impl Setup {
             })
             .collect();
         config.kafka.client_id = format!("chaos-{run}");
+        // Fresh groups skip the topics' backlog (earlier runs, other tests): the
+        // warm-up rounds then give every group a committed position to resume from.
+        config.kafka.new_group_start = "latest".into();
         config.topics.apply_on_start = false;
         let db = format!("chaos_{run}");
         config.sinks.mongo.database = db.clone();
@@ -350,10 +374,14 @@ impl Setup {
         Ok(Self {
             traffic: Traffic {
                 run: run.clone(),
+                org: org.clone(),
                 numbers,
                 contacts: args.contacts,
                 reply_every: 4,
+                send_every: 4,
             },
+            publisher: config.kafka.publisher("chaos").await?,
+            graph_url,
             run,
             org,
             config,
@@ -370,7 +398,7 @@ impl Setup {
     /// Every agent online (as the presence bridge would say), so conversations are
     /// assigned rather than queued.
     async fn agents_online(&self) -> anyhow::Result<()> {
-        let publisher = self.config.kafka.publisher("chaos").await?;
+        let publisher = &self.publisher;
         for a in 0..AGENTS {
             let presence = events::inbox::PresenceEvent {
                 org: self.org.clone(),
@@ -392,20 +420,25 @@ impl Setup {
         Ok(())
     }
 
-    /// Sends item `i`'s webhooks in order, each until ingest answers 200 (as Meta
-    /// retries), and returns what they leave. `u64::MAX` is the warm-up item.
-    async fn send_item(&self, i: u64, sent: Option<&mut Sent>) -> anyhow::Result<Sent> {
-        let at = now_ms() as u64 / 1000;
-        let (hooks, expected) = if i == u64::MAX {
-            let mut t = self.traffic.clone();
-            t.reply_every = 0;
-            t.run = format!("{}.warmup", t.run);
-            t.item(0, at)
-        } else {
-            self.traffic.item(i, at)
+    /// One message on every number, with wamids of its own, and what it leaves.
+    async fn warm_up_round(&self, round: u32) -> anyhow::Result<Expected> {
+        let warm_up = Traffic {
+            run: format!("{}.warmup{round}", self.run),
+            reply_every: 0,
+            send_every: 0,
+            ..self.traffic.clone()
         };
-        let mut own = Sent::default();
-        let sent = sent.unwrap_or(&mut own);
+        let mut sent = Sent::default();
+        for i in 0..warm_up.numbers.len() as u64 {
+            self.send_item(&warm_up, i, &mut sent).await?;
+        }
+        Ok(sent.expected)
+    }
+
+    /// Sends item `i`'s webhooks in order, each until ingest answers 200 (as Meta
+    /// retries), and adds them to `sent`.
+    async fn send_item(&self, traffic: &Traffic, i: u64, sent: &mut Sent) -> anyhow::Result<()> {
+        let (hooks, expected) = traffic.item(i, now_ms() as u64 / 1000);
         for hook in hooks {
             let body = hook.body.to_string();
             let mut delay = Duration::from_millis(50);
@@ -428,11 +461,8 @@ impl Setup {
             sent.webhooks += 1;
         }
         sent.items += 1;
-        sent.expected.extend(expected.clone());
-        Ok(Sent {
-            expected,
-            ..Sent::default()
-        })
+        sent.expected.extend(expected);
+        Ok(())
     }
 
     /// Items at `rate` per second for `duration`, on an open-loop schedule: a slow
@@ -452,7 +482,13 @@ impl Setup {
                 break;
             }
             tokio::time::sleep_until(due.into()).await;
-            self.send_item(i, Some(&mut sent)).await?;
+            self.send_item(&self.traffic, i, &mut sent).await?;
+            if let Some(command) = self.traffic.command(i, now_ms()) {
+                let topic = events::topics::MESSAGES_OUTBOUND;
+                self.publisher
+                    .send_json(topic, &command.phone_number_id, &command, vec![])
+                    .await?;
+            }
             progress.set_position(started.elapsed().as_secs().min(duration.as_secs()));
             i += 1;
         }
@@ -568,11 +604,47 @@ impl Setup {
             .await?,
         ));
         stores.push(tally::tally(
+            "mongodb command_results (sent)",
+            &expected.commands,
+            &mongo_counts(
+                &db,
+                "command_results",
+                doc! { "org": org, "kind": "send", "accepted": true },
+                "$command_id",
+            )
+            .await?,
+        ));
+        stores.push(tally::tally(
+            "graph api calls (simulator)",
+            &expected.commands,
+            &self.graph_sends().await?,
+        ));
+        stores.push(tally::tally(
             "mqtt as devices see it (by event id)",
             &expected.event_ids(),
             &mqtt.by_event_id(),
         ));
         Ok(stores)
+    }
+
+    /// Calls the Graph API stand-in received, by command id (which the whatsapp sink
+    /// puts in `biz_opaque_callback_data`).
+    async fn graph_sends(&self) -> anyhow::Result<HashMap<String, u64>> {
+        let sent: Vec<crate::simulate::graph::SentRecord> = self
+            .http
+            .get(format!("{}/_sim/graph/sent", self.graph_url))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut counts = HashMap::new();
+        for record in sent {
+            if let Some(command) = record.biz_opaque_callback_data {
+                *counts.entry(command).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// Drops the run's databases; the logs and config stay in the run's folder until
@@ -713,6 +785,17 @@ struct Roles {
 impl Roles {
     async fn start(setup: &Setup) -> anyhow::Result<Self> {
         let mut children = HashMap::new();
+        let listen = setup.graph_url.trim_start_matches("http://").to_string();
+        let simulator = Role {
+            name: "graph-simulator",
+            args: &["simulate", "serve"],
+        };
+        children.insert(
+            simulator.name,
+            spawn(setup, &simulator, &["--listen", &listen])?,
+        );
+        let sent = format!("{}/_sim/graph/sent", setup.graph_url);
+        wait_http(&setup.http, &sent, Duration::from_secs(60)).await?;
         for role in ROLES {
             children.insert(role.name, spawn_role(setup, role)?);
         }
@@ -771,6 +854,10 @@ impl Roles {
 /// The parent's `COEXIST_*` variables are not passed on: the file already holds
 /// their effect, and a variable would override the run's own settings.
 fn spawn_role(setup: &Setup, role: &Role) -> anyhow::Result<Child> {
+    spawn(setup, role, &[])
+}
+
+fn spawn(setup: &Setup, role: &Role, extra: &[&str]) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -785,6 +872,7 @@ fn spawn_role(setup: &Setup, role: &Role) -> anyhow::Result<Child> {
         .arg("--config")
         .arg(&setup.config_path)
         .args(role.args)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -824,6 +912,12 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     options.mode(0o600);
     options.open(path)?.write_all(text.as_bytes())?;
     Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn now_ms() -> i64 {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use events::delivery::OutboundMessage;
 use serde_json::{Value, json};
 
 /// The shape of one run's traffic.
@@ -11,6 +12,8 @@ use serde_json::{Value, json};
 pub struct Traffic {
     /// Makes wamids unique to the run.
     pub run: String,
+    /// The org the numbers belong to.
+    pub org: String,
     /// Business numbers (`phone_number_id`), used in turn.
     pub numbers: Vec<String>,
     /// Customers per number.
@@ -18,6 +21,10 @@ pub struct Traffic {
     /// Every `reply_every`-th item also carries a reply from the Business app
     /// (`smb_message_echoes`) and its statuses sent → delivered → read (0: never).
     pub reply_every: usize,
+    /// Every `send_every`-th item (offset by one from the replies) also has an agent
+    /// send a template to the customer: a command on `messages.outbound`, as the API
+    /// writes it (0: never). Templates go out whatever the 24-hour window says.
+    pub send_every: usize,
 }
 
 /// One signed-to-be webhook body and the event ids it carries.
@@ -39,6 +46,9 @@ pub struct Expected {
     pub replies: BTreeSet<String>,
     /// `{number}-{contact}`: one MongoDB conversation, assigned once.
     pub conversations: BTreeSet<String>,
+    /// Ids of agents' send commands: one call to the Graph API each, and one
+    /// accepted outcome in MongoDB's `command_results`.
+    pub commands: BTreeSet<String>,
 }
 
 impl Expected {
@@ -52,6 +62,7 @@ impl Expected {
         self.statuses.extend(other.statuses);
         self.replies.extend(other.replies);
         self.conversations.extend(other.conversations);
+        self.commands.extend(other.commands);
     }
 }
 
@@ -98,7 +109,34 @@ impl Traffic {
             expected.messages.insert(reply.clone());
             expected.replies.insert(reply);
         }
+        if let Some(command) = self.command(i, 0) {
+            expected.commands.insert(command.id);
+        }
         (hooks, expected)
+    }
+}
+
+impl Traffic {
+    /// The agent's send command of item `i`, if it has one.
+    pub fn command(&self, i: u64, at_ms: i64) -> Option<OutboundMessage> {
+        let every = self.send_every as u64;
+        if every == 0 || i % every != 1 % every {
+            return None;
+        }
+        let (number, contact) = self.parties(i);
+        Some(OutboundMessage {
+            id: format!("chaos-{}-send-{i}", self.run),
+            org: self.org.clone(),
+            phone_number_id: number.to_string(),
+            conversation_id: events::ids::conversation_id(number, &contact),
+            to: contact,
+            sent_by: "agent0".into(),
+            at_ms,
+            payload: json!({
+                "type": "template",
+                "template": { "name": "order_update", "language": { "code": "en_US" } }
+            }),
+        })
     }
 }
 
@@ -142,9 +180,11 @@ mod tests {
     fn traffic() -> Traffic {
         Traffic {
             run: "r1".into(),
+            org: "acme".into(),
             numbers: vec!["111".into(), "222".into()],
             contacts: 3,
             reply_every: 4,
+            send_every: 4,
         }
     }
 
@@ -183,6 +223,17 @@ mod tests {
             hooks[4].body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"],
             "read"
         );
+    }
+
+    #[test]
+    fn every_fourth_item_but_another_one_carries_a_template_send() {
+        let t = traffic();
+        let sends: Vec<u64> = (0..12).filter(|i| t.command(*i, 0).is_some()).collect();
+        assert_eq!(sends, vec![1, 5, 9]);
+        let command = t.command(5, 7).expect("a send");
+        assert_eq!(command.id, "chaos-r1-send-5");
+        assert_eq!(command.conversation_id, "222-15550000002");
+        assert_eq!(command.payload["type"], "template");
     }
 
     #[test]
