@@ -225,9 +225,10 @@ impl ClientContext for RebalanceLog {
                 if p.partition < 0 || !p.desired {
                     continue;
                 }
-                if let Some(lag) =
-                    observe::partition_lag(p.hi_offset, p.committed_offset, p.app_offset)
-                {
+                if let Some(lag) = observe::partition_lag(
+                    p.hi_offset,
+                    [p.committed_offset, p.app_offset, p.next_offset],
+                ) {
                     lags.push((topic.clone(), p.partition, lag));
                 }
             }

@@ -292,19 +292,16 @@ fn role_label(role: &str) -> RoleLabel {
 }
 
 /// The lag of one partition from librdkafka's statistics: the high watermark minus
-/// the committed offset (what is not yet durably handled), or minus the position
-/// when nothing is committed yet. `None` when the watermark is not known yet.
-pub fn partition_lag(hi_offset: i64, committed_offset: i64, app_offset: i64) -> Option<i64> {
+/// the first known of `[committed, app, next]` offsets. Committed first: lag is work
+/// not yet durably done. Before the first commit, the position handed to the stage;
+/// before any record, the fetch position (where a new group's `auto.offset.reset`
+/// put it, so an idle partition of a `latest` group reads 0). `None` while the
+/// watermark is unknown.
+pub fn partition_lag(hi_offset: i64, positions: [i64; 3]) -> Option<i64> {
     if hi_offset < 0 {
         return None;
     }
-    let done = if committed_offset >= 0 {
-        committed_offset
-    } else if app_offset >= 0 {
-        app_offset
-    } else {
-        return None;
-    };
+    let done = positions.into_iter().find(|&offset| offset >= 0)?;
     Some((hi_offset - done).max(0))
 }
 
@@ -471,14 +468,18 @@ mod tests {
 
     #[test]
     fn lag_is_watermark_minus_committed_then_position() {
-        assert_eq!(partition_lag(10, 7, 9), Some(3));
-        assert_eq!(partition_lag(10, 10, 10), Some(0));
-        // Nothing committed yet: how far the position is behind.
-        assert_eq!(partition_lag(10, -1001, 4), Some(6));
-        assert_eq!(partition_lag(-1, 3, 3), None);
-        assert_eq!(partition_lag(10, -1001, -1001), None);
-        // A watermark seen before the commit's answer never gives a negative lag.
-        assert_eq!(partition_lag(5, 6, 6), Some(0));
+        const NONE: i64 = -1001; // librdkafka's "invalid offset"
+        assert_eq!(partition_lag(10, [7, 9, 10]), Some(3));
+        assert_eq!(partition_lag(10, [10, 10, 10]), Some(0));
+        // Nothing committed yet: how far the stage's position is behind.
+        assert_eq!(partition_lag(10, [NONE, 4, 10]), Some(6));
+        // Nothing handed to the stage yet: the fetch position (0 on an empty topic).
+        assert_eq!(partition_lag(0, [NONE, NONE, 0]), Some(0));
+        assert_eq!(partition_lag(8, [NONE, NONE, 2]), Some(6));
+        assert_eq!(partition_lag(NONE, [3, 3, 3]), None);
+        assert_eq!(partition_lag(10, [NONE, NONE, NONE]), None);
+        // A watermark older than the commit's answer never gives a negative lag.
+        assert_eq!(partition_lag(5, [6, 6, 6]), Some(0));
     }
 
     #[test]
