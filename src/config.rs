@@ -27,6 +27,7 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     pub sinks: SinksConfig,
     pub api: api::ApiConfig,
+    pub metrics: runtime::observe::MetricsConfig,
     pub simulate: crate::simulate::SimulateConfig,
 }
 

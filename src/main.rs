@@ -1,5 +1,6 @@
 //! `coexist`: one binary, a subcommand per role.
 
+use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -7,6 +8,7 @@ use clap::{Parser, Subcommand};
 use coexist::Config;
 use coexist::roles::{self, SinkName};
 use coexist::topics::Outcome;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +20,10 @@ struct Cli {
     /// Config file (TOML). Every key can also be set as COEXIST_<SECTION>_<KEY>.
     #[arg(long, short, global = true, env = "COEXIST_CONFIG")]
     config: Option<PathBuf>,
+    /// Where a role serves /metrics, /healthz and /readyz (overrides [metrics] listen;
+    /// "" serves nothing). Role processes on one machine need one port each.
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -131,7 +137,10 @@ enum TopicsCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(listen) = cli.metrics_listen {
+        config.metrics.listen = listen;
+    }
     init_tracing(&config);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(cli.command, config))
@@ -139,12 +148,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::All => roles::all(config, runtime::shutdown::on_signals()).await,
-        Command::Ingest => roles::ingest(&config, runtime::shutdown::on_signals()).await,
-        Command::Sink { name } => roles::sink(&config, name, runtime::shutdown::on_signals()).await,
-        Command::Api => roles::api(&config, runtime::shutdown::on_signals()).await,
+        Command::All => observed(config, roles::all).await,
+        Command::Ingest => observed(config, |c, s| async move { roles::ingest(&c, s).await }).await,
+        Command::Sink { name } => {
+            observed(config, |c, s| async move { roles::sink(&c, name, s).await }).await
+        }
+        Command::Api => observed(config, |c, s| async move { roles::api(&c, s).await }).await,
         Command::Process { name } => {
-            roles::process(&config, name, runtime::shutdown::on_signals()).await
+            observed(
+                config,
+                |c, s| async move { roles::process(&c, name, s).await },
+            )
+            .await
         }
         Command::Topics {
             command: TopicsCommand::Apply,
@@ -286,6 +301,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs a role with the process's one metrics and health listener beside it. The
+/// listener binds before the role starts, so a taken port fails the start loudly
+/// rather than leaving a role nobody can scrape.
+async fn observed<F, Fut>(config: Config, role: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let shutdown = runtime::shutdown::on_signals();
+    let listener = runtime::observe::serve(&config.metrics.listen, shutdown.clone()).await?;
+    let result = role(config, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(listener) = listener {
+        let _ = listener.await;
+    }
+    result
 }
 
 fn init_tracing(config: &Config) {

@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::ValueEnum;
 use events::topics;
 use runtime::consume::{self, DeadLetters};
+use runtime::kafka::RebalanceLog;
+use runtime::observe;
 use sinks::clickhouse::ClickHouseSink;
 use sinks::expo::ExpoSink;
 use sinks::mongo::MongoSink;
@@ -50,7 +52,24 @@ impl SinkName {
 
 /// Runs the webhook receiver and, if enabled, the MQTT presence bridge.
 pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let publisher = config.kafka.publisher("ingest").await?;
+    let role = ingest::webhook::ROLE;
+    let publisher = config.kafka.publisher(role).await?;
+    let check = format!("{role}.kafka");
+    observe::global()
+        .readiness
+        .set_not_ready(&check, "not probed yet");
+    tokio::spawn({
+        let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
+        async move {
+            observe::probe(&check, PROBE_EVERY, shutdown, || async {
+                publisher
+                    .reachable(PROBE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+        }
+    });
     let webhooks = ingest::serve(config.ingest.clone(), publisher.clone(), shutdown.clone());
     if !config.ingest.presence.enabled {
         return webhooks.await;
@@ -79,13 +98,15 @@ pub async fn sink(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let role = name.role();
+    starting(&role);
     let publisher = config.kafka.publisher(&role).await?;
     let dead_letters = DeadLetters::new(publisher.clone(), role.replace('-', "."));
     let batch = config.sinks.batch.clone();
     let result = match name {
         SinkName::Mongo => {
             let mongo = &config.sinks.mongo;
-            let Some(db) = until_ready("mongodb", &shutdown, || sinks::mongo::connect(mongo)).await
+            let Some(db) =
+                until_ready(&role, "mongodb", &shutdown, || sinks::mongo::connect(mongo)).await
             else {
                 return Ok(());
             };
@@ -112,9 +133,11 @@ pub async fn sink(
         }
         SinkName::Clickhouse => {
             let ch = &config.sinks.clickhouse;
-            if until_ready("clickhouse", &shutdown, || sinks::clickhouse::migrate(ch))
-                .await
-                .is_none()
+            if until_ready(&role, "clickhouse", &shutdown, || {
+                sinks::clickhouse::migrate(ch)
+            })
+            .await
+            .is_none()
             {
                 return Ok(());
             }
@@ -167,7 +190,7 @@ pub async fn sink(
                 sinks::expo::ensure_indexes(&db).await?;
                 Ok(db)
             };
-            let Some(db) = until_ready("mongodb", &shutdown, connect).await else {
+            let Some(db) = until_ready(&role, "mongodb", &shutdown, connect).await else {
                 return Ok(());
             };
             let sink = ExpoSink::new(db, config.sinks.expo.clone())?;
@@ -199,7 +222,7 @@ pub async fn sink(
             let graph = sinks::graph::GraphClient::new(config.graph.clone())?;
             let s3 = config.s3.client();
             let s3_config = &config.s3;
-            if until_ready("s3", &shutdown, || s3_config.ensure_bucket(&s3))
+            if until_ready(&role, "s3", &shutdown, || s3_config.ensure_bucket(&s3))
                 .await
                 .is_none()
             {
@@ -250,6 +273,7 @@ pub async fn process(
     name: ProcessorName,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    starting(&name.role());
     match name {
         ProcessorName::Status => {
             let role = "process-status";
@@ -294,6 +318,24 @@ pub async fn process(
 pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let publisher = config.kafka.publisher("api").await?;
     let client = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose()).await?;
+    let check = "api.mongodb";
+    observe::global()
+        .readiness
+        .set_not_ready(check, "not probed yet");
+    tokio::spawn({
+        let (db, shutdown) = (client.database("admin"), shutdown.clone());
+        async move {
+            observe::probe(check, PROBE_EVERY, shutdown, || async {
+                let ping = db.run_command(mongodb::bson::doc! { "ping": 1 });
+                match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Err(_) => Err(format!("no answer to ping within {PROBE_TIMEOUT:?}")),
+                }
+            })
+            .await
+        }
+    });
     let deps = api::Deps {
         config: config.api.clone(),
         db: client.database(&config.sinks.mongo.database),
@@ -382,9 +424,25 @@ pub async fn apply_topics(
     Ok(outcomes)
 }
 
+/// How often ingest's Kafka and the API's MongoDB are probed for readiness, and how
+/// long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A consumer role is not ready until its group assigns it partitions (the
+/// consumer context flips the check then); until then it is "starting", which also
+/// covers rebuilding state before the consumer exists.
+fn starting(role: &str) {
+    observe::global()
+        .readiness
+        .set_not_ready(&RebalanceLog::readiness_check(role), "starting");
+}
+
 /// Retries `connect` until it succeeds or shutdown (a store that is down at start
-/// delays its sink, it does not crash the process).
+/// delays its sink, it does not crash the process). Meanwhile readiness check
+/// `{role}.{what}` says why the role is not ready.
 async fn until_ready<T, F, Fut>(
+    role: &str,
     what: &str,
     shutdown: &CancellationToken,
     mut connect: F,
@@ -393,11 +451,20 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    let readiness = &observe::global().readiness;
+    let check = format!("{role}.{what}");
+    readiness.set_not_ready(&check, "connecting");
     let mut delay = Duration::from_millis(200);
     loop {
         match connect().await {
-            Ok(value) => return Some(value),
-            Err(err) => tracing::warn!(%what, error = %format!("{err:#}"), "not ready; retrying"),
+            Ok(value) => {
+                readiness.set_ready(&check);
+                return Some(value);
+            }
+            Err(err) => {
+                readiness.set_not_ready(&check, format!("{err:#}"));
+                tracing::warn!(%what, error = %format!("{err:#}"), "not ready; retrying")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,

@@ -253,6 +253,8 @@ impl RouterProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
             .args(["-c", file.to_str().unwrap(), "process", "router"])
             .env("COEXIST_LOG_LEVEL", "warn")
+            // Several at once, and beside other worktrees: no fixed metrics port.
+            .env("COEXIST_METRICS_LISTEN", "127.0.0.1:0")
             .spawn()
             .expect("start coexist process router");
         Self(child)

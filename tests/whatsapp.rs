@@ -672,6 +672,8 @@ async fn a_sink_killed_mid_burst_never_sends_a_command_twice() {
             std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
                 .args(["-c", file.to_str().unwrap(), "sink", "whatsapp"])
                 .env("COEXIST_LOG_LEVEL", "warn")
+                // Several at once, and beside other worktrees: no fixed metrics port.
+                .env("COEXIST_METRICS_LISTEN", "127.0.0.1:0")
                 .spawn()
                 .expect("start coexist sink whatsapp"),
         )

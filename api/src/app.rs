@@ -1,6 +1,6 @@
 //! The router and its edge, assembled in one place and read top to bottom (outermost
-//! first): request id → trace → security headers → CORS → one error shape → per-IP
-//! rate limit → timeout → body limit → routes. Per-user limits sit in the `Caller`
+//! first): request id → trace → status-class count → security headers → CORS → one
+//! error shape → per-IP rate limit → timeout → body limit → routes. Per-user limits sit in the `Caller`
 //! extractor, where the user is known.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -72,6 +72,7 @@ pub fn build(state: AppState) -> Router {
     Router::new()
         .merge(routes)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
+        .route("/readyz", axum::routing::get(runtime::observe::readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state.clone())
         .merge(analytics)
@@ -81,6 +82,7 @@ pub fn build(state: AppState) -> Router {
         .layer(from_fn(error_shape))
         .layer(cors(&config.cors_origins))
         .layer(headers)
+        .layer(from_fn(count_status))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeId))
@@ -114,6 +116,16 @@ impl MakeRequestId for MakeId {
             .ok()
             .map(RequestId::new)
     }
+}
+
+/// Counts every answer by status class (`coexist_http_requests_total{role="api"}`),
+/// outside the layers that answer early (rate limit, timeout, errors) so they count too.
+async fn count_status(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    runtime::observe::global()
+        .metrics
+        .http_request("api", response.status().as_u16());
+    response
 }
 
 async fn limit_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {

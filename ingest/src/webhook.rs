@@ -19,11 +19,15 @@ use events::{OrgDirectory, Webhook, WhatsAppEvent, topics};
 use futures::future::try_join_all;
 use runtime::Publisher;
 use runtime::kafka::{KafkaError, Outgoing};
+use runtime::observe;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::IngestConfig;
 use crate::signature::{self, SignatureError};
+
+/// The role name: metrics label, readiness checks, Kafka client id.
+pub const ROLE: &str = "ingest";
 
 /// Header names on `whatsapp.webhooks.raw`, so a replay sees what ingest saw.
 pub mod raw_headers {
@@ -48,6 +52,7 @@ pub fn router(config: IngestConfig, publisher: Publisher) -> Router {
     Router::new()
         .route("/webhooks/whatsapp", get(verify_subscription).post(receive))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(observe::readyz))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
@@ -91,7 +96,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             SignatureError::Missing => "missing_signature",
             SignatureError::Malformed | SignatureError::Mismatch => "invalid_signature",
         };
-        return error(StatusCode::UNAUTHORIZED, code, &err.to_string());
+        return rejected(StatusCode::UNAUTHORIZED, code, &err.to_string());
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -102,7 +107,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .to_ascii_lowercase()
         .starts_with("application/json")
     {
-        return error(
+        return rejected(
             StatusCode::BAD_REQUEST,
             "not_json",
             "Content-Type must be application/json",
@@ -111,7 +116,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     let webhook: Webhook = match serde_json::from_slice(&body) {
         Ok(webhook) => webhook,
         Err(err) => {
-            return error(
+            return rejected(
                 StatusCode::BAD_REQUEST,
                 "malformed_body",
                 &format!("not a WhatsApp webhook: {err}"),
@@ -121,10 +126,13 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     let received_at_ms = now_ms();
     let signature = signature_header.unwrap_or_default().to_string();
     match store(&shared, &webhook, &body, &signature, received_at_ms).await {
-        Ok(()) => (StatusCode::OK, "EVENT_RECEIVED").into_response(),
+        Ok(()) => {
+            observe::global().metrics.webhook(true, "ok");
+            (StatusCode::OK, "EVENT_RECEIVED").into_response()
+        }
         Err(err) => {
             tracing::error!(%err, "webhook not stored; answering 503 so Meta retries");
-            error(
+            rejected(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "kafka_unavailable",
                 "the event log did not acknowledge; retry",
@@ -158,7 +166,8 @@ async fn store(
         received_at_ms,
         &raw_key,
     );
-    tokio::try_join!(raw, normalized)?;
+    let (_, (events, _)) = tokio::try_join!(raw, normalized)?;
+    observe::global().metrics.produced(ROLE, events);
     Ok(())
 }
 
@@ -225,7 +234,9 @@ pub async fn publish_reject(
                 ("coexist.field", rejected.field.clone()),
             ],
         })
-        .await
+        .await?;
+    observe::global().metrics.dead_lettered(ROLE);
+    Ok(())
 }
 
 /// The raw topic is keyed like the others, by the first business number in the body,
@@ -244,6 +255,12 @@ pub fn raw_key(webhook: &Webhook) -> String {
         })
         .or_else(|| webhook.entry.first().map(|e| e.id.clone()))
         .unwrap_or_default()
+}
+
+/// An error answer to a webhook POST, counted by its code.
+fn rejected(status: StatusCode, code: &'static str, message: &str) -> Response {
+    observe::global().metrics.webhook(false, code);
+    error(status, code, message)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -7,6 +7,9 @@
 //! - A transient failure (store down) is retried with backoff, without committing, for
 //!   as long as it takes; at shutdown the batch is left uncommitted, so the next owner
 //!   of the partition redoes it (writes are idempotent, by event id).
+//!
+//! Every role's records in, batch sizes, write times, records out and dead letters
+//! are counted here, once, rather than in each sink (see [`crate::observe`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{GroupConsumer, KafkaError, Outgoing, Publisher};
+use crate::observe;
 
 /// A consumed record, owned, so a batch outlives the consumer's buffers.
 #[derive(Debug, Clone)]
@@ -128,13 +132,18 @@ pub mod dlq_headers {
 pub struct DeadLetters {
     publisher: Publisher,
     stage: String,
+    /// The metrics' role label: the stage header is the role name with dots
+    /// (`sink.mongo` is role `sink-mongo`).
+    role: String,
 }
 
 impl DeadLetters {
     pub fn new(publisher: Publisher, stage: impl Into<String>) -> Self {
+        let stage = stage.into();
         Self {
             publisher,
-            stage: stage.into(),
+            role: stage.replace('.', "-"),
+            stage,
         }
     }
 
@@ -154,7 +163,9 @@ impl DeadLetters {
                     (dlq_headers::SOURCE_OFFSET, record.offset.to_string()),
                 ],
             })
-            .await
+            .await?;
+        observe::global().metrics.dead_lettered(&self.role);
+        Ok(())
     }
 }
 
@@ -259,6 +270,10 @@ pub async fn next_batch(
             Err(_elapsed) => break,
         }
     }
+    observe::global().metrics.consumed(
+        consumer.context().role(),
+        batch.iter().map(|r| r.topic.as_str()),
+    );
     Ok(Some(batch))
 }
 
@@ -271,15 +286,31 @@ async fn write_with_retry<S: Stage>(
     config: &LoopConfig,
     shutdown: &CancellationToken,
 ) -> bool {
+    let observer = observe::global();
+    // A store that refuses writes makes the role not ready until a batch succeeds.
+    let check = format!("{name}.writes");
     let mut delay = Duration::from_millis(config.retry_initial_ms);
     loop {
+        let started = tokio::time::Instant::now();
         let outcome = match stage.handle(batch).await {
-            Ok(rejects) => send_rejects(dead_letters, batch, &rejects).await,
+            Ok(rejects) => send_rejects(dead_letters, batch, &rejects)
+                .await
+                .map(|()| rejects.len()),
             Err(err) => Err(err),
         };
         match outcome {
-            Ok(()) => return true,
+            Ok(rejected) => {
+                let written = batch.len().saturating_sub(rejected);
+                observer
+                    .metrics
+                    .batch_done(name, written, started.elapsed());
+                observer.readiness.set_ready(&check);
+                return true;
+            }
             Err(err) => {
+                observer
+                    .readiness
+                    .set_not_ready(&check, format!("batch not written: {err:#}"));
                 tracing::warn!(stage = name, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64,
                     "batch not written; retrying without committing");
                 tokio::select! {

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::observe;
+
 /// `[kafka]`: how to reach the brokers and the Schema Registry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -46,6 +48,10 @@ pub struct KafkaConfig {
     /// runs must not stand in front of its measurements). Stages about the present
     /// (the notifier) start at `latest` whatever this says.
     pub new_group_start: String,
+    /// How often consumers report statistics, from which `coexist_consumer_lag` is
+    /// read (librdkafka already knows watermarks and commits: no extra requests).
+    /// 0 turns the lag metric off.
+    pub statistics_interval_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -60,6 +66,7 @@ impl Default for KafkaConfig {
             schema_registry_url: String::new(),
             librdkafka_debug: String::new(),
             new_group_start: "earliest".into(),
+            statistics_interval_ms: 5000,
         }
     }
 }
@@ -70,6 +77,8 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("cannot encode value for {topic}: {reason}")]
     Encode { topic: String, reason: String },
+    #[error("kafka metadata probe did not finish: {0}")]
+    Probe(String),
 }
 
 impl KafkaConfig {
@@ -125,6 +134,10 @@ impl KafkaConfig {
                 "heartbeat.interval.ms",
                 self.heartbeat_interval_ms.to_string(),
             )
+            .set(
+                "statistics.interval.ms",
+                self.statistics_interval_ms.to_string(),
+            )
             .create_with_context(RebalanceLog {
                 role: role.to_string(),
                 owned: Mutex::new((0, Vec::new())),
@@ -174,7 +187,9 @@ pub type GroupConsumer = StreamConsumer<RebalanceLog>;
 
 /// Logs which partitions a role gains and loses, so "why is nothing consumed" has an
 /// answer in the log, and keeps the current assignment for stages whose state is per
-/// partition (see [`RebalanceLog::owned`]).
+/// partition (see [`RebalanceLog::owned`]). It also feeds the process's observer: the
+/// role's `{role}.consumer` readiness check (ready once the group has assigned it
+/// its partitions, possibly none), and the consumer lag from librdkafka's statistics.
 pub struct RebalanceLog {
     role: String,
     /// (generation, assigned `(topic, partition)`s); the generation counts rebalances.
@@ -182,6 +197,16 @@ pub struct RebalanceLog {
 }
 
 impl RebalanceLog {
+    /// The role this consumer reads for (the metrics' `role` label).
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The readiness check this consumer flips.
+    pub fn readiness_check(role: &str) -> String {
+        format!("{role}.consumer")
+    }
+
     /// The partitions assigned now, and a number that changes whenever they may have.
     pub fn owned(&self) -> (u64, Vec<(String, i32)>) {
         self.owned
@@ -197,12 +222,37 @@ impl RebalanceLog {
     }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = Vec::new();
+        for (topic, stats) in &statistics.topics {
+            for p in stats.partitions.values() {
+                // -1 is librdkafka's internal "unassigned" partition; `desired`
+                // marks the ones assigned to this consumer.
+                if p.partition < 0 || !p.desired {
+                    continue;
+                }
+                if let Some(lag) = observe::partition_lag(
+                    p.hi_offset,
+                    [p.committed_offset, p.app_offset, p.next_offset],
+                ) {
+                    lags.push((topic.clone(), p.partition, lag));
+                }
+            }
+        }
+        observe::global()
+            .metrics
+            .set_consumer_lag(&self.role, &lags);
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let readiness = &observe::global().readiness;
+        let check = Self::readiness_check(&self.role);
         match rebalance {
             Rebalance::Assign(list) => {
+                readiness.set_ready(&check);
                 self.set_owned(
                     list.elements()
                         .iter()
@@ -217,10 +267,14 @@ impl ConsumerContext for RebalanceLog {
                 tracing::info!(role = %self.role, partitions = %parts.join(","), "partitions assigned");
             }
             Rebalance::Revoke(list) => {
+                readiness.set_not_ready(&check, "rebalancing");
                 self.set_owned(Vec::new());
                 tracing::info!(role = %self.role, count = list.count(), "partitions revoked")
             }
-            Rebalance::Error(err) => tracing::warn!(role = %self.role, %err, "rebalance error"),
+            Rebalance::Error(err) => {
+                readiness.set_not_ready(&check, format!("rebalance error: {err}"));
+                tracing::warn!(role = %self.role, %err, "rebalance error")
+            }
         }
     }
 }
@@ -320,6 +374,21 @@ impl Publisher {
             .await
             .map(|_| ())
             .map_err(|(err, _)| KafkaError::Client(err))
+    }
+
+    /// Whether the brokers answer a metadata request within `timeout` (ingest's
+    /// readiness: it can store nothing without them).
+    pub async fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(KafkaError::Client)
+        })
+        .await
+        .unwrap_or_else(|join| Err(KafkaError::Probe(join.to_string())))
     }
 
     /// Waits for everything in flight (used at shutdown).

@@ -5,6 +5,7 @@ pub mod config;
 pub mod consume;
 pub mod kafka;
 pub mod mqtt;
+pub mod observe;
 pub mod s3;
 pub mod shutdown;
 

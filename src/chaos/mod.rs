@@ -156,7 +156,8 @@ pub struct FaultOutcome {
     pub fault: String,
     /// When it started, from the stream's start.
     pub at_s: f64,
-    /// From the fault until the role was running again (or the store answered).
+    /// From the fault until the role's /readyz answered 200 again (for a store: the
+    /// restart, then its sink's /readyz).
     pub recovered_after_s: f64,
 }
 
@@ -257,7 +258,15 @@ async fn drive(
         let began = Instant::now();
         match &fault {
             Fault::Kill(role) => roles.kill_and_restart(setup, role, args.down).await?,
-            Fault::RestartStore(store) => restart_store(&args.stack_script, store).await?,
+            Fault::RestartStore(store) => {
+                restart_store(&args.stack_script, store).await?;
+                let sink = if *store == "mongo" {
+                    "sink-mongo"
+                } else {
+                    "sink-clickhouse"
+                };
+                roles.until_ready(setup, sink).await?;
+            }
         }
         outcomes.push(FaultOutcome {
             fault: fault.describe(),
@@ -777,9 +786,10 @@ impl MqttTally {
     }
 }
 
-/// The role processes, by name.
+/// The role processes, by name, and where each serves /readyz.
 struct Roles {
     children: HashMap<&'static str, Child>,
+    metrics: HashMap<&'static str, String>,
 }
 
 impl Roles {
@@ -792,16 +802,32 @@ impl Roles {
         };
         children.insert(
             simulator.name,
-            spawn(setup, &simulator, &["--listen", &listen])?,
+            spawn(setup, &simulator, "", &["--listen", &listen])?,
         );
         let sent = format!("{}/_sim/graph/sent", setup.graph_url);
         wait_http(&setup.http, &sent, Duration::from_secs(60)).await?;
+        let mut metrics = HashMap::new();
         for role in ROLES {
-            children.insert(role.name, spawn_role(setup, role)?);
+            let listen = format!("127.0.0.1:{}", free_port()?);
+            children.insert(role.name, spawn(setup, role, &listen, &[])?);
+            metrics.insert(role.name, listen);
         }
-        let healthz = format!("http://{}/healthz", setup.config.ingest.listen);
-        wait_http(&setup.http, &healthz, Duration::from_secs(60)).await?;
-        Ok(Self { children })
+        let roles = Self { children, metrics };
+        for role in ROLES {
+            roles.until_ready(setup, role.name).await?;
+        }
+        Ok(roles)
+    }
+
+    /// Waits for the role's /readyz: its consumer has partitions, its store answers.
+    async fn until_ready(&self, setup: &Setup, name: &str) -> anyhow::Result<()> {
+        let Some(listen) = self.metrics.get(name) else {
+            return Ok(());
+        };
+        let readyz = format!("http://{listen}/readyz");
+        wait_http(&setup.http, &readyz, Duration::from_secs(120))
+            .await
+            .with_context(|| format!("{name} never became ready"))
     }
 
     async fn kill_and_restart(
@@ -815,12 +841,10 @@ impl Roles {
             child.wait().await?;
         }
         tokio::time::sleep(down).await;
-        self.children.insert(role.name, spawn_role(setup, role)?);
-        if role.name == "ingest" {
-            let healthz = format!("http://{}/healthz", setup.config.ingest.listen);
-            wait_http(&setup.http, &healthz, Duration::from_secs(60)).await?;
-        }
-        Ok(())
+        let listen = self.metrics.get(role.name).cloned().unwrap_or_default();
+        self.children
+            .insert(role.name, spawn(setup, role, &listen, &[])?);
+        self.until_ready(setup, role.name).await
     }
 
     /// Stops every role (SIGTERM, then SIGKILL after 20 s) and names those that had
@@ -850,14 +874,11 @@ impl Roles {
     }
 }
 
-/// `coexist --config <run's config> <role>`, logging to `<run dir>/<role>.log`.
+/// `coexist --config <run's config> --metrics-listen <addr> <role>`, logging to
+/// `<run dir>/<role>.log`.
 /// The parent's `COEXIST_*` variables are not passed on: the file already holds
 /// their effect, and a variable would override the run's own settings.
-fn spawn_role(setup: &Setup, role: &Role) -> anyhow::Result<Child> {
-    spawn(setup, role, &[])
-}
-
-fn spawn(setup: &Setup, role: &Role, extra: &[&str]) -> anyhow::Result<Child> {
+fn spawn(setup: &Setup, role: &Role, metrics: &str, extra: &[&str]) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -871,6 +892,8 @@ fn spawn(setup: &Setup, role: &Role, extra: &[&str]) -> anyhow::Result<Child> {
     command
         .arg("--config")
         .arg(&setup.config_path)
+        .arg("--metrics-listen")
+        .arg(metrics)
         .args(role.args)
         .args(extra)
         .stdin(Stdio::null())

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use events::inbox::{AssignmentEvent, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
 use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::observe;
 use runtime::{KafkaConfig, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +76,7 @@ pub async fn run(
             }
             batch_result = batches.recv() => {
                 let Some(records) = batch_result.transpose()? else { break };
+                let started = tokio::time::Instant::now();
                 let mut pushes = Vec::new();
                 for record in &records {
                     match push_for(&mut notifier, record) {
@@ -86,6 +88,7 @@ pub async fn run(
                 // A push that cannot be produced is retried by redoing the batch; the
                 // collapse window then drops it, so push is at most once per window.
                 futures::future::try_join_all(sends).await?;
+                observe::global().metrics.batch_done(ROLE, pushes.len(), started.elapsed());
                 consume::commit(batches.consumer(), &records)?;
             }
         }

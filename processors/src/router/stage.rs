@@ -26,6 +26,7 @@ use events::{WhatsAppEvent, codec, topics};
 use rdkafka::consumer::Consumer;
 use runtime::consume::{self, DeadLetters, LoopConfig};
 use runtime::kafka::GroupConsumer;
+use runtime::observe;
 use runtime::{KafkaConfig, Publisher, Record};
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +104,7 @@ pub async fn run(
             }
             batch_result = batches.recv() => {
                 let Some(records) = batch_result.transpose()? else { break };
+                let started = tokio::time::Instant::now();
                 // The group may have moved partitions while the batch was fetched:
                 // rebuild what was gained first, and leave records of partitions no
                 // longer ours to their new owner (uncommitted here).
@@ -121,6 +123,7 @@ pub async fn run(
                     }
                 }
                 if !publish(&publisher, &outputs, &shutdown).await { break }
+                observe::global().metrics.batch_done(ROLE, outputs.len(), started.elapsed());
                 if !records.is_empty() {
                     consume::commit(batches.consumer(), &records)?;
                 }

@@ -1,0 +1,318 @@
+//! `/metrics`, `/healthz` and `/readyz` of a role process (`coexist sink mongo`) on
+//! the real stack: the counters equal what was fed, a bad record is counted as a
+//! dead letter, the lag gauge of every partition returns to 0 after catch-up, and a
+//! sink whose store cannot be reached is alive but answers 503 naming the check.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coexist::Config;
+use events::event::{Direction, EventBody, MessageEvent, Origin};
+use events::{WhatsAppEvent, ids, topics};
+use mongodb::bson::doc;
+use runtime::kafka::Outgoing;
+use support::{free_port, now_ms, unique, wait_for};
+
+const ROLE: &str = "sink-mongo";
+
+/// A role process, killed when the test ends however it ends.
+struct RoleProcess(std::process::Child);
+
+impl RoleProcess {
+    /// `coexist -c FILE sink mongo`, configured through a file like any deployment.
+    fn sink_mongo(config: &Config) -> Self {
+        let file = std::env::temp_dir().join(format!("coexist-metrics-{}.toml", unique()));
+        std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+            .args(["-c", file.to_str().unwrap(), "sink", "mongo"])
+            .env("COEXIST_LOG_LEVEL", "warn")
+            // The file's values, not this environment's, for the keys under test.
+            .env_remove("COEXIST_METRICS_LISTEN")
+            .env_remove("COEXIST_SINKS_MONGO_URI")
+            .spawn()
+            .expect("start coexist sink mongo");
+        Self(child)
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A config of its own: consumer group, database, and metrics port.
+fn config(name: &str) -> (Config, String) {
+    let id = unique();
+    let mut config = Config::load(None).expect("config from environment");
+    config.kafka.client_id = format!("test-{name}-{id}");
+    // Lag is read from librdkafka's statistics: often, so the test is quick.
+    config.kafka.statistics_interval_ms = 200;
+    config.sinks.mongo.database = format!("t_{name}_{id}").replace('-', "_");
+    config.sinks.batch.max_wait_ms = 5;
+    config.metrics.listen = format!("127.0.0.1:{}", free_port());
+    (config, id)
+}
+
+struct Scrape {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Scrape {
+    fn new(config: &Config) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{}", config.metrics.listen),
+        }
+    }
+
+    /// (status, body) of a GET, or None while nothing listens.
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// Every sample of the exposition: series (name and labels) → value.
+    async fn samples(&self) -> BTreeMap<String, f64> {
+        let (status, text) = self.get("/metrics").await.expect("/metrics answers");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
+fn records_in(samples: &BTreeMap<String, f64>) -> f64 {
+    value(
+        samples,
+        &format!(
+            "coexist_records_in_total{{role=\"{ROLE}\",topic=\"{}\"}}",
+            topics::WHATSAPP_EVENTS
+        ),
+    )
+}
+
+/// The lag of each partition of `whatsapp.events` this role reports.
+fn events_lag(samples: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let prefix = format!(
+        "coexist_consumer_lag{{role=\"{ROLE}\",topic=\"{}\",partition=",
+        topics::WHATSAPP_EVENTS
+    );
+    samples
+        .iter()
+        .filter(|(series, _)| series.starts_with(&prefix))
+        .map(|(series, lag)| (series.clone(), *lag))
+        .collect()
+}
+
+/// Every partition of `whatsapp.events` reported, all at lag 0.
+async fn caught_up(scrape: &Scrape, partitions: usize) -> bool {
+    let lag = events_lag(&scrape.samples().await);
+    lag.len() == partitions && lag.values().all(|&l| l == 0.0)
+}
+
+fn message(org: &str, number: &str, i: usize) -> WhatsAppEvent {
+    let contact = format!("1555{i:07}");
+    let wamid = format!("wamid.metrics.{number}.{i}");
+    WhatsAppEvent {
+        id: wamid.clone(),
+        org: org.to_owned(),
+        phone_number_id: number.to_owned(),
+        display_phone_number: String::new(),
+        waba_id: String::new(),
+        received_at_ms: now_ms(),
+        body: EventBody::Message(MessageEvent {
+            wamid,
+            conversation_id: ids::conversation_id(number, &contact),
+            contact_wa_id: contact,
+            contact_name: None,
+            direction: Direction::Inbound,
+            origin: Origin::Customer,
+            sent_at: now_ms() / 1000,
+            message_type: "text".into(),
+            preview: Some("hi".into()),
+            reply_to: None,
+            media: None,
+            history_status: None,
+            raw: serde_json::Value::Null,
+        }),
+    }
+}
+
+/// An event the broker's schema accepts (it is an integer, and the schema does not
+/// bound it) but the sink cannot read (it does not fit an i64): a dead letter.
+/// Plain garbage would not do, the local broker refuses records off-schema.
+fn undecodable(event: &WhatsAppEvent) -> Vec<u8> {
+    let mut value = serde_json::to_value(event).unwrap();
+    value["received_at_ms"] = serde_json::json!(0);
+    value
+        .to_string()
+        .replace(
+            "\"received_at_ms\":0",
+            "\"received_at_ms\":100000000000000000000",
+        )
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_reports_exact_counts_dead_letters_and_lag_back_to_zero() {
+    const FED: usize = 25;
+    let (config, id) = config("metrics");
+    let contract = coexist::topics::contract().unwrap();
+    coexist::topics::apply(&config.kafka, &contract, 1)
+        .await
+        .unwrap();
+    let partitions = contract
+        .topics
+        .iter()
+        .find(|t| t.name == topics::WHATSAPP_EVENTS)
+        .map(|t| t.partitions as usize)
+        .unwrap();
+    let scrape = Scrape::new(&config);
+    let _sink = RoleProcess::sink_mongo(&config);
+
+    wait_for("/healthz 200", Duration::from_secs(30), || async {
+        scrape.get("/healthz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    wait_for(
+        "/readyz 200 (store connected, partitions assigned)",
+        Duration::from_secs(60),
+        || async { scrape.get("/readyz").await.is_some_and(|(s, _)| s == 200) },
+    )
+    .await;
+    // A new group starts at the earliest record: let it finish what earlier tests
+    // left on the topic, then count from there.
+    wait_for(
+        "the sink to catch up with the topic's history",
+        Duration::from_secs(90),
+        || caught_up(&scrape, partitions),
+    )
+    .await;
+    let before = scrape.samples().await;
+    let out_series = format!("coexist_records_out_total{{role=\"{ROLE}\"}}");
+    let dead_series = format!("coexist_deadletters_total{{role=\"{ROLE}\"}}");
+
+    let org = format!("metrics-{id}");
+    let number = format!("8{id}");
+    let publisher = config.kafka.publisher("metrics-test").await.unwrap();
+    for i in 0..FED {
+        publisher
+            .send_json(
+                topics::WHATSAPP_EVENTS,
+                &number,
+                &message(&org, &number, i),
+                vec![],
+            )
+            .await
+            .unwrap();
+    }
+    publisher
+        .send(Outgoing {
+            topic: topics::WHATSAPP_EVENTS,
+            key: &number,
+            value: undecodable(&message(&org, &number, FED)),
+            headers: vec![],
+        })
+        .await
+        .unwrap();
+
+    // Counted when fetched, so wait for the work itself (written, dead-lettered)...
+    wait_for(
+        "every fed record written or dead-lettered",
+        Duration::from_secs(60),
+        || async {
+            let now = scrape.samples().await;
+            value(&now, &out_series) - value(&before, &out_series) >= FED as f64
+                && value(&now, &dead_series) > value(&before, &dead_series)
+        },
+    )
+    .await;
+    // ...then for the committed offsets to reach the watermarks in the statistics.
+    wait_for(
+        "the lag of every partition back to 0",
+        Duration::from_secs(60),
+        || caught_up(&scrape, partitions),
+    )
+    .await;
+    let after = scrape.samples().await;
+    assert_eq!(
+        records_in(&after) - records_in(&before),
+        FED as f64 + 1.0,
+        "records in: every fed record, the bad one too, exactly once"
+    );
+    assert_eq!(
+        value(&after, &out_series) - value(&before, &out_series),
+        FED as f64,
+        "records out: the written ones, not the dead letter"
+    );
+    assert_eq!(
+        value(&after, &dead_series) - value(&before, &dead_series),
+        1.0,
+        "dead letters"
+    );
+    let batches = format!("coexist_batch_records_count{{role=\"{ROLE}\"}}");
+    let writes = format!("coexist_batch_write_seconds_count{{role=\"{ROLE}\"}}");
+    assert!(value(&after, &batches) > value(&before, &batches));
+    assert!(value(&after, &writes) > value(&before, &writes));
+    let db = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose())
+        .await
+        .unwrap()
+        .database(&config.sinks.mongo.database);
+    let written = db
+        .collection::<mongodb::bson::Document>("messages")
+        .count_documents(doc! { "org": &org })
+        .await
+        .unwrap();
+    assert_eq!(written, FED as u64, "the counters agree with the store");
+    let (status, body) = scrape.get("/readyz").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let _ = db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_store_is_unreachable_is_alive_but_not_ready() {
+    let (mut config, _) = config("unready");
+    // Nothing listens there.
+    config.sinks.mongo.uri = runtime::Secret::new(format!(
+        "mongodb://127.0.0.1:{}/?serverSelectionTimeoutMS=300",
+        free_port()
+    ));
+    let scrape = Scrape::new(&config);
+    let _sink = RoleProcess::sink_mongo(&config);
+    wait_for("/healthz 200", Duration::from_secs(30), || async {
+        scrape.get("/healthz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    // Past the first failed connection, so the reason is the store's error.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = scrape.get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["ready"], false, "{body}");
+    let not_ready = report["not_ready"].as_object().unwrap();
+    assert!(not_ready.contains_key("sink-mongo.mongodb"), "{body}");
+    assert!(not_ready.contains_key("sink-mongo.consumer"), "{body}");
+    let (status, text) = scrape.get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    // Nothing consumed, so no series yet; the exposition is still well formed.
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}
