@@ -154,7 +154,8 @@ impl Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultOutcome {
     pub fault: String,
-    /// When it started, from the stream's start.
+    /// When it started, from the stream's start (a fault waits for the previous
+    /// one's recovery, so it may start after its slot).
     pub at_s: f64,
     /// From the fault until the role's /readyz answered 200 again (for a store: the
     /// restart, then its sink's /readyz).
@@ -270,7 +271,7 @@ async fn drive(
         }
         outcomes.push(FaultOutcome {
             fault: fault.describe(),
-            at_s: at.as_secs_f64(),
+            at_s: began.duration_since(started).as_secs_f64(),
             recovered_after_s: began.elapsed().as_secs_f64(),
         });
     }
