@@ -40,6 +40,12 @@ pub struct KafkaConfig {
     pub schema_registry_url: String,
     /// librdkafka debug contexts (e.g. `fetch,cgrp`), logged under target `librdkafka`.
     pub librdkafka_debug: String,
+    /// Where a consumer group with no committed offsets starts: `earliest` (a new
+    /// deployment reads everything there) or `latest` (only what arrives from now on:
+    /// `coexist bench e2e` runs each time in fresh groups, and a backlog of earlier
+    /// runs must not stand in front of its measurements). Stages about the present
+    /// (the notifier) start at `latest` whatever this says.
+    pub new_group_start: String,
 }
 
 impl Default for KafkaConfig {
@@ -53,6 +59,7 @@ impl Default for KafkaConfig {
             linger_ms: 5,
             schema_registry_url: String::new(),
             librdkafka_debug: String::new(),
+            new_group_start: "earliest".into(),
         }
     }
 }
@@ -85,9 +92,9 @@ impl KafkaConfig {
     }
 
     /// A consumer in `role`'s group that commits only when told to; a new group
-    /// starts at the earliest record.
+    /// starts where `new_group_start` says (by default the earliest record).
     pub fn consumer(&self, role: &str, topics: &[&str]) -> Result<GroupConsumer, KafkaError> {
-        self.consumer_from(role, topics, "earliest")
+        self.consumer_from(role, topics, &self.new_group_start)
     }
 
     /// Like [`Self::consumer`], with where a new group starts: `earliest`, or `latest`
