@@ -142,6 +142,7 @@ pub struct Params {
     pub roles: Vec<String>,
     pub attach: Option<String>,
     pub linger_ms: u32,
+    pub fetch_wait_max_ms: u32,
     pub batch_max_wait_ms: u64,
 }
 
@@ -316,6 +317,7 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
             },
             attach: args.attach.clone(),
             linger_ms: config.kafka.linger_ms,
+            fetch_wait_max_ms: config.kafka.fetch_wait_max_ms,
             batch_max_wait_ms: config.sinks.batch.max_wait_ms,
         },
         load_before,
@@ -662,6 +664,10 @@ async fn baseline(
         .set("group.id", format!("bench-e2e-baseline-{run}"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted")
+        .set(
+            "fetch.wait.max.ms",
+            config.kafka.fetch_wait_max_ms.to_string(),
+        )
         .create()?;
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
