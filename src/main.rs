@@ -102,6 +102,9 @@ enum BenchCommand {
     Notifier(coexist::bench::processors::ProcessorArgs),
     /// The heaviest dashboard panel over 10 million status rows vs. count() of them.
     Analytics(coexist::bench::analytics::AnalyticsArgs),
+    /// Signed webhooks at a steady rate, timed until they arrive over MQTT, vs.
+    /// rdkafka produce → consume of the same payloads at the same rate.
+    E2e(coexist::bench::e2e::E2eArgs),
 }
 
 #[derive(Subcommand)]
@@ -262,6 +265,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         } => {
             let report = coexist::bench::analytics::run(config, args).await?;
             print!("{}", coexist::bench::analytics::report(&report));
+            Ok(())
+        }
+        Command::Bench {
+            command: BenchCommand::E2e(args),
+        } => {
+            let (report, path) = coexist::bench::e2e::run(config, args).await?;
+            print!("{}", coexist::bench::e2e::render(&report, &path));
             Ok(())
         }
         Command::Simulate {

@@ -38,6 +38,11 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u32,
     /// Producer batching delay.
     pub linger_ms: u32,
+    /// Longest a consumer's fetch waits at the broker for data (librdkafka's
+    /// `fetch.wait.max.ms`, default 500). Kafka answers a fetch as soon as there is
+    /// data, so this only bounds idle polling there; tansu answers when it runs out,
+    /// so it bounds every record's latency (`coexist bench e2e`).
+    pub fetch_wait_max_ms: u32,
     /// Confluent Schema Registry URL; empty means plain JSON values.
     pub schema_registry_url: String,
     /// librdkafka debug contexts (e.g. `fetch,cgrp`), logged under target `librdkafka`.
@@ -63,6 +68,7 @@ impl Default for KafkaConfig {
             heartbeat_interval_ms: 1000,
             message_timeout_ms: 10_000,
             linger_ms: 5,
+            fetch_wait_max_ms: 500,
             schema_registry_url: String::new(),
             librdkafka_debug: String::new(),
             new_group_start: "earliest".into(),
@@ -124,6 +130,7 @@ impl KafkaConfig {
             // and idempotent writes), so read_committed buys nothing; and tansu's last
             // stable offset can lag its high watermark, which stalls such consumers.
             .set("isolation.level", "read_uncommitted")
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             // librdkafka's default assignor list starts with range, which gives
             // partition p of every subscribed topic to the same member: stages that
             // read co-partitioned topics (the router: events and commands, both keyed

@@ -3,6 +3,8 @@
 //! machine.
 
 pub mod analytics;
+pub mod e2e;
+pub mod stats;
 
 use std::time::{Duration, Instant};
 

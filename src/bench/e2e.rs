@@ -1,0 +1,975 @@
+//! `coexist bench e2e`: signed inbound webhooks at a steady rate into a running
+//! pipeline, timed until each one arrives on its conversation's MQTT topic, next to
+//! rdkafka producing and consuming the same payloads at the same rate through the
+//! same broker (the floor any Kafka pipeline on this machine stands on).
+//!
+//! - **Open loop.** Message `i` is due at `start + i / rate` and is sent then, in a
+//!   task of its own, whatever happened to the ones before; latency runs from that
+//!   due time. A stalled pipeline shows up as latency, not as fewer sends
+//!   (no coordinated omission).
+//! - **Fresh state per run.** The pipeline it starts (`coexist all` as a child
+//!   process, or one child per role) gets consumer groups, MQTT prefix, client ids and
+//!   databases of this run only, and new groups start at the end of each partition,
+//!   so a backlog left by earlier runs is not in front of this one.
+//! - **Ready before the clock starts.** Probe webhooks go out on every business
+//!   number until each has come back over MQTT: every partition the run uses is then
+//!   assigned and flowing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+
+use super::stats::{Summary, index_after};
+use crate::Config;
+use crate::simulate::{inbound_text, post_webhook};
+
+/// The app secret of the pipeline the bench starts.
+const SECRET: &str = "bench-e2e-app-secret";
+
+/// How the pipeline under test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One `coexist all` process.
+    All,
+    /// One process per role (`coexist ingest`, `coexist sink mqtt`, ...).
+    Roles,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct E2eArgs {
+    /// Webhooks per second, on an open-loop schedule.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to send for.
+    #[arg(long, default_value_t = 20.0)]
+    pub seconds: f64,
+    /// Business numbers the webhooks are spread over, round robin.
+    #[arg(long, default_value_t = 4)]
+    pub numbers: usize,
+    /// `all`: one `coexist all` child process; `roles`: one child process per role.
+    #[arg(long, value_enum, default_value_t = Mode::All)]
+    pub mode: Mode,
+    /// With `--mode roles`, the roles to start (default: every role `all` runs), e.g.
+    /// `ingest,sink-mqtt` for the latency path alone.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Measure a pipeline that is already running: its webhook URL. The bench signs
+    /// with the configured first app secret and subscribes under the configured MQTT
+    /// prefix; the pipeline's groups should already be at the end of their topics.
+    #[arg(long)]
+    pub attach: Option<String>,
+    /// Where to write the JSON result (default: `$CARGO_TARGET_DIR` or `target`,
+    /// then `bench/e2e-<unix seconds>.json`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// How long to wait, after the last send, for messages still on their way.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_seconds: f64,
+    /// Skip the rdkafka baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// Every role `coexist all` runs, by the name `--roles` takes.
+pub const ALL_ROLES: [&str; 11] = [
+    "ingest",
+    "api",
+    "process-router",
+    "process-status",
+    "process-notifier",
+    "sink-mongo",
+    "sink-clickhouse",
+    "sink-mqtt",
+    "sink-whatsapp",
+    "sink-media",
+    "sink-expo",
+];
+
+/// What one phase (the pipeline, or the baseline) measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub sent: usize,
+    /// Webhooks answered 2xx; for the baseline, produces acknowledged.
+    pub accepted: usize,
+    /// Distinct messages that arrived.
+    pub received: usize,
+    /// Copies beyond the first (QoS 1 allows them; they count once).
+    pub duplicates: usize,
+    /// Accepted but never arrived within the drain period.
+    pub lost: usize,
+    /// Arrivals per second, from the first due time to the last arrival.
+    pub throughput_per_s: f64,
+    /// Due time → arrival.
+    pub latency: Summary,
+    /// Of the first and the last quarter of the schedule: a lag that grows shows as a
+    /// last quarter far above the first.
+    pub first_quarter: Summary,
+    pub last_quarter: Summary,
+    /// From the last due time to the last arrival: what was still queued when the
+    /// sending stopped.
+    pub drain_ms: f64,
+    /// Due time → webhook answered (ingest's produces acknowledged) or, for the
+    /// baseline, the produce acknowledged.
+    pub ack: Summary,
+    /// How far behind its schedule the sender itself fell (the bench's own limit).
+    pub max_send_lag_ms: f64,
+}
+
+impl Phase {
+    /// Keeps up: everything arrived, and what was queued when sending stopped
+    /// drained within half a second (a lag that grew would still be draining).
+    pub fn keeps_up(&self) -> bool {
+        self.lost == 0 && self.received == self.sent && self.drain_ms < 500.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub rate: f64,
+    pub seconds: f64,
+    pub numbers: usize,
+    pub mode: Mode,
+    pub roles: Vec<String>,
+    pub attach: Option<String>,
+    pub linger_ms: u32,
+    pub fetch_wait_max_ms: u32,
+    pub batch_max_wait_ms: u64,
+}
+
+/// The result file's content.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub bench: &'static str,
+    pub commit: Option<String>,
+    pub started_at_unix: u64,
+    pub params: Params,
+    /// 1-, 5- and 15-minute load averages before the run (what else the machine was
+    /// doing) and right after the pipeline phase (with the bench's own load).
+    pub load_before: [f64; 3],
+    pub load_after: [f64; 3],
+    pub cores: usize,
+    pub e2e: Phase,
+    pub baseline: Option<Phase>,
+    pub keeps_up: bool,
+}
+
+/// Runs the bench and writes the JSON result; returns it and the file's path.
+pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathBuf)> {
+    anyhow::ensure!(
+        args.rate > 0.0 && args.seconds > 0.0,
+        "rate and seconds must be > 0"
+    );
+    let load_before = load_average();
+    let started_at_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let run = format!("{}{}", std::process::id(), started_at_unix % 100_000);
+    let numbers = args.numbers.max(1);
+    let count = (args.rate * args.seconds).round().max(1.0) as usize;
+    let out = match &args.json {
+        Some(path) => path.clone(),
+        None => bench_dir().join(format!("e2e-{started_at_unix}.json")),
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+
+    // The pipeline under test, and how to reach it.
+    let roles = if args.roles.is_empty() {
+        ALL_ROLES.iter().map(|r| r.to_string()).collect()
+    } else {
+        args.roles.clone()
+    };
+    let (config, url, secret, mut target) = match &args.attach {
+        Some(url) => {
+            let secret = config
+                .ingest
+                .app_secrets
+                .first()
+                .context("ingest.app_secrets is empty: --attach signs with the first one")?
+                .expose()
+                .to_string();
+            (config, url.clone(), secret, None)
+        }
+        None => {
+            let config = pipeline_config(&config, &run)?;
+            crate::topics::apply(
+                &config.kafka,
+                &crate::topics::contract()?,
+                config.topics.replication_factor,
+            )
+            .await?;
+            let log = out.with_extension("log");
+            let mut target = Target::start(&config, args.mode, &roles, &log)?;
+            println!("started {} (log: {})", target.describe(), log.display());
+            let url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
+            wait_until_up(
+                &format!("http://{}/healthz", config.ingest.listen),
+                &mut target,
+            )
+            .await?;
+            (config, url, SECRET.to_string(), Some(target))
+        }
+    };
+
+    let marker = format!("wamid.e2e.{run}.");
+    let probe_marker = format!("{marker}p");
+    let numbers_ids: Vec<String> = (0..numbers).map(|n| format!("7{run}{n:02}")).collect();
+    let webhook = |i: usize, number: &str, wamid: &str| {
+        inbound_text(
+            number,
+            &format!("1555{:07}", i % 1000),
+            "Bench",
+            wamid,
+            "hello from the e2e bench",
+            now_secs(),
+        )
+        .to_string()
+    };
+    let bodies: Vec<(String, String)> = (0..count)
+        .map(|i| {
+            let number = &numbers_ids[i % numbers];
+            (number.clone(), webhook(i, number, &format!("{marker}{i}")))
+        })
+        .collect();
+
+    // The MQTT side: every conversation topic under the prefix.
+    let arrivals = Arc::new(Arrivals::new(count));
+    let probes = Arc::new(Mutex::new(BTreeSet::new()));
+    let filter = format!("{}/+/conversations/+", config.mqtt.topic_prefix);
+    let subscriber = subscribe(&config, &filter, &run, {
+        let (arrivals, probes, marker, probe_marker) = (
+            arrivals.clone(),
+            probes.clone(),
+            marker.clone(),
+            probe_marker.clone(),
+        );
+        move |payload: &[u8], now: Instant| {
+            if let Some(i) = index_after(payload, &marker) {
+                arrivals.record(i, now);
+            } else if let Some(n) = index_after(payload, &probe_marker) {
+                probes.lock().unwrap_or_else(|p| p.into_inner()).insert(n);
+            }
+        }
+    })
+    .await?;
+
+    let webhooks = Webhooks {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?,
+        url,
+        secret,
+    };
+    let probe = |n: usize, number: &str, round: usize| {
+        webhook(n, number, &format!("{probe_marker}{n}.{round}"))
+    };
+    warm_up(&webhooks, &numbers_ids, &probes, probe, &mut target).await?;
+
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        Some(baseline(&config, &run, &bodies, &marker, &args).await?)
+    };
+
+    // The pipeline: signed webhooks over HTTP, timed to MQTT.
+    let bodies = Arc::new(bodies);
+    let schedule = Schedule::new(args.rate);
+    let bar = progress("webhook → mqtt", count, &arrivals);
+    let sent = open_loop(count, &schedule, |i| {
+        let (webhooks, bodies) = (webhooks.clone(), bodies.clone());
+        async move { webhooks.post(bodies[i].1.clone()).await }
+    })
+    .await;
+    drain(&arrivals, sent.accepted, args.drain_seconds).await;
+    bar.finish();
+    let load_after = load_average();
+    subscriber.abort();
+    let e2e = phase(&schedule, count, &sent, &arrivals);
+
+    if let Some(mut target) = target.take() {
+        target.stop();
+        drop_databases(&config).await;
+    }
+
+    let keeps_up = e2e.keeps_up();
+    let report = Report {
+        bench: "e2e",
+        commit: commit(),
+        started_at_unix,
+        params: Params {
+            rate: args.rate,
+            seconds: args.seconds,
+            numbers,
+            mode: args.mode,
+            roles: if args.mode == Mode::Roles && args.attach.is_none() {
+                roles
+            } else {
+                vec![]
+            },
+            attach: args.attach.clone(),
+            linger_ms: config.kafka.linger_ms,
+            fetch_wait_max_ms: config.kafka.fetch_wait_max_ms,
+            batch_max_wait_ms: config.sinks.batch.max_wait_ms,
+        },
+        load_before,
+        load_after,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        e2e,
+        baseline,
+        keeps_up,
+    };
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok((report, out))
+}
+
+/// The configuration of the pipeline the bench starts: this run's groups, client ids,
+/// MQTT prefix, ports and databases, new groups starting at the end of each topic.
+fn pipeline_config(config: &Config, run: &str) -> anyhow::Result<Config> {
+    let mut c = config.clone();
+    c.kafka.client_id = format!("bench-e2e-{run}");
+    c.kafka.new_group_start = "latest".into();
+    c.ingest.listen = format!("127.0.0.1:{}", free_port()?);
+    c.ingest.app_secrets = vec![runtime::Secret::new(SECRET)];
+    c.ingest.default_org = "bench".into();
+    c.ingest.presence.client_id = format!("bench-e2e-presence-{run}");
+    c.api.listen = format!("127.0.0.1:{}", free_port()?);
+    c.sinks.mqtt.client_id = format!("bench-e2e-sink-{run}");
+    // Under `coexist/`, which the sink's broker role may publish to.
+    c.mqtt.topic_prefix = format!("coexist/e2e{run}");
+    if c.mqtt.password.is_empty() {
+        c.mqtt.password = runtime::Secret::new("coexist-dev"); // the local stack's
+    }
+    c.sinks.mongo.database = format!("bench_e2e_{run}");
+    c.sinks.clickhouse.database = format!("bench_e2e_{run}");
+    c.topics.apply_on_start = false; // the bench applies them before starting anything
+    Ok(c)
+}
+
+/// When message `i` is due.
+struct Schedule {
+    start: Instant,
+    rate: f64,
+}
+
+impl Schedule {
+    fn new(rate: f64) -> Self {
+        Self {
+            start: Instant::now() + Duration::from_millis(50),
+            rate,
+        }
+    }
+
+    fn at(&self, i: usize) -> Instant {
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
+    }
+}
+
+/// When each message first arrived, by index.
+struct Arrivals {
+    at: Mutex<Vec<Option<Instant>>>,
+    count: AtomicUsize,
+    duplicates: AtomicUsize,
+}
+
+impl Arrivals {
+    fn new(count: usize) -> Self {
+        Self {
+            at: Mutex::new(vec![None; count]),
+            count: AtomicUsize::new(0),
+            duplicates: AtomicUsize::new(0),
+        }
+    }
+
+    fn record(&self, i: usize, now: Instant) {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        match at.get_mut(i) {
+            Some(slot @ None) => {
+                *slot = Some(now);
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Some(_)) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    fn received(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// What the sender did.
+struct Sent {
+    accepted: usize,
+    ack_ms: Vec<f64>,
+    max_lag_ms: f64,
+}
+
+/// Calls `op(i)` when message `i` is due, each call in a task of its own so a slow
+/// answer never delays the next send; waits for every answer.
+async fn open_loop<F, Fut>(count: usize, schedule: &Schedule, mut op: F) -> Sent
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let mut calls = tokio::task::JoinSet::new();
+    let mut max_lag = Duration::ZERO;
+    for i in 0..count {
+        let due = schedule.at(i);
+        tokio::time::sleep_until(due.into()).await;
+        max_lag = max_lag.max(due.elapsed());
+        let call = op(i);
+        calls.spawn(async move {
+            let ok = call.await;
+            (ok, due.elapsed())
+        });
+    }
+    let mut sent = Sent {
+        accepted: 0,
+        ack_ms: Vec::with_capacity(count),
+        max_lag_ms: max_lag.as_secs_f64() * 1000.0,
+    };
+    while let Some(joined) = calls.join_next().await {
+        if let Ok((ok, took)) = joined {
+            sent.accepted += usize::from(ok);
+            sent.ack_ms.push(took.as_secs_f64() * 1000.0);
+        }
+    }
+    sent
+}
+
+/// Waits until `expected` have arrived or `seconds` have passed.
+async fn drain(arrivals: &Arrivals, expected: usize, seconds: f64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
+    while arrivals.received() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The figures of one phase, from its schedule and arrivals.
+fn phase(schedule: &Schedule, count: usize, sent: &Sent, arrivals: &Arrivals) -> Phase {
+    let at = arrivals.at.lock().unwrap_or_else(|p| p.into_inner());
+    let latency_of = |range: std::ops::Range<usize>| -> Vec<f64> {
+        range
+            .filter_map(|i| {
+                at[i].map(|t| t.saturating_duration_since(schedule.at(i)).as_secs_f64() * 1000.0)
+            })
+            .collect()
+    };
+    let quarter = count.div_ceil(4);
+    let last = at.iter().flatten().max().copied();
+    let received = arrivals.received();
+    Phase {
+        sent: count,
+        accepted: sent.accepted,
+        received,
+        duplicates: arrivals.duplicates.load(Ordering::Relaxed),
+        lost: sent.accepted.saturating_sub(received),
+        throughput_per_s: last.map_or(0.0, |l| {
+            received as f64 / l.saturating_duration_since(schedule.start).as_secs_f64()
+        }),
+        latency: Summary::of(&latency_of(0..count)),
+        first_quarter: Summary::of(&latency_of(0..quarter.min(count))),
+        last_quarter: Summary::of(&latency_of(count.saturating_sub(quarter)..count)),
+        drain_ms: last.map_or(0.0, |l| {
+            l.saturating_duration_since(schedule.at(count - 1))
+                .as_secs_f64()
+                * 1000.0
+        }),
+        ack: Summary::of(&sent.ack_ms),
+        max_send_lag_ms: sent.max_lag_ms,
+    }
+}
+
+fn progress(label: &str, count: usize, arrivals: &Arc<Arrivals>) -> ProgressBar {
+    let bar = ProgressBar::new(count as u64).with_message(label.to_string());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:24} [{bar:30}] {pos}/{len} received {per_sec} {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (bar2, arrivals) = (bar.clone(), arrivals.clone());
+    tokio::spawn(async move {
+        while !bar2.is_finished() {
+            bar2.set_position(arrivals.received() as u64);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    bar
+}
+
+/// Subscribes to `filter` and hands every publish, with its arrival time, to
+/// `on_publish`; returns once the broker has acknowledged the subscription.
+async fn subscribe(
+    config: &Config,
+    filter: &str,
+    run: &str,
+    on_publish: impl Fn(&[u8], Instant) + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mqtt = &config.mqtt;
+    let mut options = MqttOptions::new(format!("bench-e2e-sub-{run}"), &mqtt.host, mqtt.port);
+    let password = if mqtt.password.is_empty() {
+        "coexist-dev"
+    } else {
+        mqtt.password.expose()
+    };
+    options
+        .set_credentials(&mqtt.username, password)
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut event_loop) = AsyncClient::new(options, 1024);
+    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _client = client; // keeps the request channel open
+        let mut subscribed_tx = Some(subscribed_tx);
+        loop {
+            match event_loop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload, Instant::now()),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(ack.return_codes);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "bench subscriber: mqtt connection lost");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    let codes = tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+        .await
+        .context("the MQTT broker did not acknowledge the subscription in 10 s")??;
+    anyhow::ensure!(
+        codes
+            .iter()
+            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+        "the MQTT broker refused the subscription to {filter}: {codes:?}"
+    );
+    Ok(task)
+}
+
+/// Sends a probe on every number that has not come back yet, every half second,
+/// until each has: then every partition the run uses is assigned and flowing.
+async fn warm_up(
+    webhooks: &Webhooks,
+    numbers: &[String],
+    probes: &Mutex<BTreeSet<usize>>,
+    probe: impl Fn(usize, &str, usize) -> String,
+    target: &mut Option<Target>,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new_spinner().with_message("waiting for the pipeline");
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for round in 0.. {
+        let seen = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if seen.len() >= numbers.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no probe came back over MQTT on {} of {} numbers in 120 s",
+            numbers.len() - seen.len(),
+            numbers.len()
+        );
+        if let Some(target) = target.as_mut() {
+            target.check()?;
+        }
+        for (n, number) in numbers
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| !seen.contains(n))
+        {
+            webhooks.post(probe(n, number, round)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bar.finish_with_message("pipeline ready");
+    // Let start-up work (table rebuilds, the other groups joining) settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// Where and how to send signed webhooks.
+#[derive(Clone)]
+struct Webhooks {
+    http: reqwest::Client,
+    url: String,
+    secret: String,
+}
+
+impl Webhooks {
+    /// Signs and POSTs `body`; true when it was answered 2xx.
+    async fn post(&self, body: String) -> bool {
+        let signature = ingest::signature::sign(body.as_bytes(), &self.secret);
+        post_webhook(&self.http, &self.url, signature, body)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// rdkafka producing the same bodies at the same rate (same producer settings as
+/// ingest: idempotent, `acks=all`, the configured linger) to a topic of this run with
+/// as many partitions as `whatsapp.events`, keyed by number, and one consumer reading
+/// every partition: the broker's and the client library's own latency.
+async fn baseline(
+    config: &Config,
+    run: &str,
+    bodies: &[(String, String)],
+    marker: &str,
+    args: &E2eArgs,
+) -> anyhow::Result<Phase> {
+    let contract = crate::topics::contract()?;
+    let partitions = contract
+        .topics
+        .iter()
+        .find(|t| t.name == events::topics::WHATSAPP_EVENTS)
+        .map_or(6, |t| t.partitions);
+    let topic = format!("bench.e2e.{run}");
+    let spec = crate::topics::TopicSpec {
+        name: topic.clone(),
+        description: "bench e2e baseline".into(),
+        partitions,
+        key: "phone_number_id".into(),
+        cleanup_policy: "delete".into(),
+        retention_hours: 1,
+        schema: "none".into(),
+        writers: vec![],
+        readers: vec![],
+    };
+    crate::topics::apply(
+        &config.kafka,
+        &crate::topics::Contract { topics: vec![spec] },
+        config.topics.replication_factor,
+    )
+    .await?;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", format!("bench-e2e-baseline-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_uncommitted")
+        .set(
+            "fetch.wait.max.ms",
+            config.kafka.fetch_wait_max_ms.to_string(),
+        )
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(&topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let count = bodies.len();
+    let arrivals = Arc::new(Arrivals::new(count));
+    let reader = tokio::spawn({
+        let (arrivals, marker) = (arrivals.clone(), marker.to_string());
+        async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => {
+                        if let Some(i) = index_after(m.payload().unwrap_or_default(), &marker) {
+                            arrivals.record(i, Instant::now());
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "baseline consumer"),
+                }
+            }
+        }
+    });
+    // The consumer's first fetch, before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let publisher = config.kafka.publisher("bench-e2e-baseline").await?;
+    let bodies = Arc::new(bodies.to_vec());
+    let schedule = Schedule::new(args.rate);
+    let bar = progress("rdkafka produce → consume", count, &arrivals);
+    let sent = open_loop(count, &schedule, |i| {
+        let (publisher, topic, bodies) = (publisher.clone(), topic.clone(), bodies.clone());
+        async move {
+            let (number, body) = &bodies[i];
+            publisher
+                .send(runtime::kafka::Outgoing {
+                    topic: &topic,
+                    key: number,
+                    value: body.as_bytes().to_vec(),
+                    headers: vec![],
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    drain(&arrivals, sent.accepted, args.drain_seconds).await;
+    bar.finish();
+    reader.abort();
+    Ok(phase(&schedule, count, &sent, &arrivals))
+}
+
+/// The child processes of the pipeline under test.
+struct Target {
+    children: Vec<(String, std::process::Child)>,
+    config_file: PathBuf,
+}
+
+impl Target {
+    /// Starts `coexist all`, or one process per role, from a config file holding
+    /// `config` whole; `COEXIST_*` variables are not passed on, so the file is all
+    /// they read. Their output goes to `log`.
+    fn start(config: &Config, mode: Mode, roles: &[String], log: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("the path of this executable")?;
+        let config_file = log.with_extension("toml");
+        std::fs::write(&config_file, toml::to_string(config)?)
+            .with_context(|| format!("writing {}", config_file.display()))?;
+        let log =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let commands: Vec<(String, Vec<String>)> = match mode {
+            Mode::All => vec![("all".into(), vec!["all".into()])],
+            Mode::Roles => {
+                for needed in ["ingest", "sink-mqtt"] {
+                    anyhow::ensure!(
+                        roles.iter().any(|r| r == needed),
+                        "--roles must include {needed}: the bench measures webhook → MQTT"
+                    );
+                }
+                roles
+                    .iter()
+                    .map(|role| role_args(role).map(|args| (role.clone(), args)))
+                    .collect::<anyhow::Result<_>>()?
+            }
+        };
+        let mut target = Self {
+            children: Vec::new(),
+            config_file,
+        };
+        for (name, args) in commands {
+            let mut command = std::process::Command::new(&exe);
+            for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("COEXIST_")) {
+                command.env_remove(key);
+            }
+            let child = command
+                .arg("-c")
+                .arg(&target.config_file)
+                .args(&args)
+                .env("NO_COLOR", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?)
+                .spawn()
+                .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+            target.children.push((name, child));
+        }
+        Ok(target)
+    }
+
+    fn describe(&self) -> String {
+        let names: Vec<&str> = self.children.iter().map(|(n, _)| n.as_str()).collect();
+        format!("coexist {}", names.join(", "))
+    }
+
+    /// Fails when a child has exited.
+    fn check(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("coexist {name} exited ({status}); see the log");
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to each child (they shut down cleanly, committing what they wrote),
+    /// SIGKILL to any still running after 15 s.
+    fn stop(&mut self) {
+        for (_, child) in &self.children {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for (name, mut child) in self.children.drain(..) {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                tracing::warn!(%name, "did not stop in 15 s; killing it");
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.config_file);
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `sink-mqtt` → `sink mqtt`: the subcommand of a role.
+fn role_args(role: &str) -> anyhow::Result<Vec<String>> {
+    match role.split_once('-') {
+        None if role == "ingest" || role == "api" => Ok(vec![role.into()]),
+        Some((kind @ ("sink" | "process"), name)) => Ok(vec![kind.into(), name.into()]),
+        _ => anyhow::bail!("unknown role {role}; one of {}", ALL_ROLES.join(", ")),
+    }
+}
+
+async fn wait_until_up(url: &str, target: &mut Target) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        target.check()?;
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("ingest did not answer {url} in 60 s")
+}
+
+/// Drops the run's MongoDB and ClickHouse databases (best effort).
+async fn drop_databases(config: &Config) {
+    if let Ok(client) = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose()).await {
+        let _ = client.database(&config.sinks.mongo.database).drop().await;
+    }
+    let _ = sinks::clickhouse::client(&config.sinks.clickhouse)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {}",
+            config.sinks.clickhouse.database
+        ))
+        .execute()
+        .await;
+}
+
+/// The report printed at the end, baseline first.
+pub fn render(report: &Report, path: &Path) -> String {
+    let row = |name: &str, p: &Phase| {
+        format!(
+            "{name:<28} {:>7} {:>8} {:>5} {:>9.0} {:>7.2} {:>7.2} {:>7.2} {:>8.2}\n",
+            p.sent,
+            p.received,
+            p.lost,
+            p.throughput_per_s,
+            p.latency.p50_ms,
+            p.latency.p95_ms,
+            p.latency.p99_ms,
+            p.latency.max_ms
+        )
+    };
+    let mut out = format!(
+        "{:<28} {:>7} {:>8} {:>5} {:>9} {:>7} {:>7} {:>7} {:>8}\n",
+        "", "sent", "received", "lost", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    if let Some(b) = &report.baseline {
+        out.push_str(&row("rdkafka produce → consume", b));
+    }
+    let e = &report.e2e;
+    out.push_str(&row("webhook → mqtt (coexist)", e));
+    if let Some(b) = &report.baseline {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        out.push_str(&format!(
+            "{:<28} {:>7} {:>8} {:>5} {:>9} {:>6.1}x {:>6.1}x {:>6.1}x {:>7.1}x\n",
+            "coexist / baseline",
+            "",
+            "",
+            "",
+            "",
+            ratio(e.latency.p50_ms, b.latency.p50_ms),
+            ratio(e.latency.p95_ms, b.latency.p95_ms),
+            ratio(e.latency.p99_ms, b.latency.p99_ms),
+            ratio(e.latency.max_ms, b.latency.max_ms),
+        ));
+    }
+    out.push_str(&format!(
+        "webhook answered (ingest's produces acked): p50 {:.2} ms, p99 {:.2} ms; sender fell behind its schedule by at most {:.1} ms\n",
+        e.ack.p50_ms, e.ack.p99_ms, e.max_send_lag_ms
+    ));
+    out.push_str(&format!(
+        "p99 first quarter {:.2} ms, last quarter {:.2} ms; drained {:.0} ms after the last send; {} duplicate(s)\n",
+        e.first_quarter.p99_ms, e.last_quarter.p99_ms, e.drain_ms, e.duplicates
+    ));
+    out.push_str(&format!(
+        "keeps up: {}   load {:.2} before, {:.2} after ({} cores)   result: {}\n",
+        if report.keeps_up { "yes" } else { "NO" },
+        report.load_before[0],
+        report.load_after[0],
+        report.cores,
+        path.display()
+    ));
+    out
+}
+
+/// `$CARGO_TARGET_DIR/bench`, or `target/bench`.
+fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+        .join("bench")
+}
+
+/// `git describe`-like: the commit, `-dirty` when the tree has changes.
+fn commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let hash = git(&["rev-parse", "HEAD"])?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{hash}-dirty") } else { hash })
+}
+
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
+    [(); 3].map(|_| fields.next().unwrap_or(0.0))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_map_to_their_subcommands() {
+        assert_eq!(role_args("ingest").unwrap(), ["ingest"]);
+        assert_eq!(role_args("sink-mqtt").unwrap(), ["sink", "mqtt"]);
+        assert_eq!(role_args("process-router").unwrap(), ["process", "router"]);
+        assert!(role_args("mqtt").is_err());
+        for role in ALL_ROLES {
+            assert!(role_args(role).is_ok(), "{role}");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `coexist bench e2e` as a user runs it, briefly and slowly: the binary starts its
+//! own `coexist all`, sends signed webhooks, times them to MQTT, runs the rdkafka
+//! baseline, and writes its result file. Not a performance check (debug build, a
+//! busy machine): a check that the bench counts right, so its figures can be trusted.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+#[test]
+fn the_e2e_bench_receives_every_message_exactly_once_and_writes_its_result() {
+    let dir = std::env::temp_dir().join(format!("coexist-bench-e2e-{}", support::unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("e2e.json");
+    let started = Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_coexist"))
+        .args([
+            "bench",
+            "e2e",
+            "--rate",
+            "40",
+            "--seconds",
+            "2",
+            "--numbers",
+            "2",
+        ])
+        .args(["--drain-seconds", "10", "--json"])
+        .arg(&json)
+        .env("COEXIST_LOG_LEVEL", "warn")
+        .output()
+        .expect("run coexist bench e2e");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let log = std::fs::read_to_string(json.with_extension("log")).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "bench failed: {}\n{stdout}\n--- pipeline log ---\n{log}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+        .expect("the result file is JSON");
+    for phase in ["e2e", "baseline"] {
+        let p = &report[phase];
+        assert_eq!(p["sent"], 80, "{phase}: {p}");
+        assert_eq!(p["accepted"], 80, "{phase}: {p}");
+        assert_eq!(p["received"], 80, "{phase}: every message arrived: {p}");
+        assert_eq!(p["duplicates"], 0, "{phase}: and only once: {p}");
+        assert_eq!(p["lost"], 0, "{phase}: {p}");
+        let latency = &p["latency"];
+        assert_eq!(latency["count"], 80);
+        let (p50, p99) = (latency["p50_ms"].as_f64(), latency["p99_ms"].as_f64());
+        assert!(p50.is_some_and(|p50| p50 > 0.0) && p50 <= p99, "{latency}");
+    }
+    assert_eq!(report["params"]["rate"], 40.0);
+    assert!(report["started_at_unix"].as_u64().is_some());
+    assert!(stdout.contains("webhook → mqtt"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the smoke run took {:?}",
+        started.elapsed()
+    );
+}
