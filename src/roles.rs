@@ -181,7 +181,8 @@ pub async fn sink(
                     topics::OUTBOUND_RESULTS,
                 ],
             )?;
-            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
+            let batching = config.sinks.mqtt.batching(&batch);
+            consume::run(&role, consumer, sink, dead_letters, batching, shutdown).await
         }
         SinkName::Expo => {
             let mongo = &config.sinks.mongo;

@@ -349,9 +349,13 @@ pub fn commit(consumer: &GroupConsumer, batch: &[Record]) -> anyhow::Result<()> 
     for ((topic, partition), offset) in next {
         list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
     }
-    if let Err(err) = consumer.commit(&list, CommitMode::Sync) {
-        // A rebalance took the partition away: its new owner redoes the batch, which
-        // the idempotent writes absorb. Anything else is worth stopping for.
+    // Async: the batch is written, so committing later than now only means a crash
+    // in between redelivers it (which the idempotent writes absorb); a synchronous
+    // commit would block a runtime thread for a broker round trip after every batch,
+    // which with a dozen loops in `coexist all` on two cores was most of the latency.
+    // Async commits are sent in order, so a later one never lands before an earlier.
+    if let Err(err) = consumer.commit(&list, CommitMode::Async) {
+        // A rebalance took the partition away: its new owner redoes the batch.
         tracing::warn!(%err, "commit failed; the batch will be redelivered");
     }
     Ok(())

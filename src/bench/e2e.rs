@@ -338,6 +338,7 @@ fn pipeline_config(config: &Config, run: &str) -> anyhow::Result<Config> {
     let mut c = config.clone();
     c.kafka.client_id = format!("bench-e2e-{run}");
     c.kafka.new_group_start = "latest".into();
+    c.metrics.listen = "127.0.0.1:0".into(); // a free port each: several role processes
     c.ingest.listen = format!("127.0.0.1:{}", free_port()?);
     c.ingest.app_secrets = vec![runtime::Secret::new(SECRET)];
     c.ingest.default_org = "bench".into();

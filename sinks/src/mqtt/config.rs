@@ -10,6 +10,20 @@ pub struct MqttConfig {
     pub dedup_capacity: usize,
     /// How long to wait for the broker's PUBACKs before the batch is retried.
     pub ack_timeout_ms: u64,
+    /// How long a batch waits to fill once its first record is in. This sink is the
+    /// real-time path to devices, so it waits less than the stores' sinks; under load
+    /// batches fill by themselves.
+    pub batch_max_wait_ms: u64,
+}
+
+impl MqttConfig {
+    /// The consume loop's settings for this sink: its own batch wait, the rest shared.
+    pub fn batching(&self, shared: &runtime::LoopConfig) -> runtime::LoopConfig {
+        runtime::LoopConfig {
+            max_wait_ms: self.batch_max_wait_ms,
+            ..shared.clone()
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -18,6 +32,7 @@ impl Default for MqttConfig {
             client_id: "coexist-sink-mqtt".into(),
             dedup_capacity: 100_000,
             ack_timeout_ms: 10_000,
+            batch_max_wait_ms: 2,
         }
     }
 }
