@@ -49,8 +49,10 @@ pub struct ChaosArgs {
     /// How long a killed role stays down before it is started again.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub down: Duration,
-    /// How long, after the stream, every store gets to hold everything.
-    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    /// How long, after the stream, every store gets to hold everything (the run goes
+    /// on as soon as they do; MongoDB's Python stand-in can take minutes after its
+    /// restart to catch up).
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
     /// The script that restarts MongoDB and ClickHouse (`<script> restart <server>`).
     #[arg(long, default_value = "scripts/stack")]
