@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod chaos;
+pub mod child;
 pub mod config;
 pub mod roles;
 pub mod simulate;

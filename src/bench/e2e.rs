@@ -339,11 +339,11 @@ fn pipeline_config(config: &Config, run: &str) -> anyhow::Result<Config> {
     c.kafka.client_id = format!("bench-e2e-{run}");
     c.kafka.new_group_start = "latest".into();
     c.metrics.listen = "127.0.0.1:0".into(); // a free port each: several role processes
-    c.ingest.listen = format!("127.0.0.1:{}", free_port()?);
+    c.ingest.listen = format!("127.0.0.1:{}", crate::child::free_port()?);
     c.ingest.app_secrets = vec![runtime::Secret::new(SECRET)];
     c.ingest.default_org = "bench".into();
     c.ingest.presence.client_id = format!("bench-e2e-presence-{run}");
-    c.api.listen = format!("127.0.0.1:{}", free_port()?);
+    c.api.listen = format!("127.0.0.1:{}", crate::child::free_port()?);
     c.sinks.mqtt.client_id = format!("bench-e2e-sink-{run}");
     // Under `coexist/`, which the sink's broker role may publish to.
     c.mqtt.topic_prefix = format!("coexist/e2e{run}");
@@ -732,10 +732,8 @@ impl Target {
     /// `config` whole; `COEXIST_*` variables are not passed on, so the file is all
     /// they read. Their output goes to `log`.
     fn start(config: &Config, mode: Mode, roles: &[String], log: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("the path of this executable")?;
         let config_file = log.with_extension("toml");
-        std::fs::write(&config_file, toml::to_string(config)?)
-            .with_context(|| format!("writing {}", config_file.display()))?;
+        crate::child::write_config(&config_file, config)?;
         let log =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let commands: Vec<(String, Vec<String>)> = match mode {
@@ -758,20 +756,14 @@ impl Target {
             config_file,
         };
         for (name, args) in commands {
-            let mut command = std::process::Command::new(&exe);
-            for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("COEXIST_")) {
-                command.env_remove(key);
-            }
-            let child = command
-                .arg("-c")
-                .arg(&target.config_file)
+            let child = crate::child::command(&target.config_file)?
                 .args(&args)
                 .env("NO_COLOR", "1")
                 .stdin(std::process::Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log.try_clone()?)
                 .spawn()
-                .with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
+                .with_context(|| format!("starting coexist {}", args.join(" ")))?;
             target.children.push((name, child));
         }
         Ok(target)
@@ -944,12 +936,6 @@ fn load_average() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
     [(); 3].map(|_| fields.next().unwrap_or(0.0))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn now_secs() -> u64 {

@@ -342,8 +342,8 @@ impl Setup {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("chaos-secret-{run}"));
         config.ingest.app_secrets = vec![runtime::Secret::new(&secret)];
-        config.ingest.listen = format!("127.0.0.1:{}", free_port()?);
-        let graph_url = format!("http://127.0.0.1:{}", free_port()?);
+        config.ingest.listen = format!("127.0.0.1:{}", crate::child::free_port()?);
+        let graph_url = format!("http://127.0.0.1:{}", crate::child::free_port()?);
         config.graph.base_url = graph_url.clone();
         config.graph.access_token = runtime::Secret::new(format!("chaos-token-{run}"));
         config.graph.only_listed_numbers = false;
@@ -381,7 +381,7 @@ impl Setup {
         let dir = PathBuf::from(format!("target/chaos/{run}"));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("coexist.toml");
-        write_private(&config_path, &toml::to_string(&config)?)?;
+        crate::child::write_config(&config_path, &config)?;
         let webhook_url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
         Ok(Self {
             traffic: Traffic {
@@ -811,7 +811,7 @@ impl Roles {
         wait_http(&setup.http, &sent, Duration::from_secs(60)).await?;
         let mut metrics = HashMap::new();
         for role in ROLES {
-            let listen = format!("127.0.0.1:{}", free_port()?);
+            let listen = format!("127.0.0.1:{}", crate::child::free_port()?);
             children.insert(role.name, spawn(setup, role, &listen, &[])?);
             metrics.insert(role.name, listen);
         }
@@ -886,15 +886,8 @@ fn spawn(setup: &Setup, role: &Role, metrics: &str, extra: &[&str]) -> anyhow::R
         .create(true)
         .append(true)
         .open(setup.dir.join(format!("{}.log", role.name)))?;
-    let mut command = Command::new(std::env::current_exe()?);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("COEXIST_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = Command::from(crate::child::command(&setup.config_path)?);
     command
-        .arg("--config")
-        .arg(&setup.config_path)
         .arg("--metrics-listen")
         .arg(metrics)
         .args(role.args)
@@ -925,25 +918,6 @@ async fn wait_http(http: &reqwest::Client, url: &str, limit: Duration) -> anyhow
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Writes a file only its owner can read: the run's config holds secrets.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn now_ms() -> i64 {
