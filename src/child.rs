@@ -35,9 +35,18 @@ pub fn command(config_file: &Path) -> anyhow::Result<std::process::Command> {
     Ok(command)
 }
 
-/// A port nothing listens on now, for a child's listener.
+/// A port nothing listens on now, for a child's listener, below Linux's ephemeral
+/// range (32768 and up): a port the kernel hands out for `:0` is also what outgoing
+/// connections (Kafka, MongoDB clients) take, so between picking it and the child's
+/// bind one of them could take it; below that range only listeners compete.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let start = (std::process::id() ^ nanos) % 10_000;
+    (0..10_000u32)
+        .map(|i| 21_000 + ((start + i) % 10_000) as u16)
+        .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .context("no free port in 21000-30999")
 }
