@@ -4,9 +4,10 @@
 //! end to end, an inbound message for an agent with no online device ends as a push.
 
 mod support;
+use support::now_ms;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use coexist::Config;
 use coexist::roles::SinkName;
@@ -19,13 +20,6 @@ use processors::router::{AgentConfig, Policy};
 use serde_json::{Value, json};
 use support::{APP_SECRET, Pipeline, unique, wait_for};
 use tokio_util::sync::CancellationToken;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// The Expo stand-in on a free port; returns its base URL.
 async fn start_simulator(config: &Config) -> String {
@@ -64,6 +58,7 @@ impl Scenario {
         let id = unique();
         let mut config = Config::load(None).unwrap();
         config.kafka.client_id = format!("test-expo-{name}-{id}");
+        config.kafka.new_group_start = now_ms().to_string();
         config.sinks.mongo.database = format!("t_expo_{name}_{id}");
         config.sinks.batch.max_wait_ms = 5;
         let sim = start_simulator(&config).await;

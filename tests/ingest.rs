@@ -42,6 +42,7 @@ impl Ingest {
         config.ingest.presence.client_id = format!("test-presence-{id}");
         config.mqtt.topic_prefix = format!("coexist/t{id}");
         config.kafka.client_id = format!("test-ingest-{id}");
+        config.kafka.new_group_start = support::now_ms().to_string();
         if config.mqtt.password.is_empty() {
             config.mqtt.password = runtime::Secret::new("coexist-dev");
         }

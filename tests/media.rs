@@ -72,6 +72,7 @@ async fn an_inbound_image_is_copied_to_s3_byte_for_byte() {
     let (org, number) = (format!("media-{id}"), format!("7{id}"));
     let mut config = Config::load(None).unwrap();
     config.kafka.client_id = format!("test-media-{id}");
+    config.kafka.new_group_start = support::now_ms().to_string();
     config.graph.base_url = sim_url;
     config.graph.only_listed_numbers = true;
     config.graph.numbers = vec![sinks::graph::GraphNumber {

@@ -4,10 +4,11 @@
 //! up from its persistent session.
 
 mod support;
+use support::now_ms;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use coexist::Config;
 use coexist::roles::SinkName;
@@ -18,13 +19,6 @@ use events::{WhatsAppEvent, topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::{MqttRecorder, unique, wait_for};
 use tokio_util::sync::CancellationToken;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// The MQTT sink alone, with its own group, client id and topic prefix.
 struct Scenario {
@@ -41,6 +35,7 @@ impl Scenario {
         let id = unique();
         let mut config = Config::load(None).unwrap();
         config.kafka.client_id = format!("test-inbox-{name}-{id}");
+        config.kafka.new_group_start = now_ms().to_string();
         config.sinks.mqtt.client_id = format!("test-sink-inbox-{id}");
         config.mqtt.topic_prefix = format!("coexist/t{id}");
         if config.mqtt.password.is_empty() {

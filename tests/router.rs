@@ -4,9 +4,10 @@
 //! group hand partitions to each other (kill, restart) without a conflicting owner.
 
 mod support;
+use support::now_ms;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use coexist::Config;
 use events::event::{Direction, EventBody, MessageEvent, Origin};
@@ -26,13 +27,6 @@ const AGENTS: usize = 5;
 const CAPACITY: usize = 10;
 const BURST: usize = 40;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 struct Scenario {
     config: Config,
     org: String,
@@ -46,6 +40,7 @@ impl Scenario {
         let mut config = Config::load(None).unwrap();
         let org = format!("{name}-{id}");
         config.kafka.client_id = format!("test-router-{id}");
+        config.kafka.new_group_start = now_ms().to_string();
         let router = &mut config.processors.router;
         router.router.default_policy = Policy::LeastLoaded;
         router.router.offline_grace_ms = 300;

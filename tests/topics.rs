@@ -90,3 +90,105 @@ async fn the_broker_refuses_values_that_break_the_schema() {
     let valid = r#"{"id":"schema-test","org":"o","phone_number_id":"1","received_at_ms":0,"kind":"unhandled","field":"test","raw":{}}"#;
     send(valid).await.expect("a valid event is accepted");
 }
+
+/// `kafka.new_group_start` as a time: a new group reads what was produced from then
+/// on (including a record produced while the group forms, on a partition that had
+/// nothing newer), never what came before; a group that has committed resumes there.
+#[tokio::test]
+async fn a_new_group_starts_at_its_time_and_a_known_group_at_its_commit() {
+    let mut config = Config::load(None).unwrap();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let topic = format!("test.start.{nanos}");
+    let contract = Contract {
+        topics: vec![spec(&topic, 3)],
+    };
+    apply(&config.kafka, &contract, 1).await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("message.timeout.ms", "5000")
+        .create()
+        .unwrap();
+    let send = |partition: i32, value: String| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            let record = FutureRecord::to(&topic)
+                .partition(partition)
+                .key("k")
+                .payload(&value);
+            producer.send(record, Duration::from_secs(5)).await.unwrap();
+        }
+    };
+    for i in 0..6 {
+        send(i % 3, format!("before-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..3 {
+        send(0, format!("after-{i}")).await;
+    }
+    config.kafka.client_id = format!("test-start-{nanos}");
+    config.kafka.new_group_start = start.to_string();
+
+    let consumer = config.kafka.consumer("reader", &[&topic]).unwrap();
+    // Partition 1 has nothing since the start time; this lands while the group
+    // forms. Partition 2 has nothing since then when the group starts (tansu then
+    // answers "offset 0" to the time look-up).
+    send(1, "while-joining".into()).await;
+    let mut first = read_values(&consumer, 4).await;
+    let mut values: Vec<&str> = first.iter().map(|(v, _, _)| v.as_str()).collect();
+    values.sort();
+    assert_eq!(values, ["after-0", "after-1", "after-2", "while-joining"]);
+    send(2, "later".into()).await;
+    first.extend(read_values(&consumer, 1).await);
+    assert_eq!(first[4].0, "later");
+
+    // Commit all but the last record of partition 0; the group resumes at it.
+    let mut commit = rdkafka::TopicPartitionList::new();
+    for (value, partition, offset) in &first {
+        let next = if value == "after-2" {
+            *offset
+        } else {
+            offset + 1
+        };
+        commit
+            .add_partition_offset(&topic, *partition, rdkafka::Offset::Offset(next))
+            .unwrap();
+    }
+    use rdkafka::consumer::Consumer;
+    consumer
+        .commit(&commit, rdkafka::consumer::CommitMode::Sync)
+        .unwrap();
+    drop(consumer);
+    send(1, "after-restart".into()).await;
+    let consumer = config.kafka.consumer("reader", &[&topic]).unwrap();
+    let again = read_values(&consumer, 2).await;
+    let mut values: Vec<&str> = again.iter().map(|(v, _, _)| v.as_str()).collect();
+    values.sort();
+    assert_eq!(values, ["after-2", "after-restart"]);
+}
+
+/// The first `n` records `consumer` reads: (value, partition, offset).
+async fn read_values(
+    consumer: &runtime::kafka::GroupConsumer,
+    n: usize,
+) -> Vec<(String, i32, i64)> {
+    use rdkafka::Message;
+    let mut values = Vec::new();
+    while values.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {values:?} arrived"))
+            .unwrap();
+        let value = String::from_utf8_lossy(message.payload().unwrap()).to_string();
+        values.push((value, message.partition(), message.offset()));
+    }
+    values
+}

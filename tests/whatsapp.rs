@@ -5,9 +5,10 @@
 //! and a sink killed with SIGKILL mid-burst never sends a command twice.
 
 mod support;
+use support::now_ms;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use coexist::Config;
 use coexist::roles::SinkName;
@@ -27,13 +28,6 @@ static ONE_SINK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 
 const TOKEN: &str = "sim-token";
 const CUSTOMER: &str = "16505551234";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// The Graph API simulator, served in-process.
 struct Simulator {
@@ -115,6 +109,7 @@ impl Scenario {
         let org = format!("{name}-{id}");
         let number = format!("8{id}");
         config.kafka.client_id = format!("test-wa-{name}-{id}");
+        config.kafka.new_group_start = now_ms().to_string();
         config.graph.base_url = graph_url.to_string();
         config.graph.only_listed_numbers = true;
         config.graph.numbers = vec![sinks::graph::GraphNumber {

@@ -48,10 +48,14 @@ pub struct KafkaConfig {
     /// librdkafka debug contexts (e.g. `fetch,cgrp`), logged under target `librdkafka`.
     pub librdkafka_debug: String,
     /// Where a consumer group with no committed offsets starts: `earliest` (a new
-    /// deployment reads everything there) or `latest` (only what arrives from now on:
+    /// deployment reads everything there), `latest` (only what arrives from now on:
     /// `coexist bench e2e` runs each time in fresh groups, and a backlog of earlier
-    /// runs must not stand in front of its measurements). Stages about the present
-    /// (the notifier) start at `latest` whatever this says.
+    /// runs must not stand in front of its measurements), or a Unix time in
+    /// milliseconds (a new sink that should hold the last week, or a test pipeline
+    /// that must see everything from its own start and nothing before: unlike
+    /// `latest`, nothing produced while the group forms is skipped). Partitions that
+    /// have a committed offset resume there whatever this says. Stages about the
+    /// present (the notifier) start at `latest`.
     pub new_group_start: String,
     /// How often consumers report statistics, from which `coexist_consumer_lag` is
     /// read (librdkafka already knows watermarks and commits: no extra requests).
@@ -85,6 +89,64 @@ pub enum KafkaError {
     Encode { topic: String, reason: String },
     #[error("kafka metadata probe did not finish: {0}")]
     Probe(String),
+    #[error(
+        "kafka.new_group_start is {0:?}: expected earliest, latest or a Unix time in milliseconds"
+    )]
+    GroupStart(String),
+}
+
+/// Where a consumer group with no committed offset starts (`kafka.new_group_start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStart {
+    Earliest,
+    Latest,
+    /// The first record produced at or after this Unix time (ms).
+    At(i64),
+}
+
+impl std::str::FromStr for GroupStart {
+    type Err = KafkaError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "earliest" | "beginning" | "smallest" => Ok(Self::Earliest),
+            "latest" | "end" | "largest" => Ok(Self::Latest),
+            other => other
+                .parse::<i64>()
+                .ok()
+                .filter(|ms| *ms >= 0)
+                .map(Self::At)
+                .ok_or_else(|| KafkaError::GroupStart(s.to_string())),
+        }
+    }
+}
+
+/// What is known of a partition without a committed offset when its group starts
+/// at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshPartition {
+    /// The low and high watermarks, read before anything else.
+    pub low: i64,
+    pub high: i64,
+    /// The timestamp of the record at `high - 1` (none if the partition is empty).
+    pub newest_ms: Option<i64>,
+    /// The broker's answer to "first offset at or after the time", when asked.
+    pub found: Option<i64>,
+}
+
+/// Where such a partition starts reading. If its newest record is older than the
+/// time, nothing is at or after it: start at the high watermark read before the
+/// look-up, so a record produced since is still read (the broker's own answer for
+/// "none" is -1 on Kafka but 0 on tansu, which would replay everything). Otherwise
+/// the broker's answer, or the low watermark if it has none (loses nothing).
+pub fn start_offset(at_ms: i64, p: FreshPartition) -> i64 {
+    match p.newest_ms {
+        Some(newest) if newest >= at_ms => p
+            .found
+            .filter(|o| (p.low..p.high).contains(o))
+            .unwrap_or(p.low),
+        _ => p.high.max(p.low),
+    }
 }
 
 impl KafkaConfig {
@@ -112,14 +174,22 @@ impl KafkaConfig {
         self.consumer_from(role, topics, &self.new_group_start)
     }
 
-    /// Like [`Self::consumer`], with where a new group starts: `earliest`, or `latest`
-    /// for a stage about the present (the notifier must not push history).
+    /// Like [`Self::consumer`], with where a new group starts (as in
+    /// `new_group_start`): `latest` for a stage about the present (the notifier must
+    /// not push history).
     pub fn consumer_from(
         &self,
         role: &str,
         topics: &[&str],
-        reset: &str,
+        start: &str,
     ) -> Result<GroupConsumer, KafkaError> {
+        let start: GroupStart = start.parse()?;
+        // For a start time, librdkafka's own reset only applies if positioning at the
+        // time fails; then the earliest record loses nothing.
+        let reset = match start {
+            GroupStart::Latest => "latest",
+            GroupStart::Earliest | GroupStart::At(_) => "earliest",
+        };
         let consumer: GroupConsumer = self
             .base(role)
             .set("group.id", self.group_id(role))
@@ -148,6 +218,11 @@ impl KafkaConfig {
             .create_with_context(RebalanceLog {
                 role: role.to_string(),
                 owned: Mutex::new((0, Vec::new())),
+                brokers: self.brokers.clone(),
+                start_at_ms: match start {
+                    GroupStart::At(ms) => Some(ms),
+                    _ => None,
+                },
             })?;
         consumer.subscribe(topics)?;
         Ok(consumer)
@@ -201,6 +276,11 @@ pub struct RebalanceLog {
     role: String,
     /// (generation, assigned `(topic, partition)`s); the generation counts rebalances.
     owned: Mutex<(u64, Vec<(String, i32)>)>,
+    /// `kafka.new_group_start` as a time: where assigned partitions without a
+    /// committed offset start.
+    start_at_ms: Option<i64>,
+    /// To read the newest records' timestamps when positioning at that time.
+    brokers: String,
 }
 
 impl RebalanceLog {
@@ -253,7 +333,160 @@ impl ClientContext for RebalanceLog {
     }
 }
 
+/// How long each broker lookup made while positioning new partitions may take.
+const POSITION_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RebalanceLog {
+    /// Sets the start offset of each partition in `assignment` that has no committed
+    /// offset to the first record at or after `at_ms` (see [`start_offset`]).
+    fn position_at_time(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        assignment: &mut rdkafka::TopicPartitionList,
+        at_ms: i64,
+    ) -> Result<usize, rdkafka::error::KafkaError> {
+        use rdkafka::Offset;
+        let committed = consumer.committed_offsets(assignment.clone(), POSITION_TIMEOUT)?;
+        let mut fresh: HashMap<(String, i32), FreshPartition> = HashMap::new();
+        for e in committed.elements() {
+            if matches!(e.offset(), Offset::Offset(_)) {
+                continue;
+            }
+            let (low, high) =
+                consumer.fetch_watermarks(e.topic(), e.partition(), POSITION_TIMEOUT)?;
+            let partition = FreshPartition {
+                low,
+                high,
+                newest_ms: None,
+                found: None,
+            };
+            fresh.insert((e.topic().to_owned(), e.partition()), partition);
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        for (key, newest) in self.newest_timestamps(&fresh)? {
+            if let Some(p) = fresh.get_mut(&key) {
+                p.newest_ms = Some(newest);
+            }
+        }
+        let mut lookup = rdkafka::TopicPartitionList::new();
+        for ((topic, partition), p) in &fresh {
+            if p.newest_ms.is_some_and(|newest| newest >= at_ms) {
+                lookup.add_partition_offset(topic, *partition, Offset::Offset(at_ms))?;
+            }
+        }
+        if lookup.count() > 0 {
+            for e in consumer
+                .offsets_for_times(lookup, POSITION_TIMEOUT)?
+                .elements()
+            {
+                if let (Some(p), Offset::Offset(o)) = (
+                    fresh.get_mut(&(e.topic().to_owned(), e.partition())),
+                    e.offset(),
+                ) {
+                    p.found = Some(o);
+                }
+            }
+        }
+        for ((topic, partition), p) in &fresh {
+            let start = start_offset(at_ms, *p);
+            assignment.set_partition_offset(topic, *partition, Offset::Offset(start))?;
+        }
+        Ok(fresh.len())
+    }
+
+    /// The timestamp of the newest record of each non-empty partition, read with a
+    /// throwaway consumer outside the group.
+    fn newest_timestamps(
+        &self,
+        partitions: &HashMap<(String, i32), FreshPartition>,
+    ) -> Result<HashMap<(String, i32), i64>, rdkafka::error::KafkaError> {
+        use rdkafka::Message;
+        let mut newest_offsets = rdkafka::TopicPartitionList::new();
+        for ((topic, partition), p) in partitions {
+            if p.high > p.low {
+                let last = rdkafka::Offset::Offset(p.high - 1);
+                newest_offsets.add_partition_offset(topic, *partition, last)?;
+            }
+        }
+        let mut found = HashMap::new();
+        if newest_offsets.count() == 0 {
+            return Ok(found);
+        }
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("{}-position", self.role))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?;
+        reader.assign(&newest_offsets)?;
+        let deadline = std::time::Instant::now() + POSITION_TIMEOUT;
+        while found.len() < newest_offsets.count() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(rdkafka::error::KafkaError::OffsetFetch(
+                    rdkafka::error::RDKafkaErrorCode::RequestTimedOut,
+                ));
+            }
+            match reader.poll(left) {
+                Some(Ok(m)) => {
+                    let at = m.timestamp().to_millis().unwrap_or(i64::MAX);
+                    found.insert((m.topic().to_owned(), m.partition()), at);
+                }
+                Some(Err(err)) => return Err(err),
+                None => {}
+            }
+        }
+        Ok(found)
+    }
+}
+
 impl ConsumerContext for RebalanceLog {
+    /// The default rebalance (eager protocol: assign or unassign everything), with
+    /// partitions new to the group positioned at `start_at_ms` first when it is set.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        assignment: &mut rdkafka::TopicPartitionList,
+    ) {
+        use rdkafka::error::{KafkaError as E, RDKafkaErrorCode};
+        use rdkafka::types::RDKafkaRespErr as Code;
+        match err {
+            Code::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(at_ms) = self.start_at_ms {
+                    match self.position_at_time(consumer, assignment, at_ms) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(role = %self.role, partitions = n, at_ms, "new partitions start at the configured time")
+                        }
+                        Err(err) => {
+                            tracing::warn!(role = %self.role, %err, "cannot position new partitions at the configured time: they start at the earliest record")
+                        }
+                    }
+                }
+                if let Err(err) = consumer.assign(assignment) {
+                    tracing::error!(role = %self.role, %err, "assign failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Assign(assignment));
+            }
+            Code::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(err) = consumer.unassign() {
+                    tracing::error!(role = %self.role, %err, "unassign failed");
+                }
+                self.post_rebalance(consumer, &Rebalance::Revoke(assignment));
+            }
+            other => {
+                if let Err(err) = consumer.unassign() {
+                    tracing::error!(role = %self.role, %err, "unassign failed");
+                }
+                let code: RDKafkaErrorCode = other.into();
+                self.post_rebalance(consumer, &Rebalance::Error(E::Rebalance(code)));
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let readiness = &observe::global().readiness;
         let check = Self::readiness_check(&self.role);
@@ -403,5 +636,51 @@ impl Publisher {
         if let Err(err) = self.producer.flush(timeout) {
             tracing::warn!(%err, "producer flush at shutdown did not complete");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_starts_at_either_end_or_at_a_time() {
+        assert_eq!(
+            "earliest".parse::<GroupStart>().unwrap(),
+            GroupStart::Earliest
+        );
+        assert_eq!("latest".parse::<GroupStart>().unwrap(), GroupStart::Latest);
+        assert_eq!(
+            "1764316800000".parse::<GroupStart>().unwrap(),
+            GroupStart::At(1_764_316_800_000)
+        );
+        for bad in ["", "yesterday", "-5", "1.5"] {
+            let err = bad.parse::<GroupStart>().unwrap_err().to_string();
+            assert!(err.contains("new_group_start"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_partition_with_nothing_since_the_time_starts_at_its_end_as_it_was() {
+        let p = |newest_ms, found| FreshPartition {
+            low: 10,
+            high: 100,
+            newest_ms,
+            found,
+        };
+        // tansu answers 0 (Kafka -1) when no record is that new: not believed.
+        assert_eq!(start_offset(1_000, p(Some(999), Some(0))), 100);
+        assert_eq!(start_offset(1_000, p(Some(999), None)), 100);
+        assert_eq!(start_offset(1_000, p(Some(1_000), Some(42))), 42);
+        // An answer outside the partition is replaced by its start: nothing is lost.
+        assert_eq!(start_offset(1_000, p(Some(5_000), Some(0))), 10);
+        assert_eq!(start_offset(1_000, p(Some(5_000), None)), 10);
+        let empty = FreshPartition {
+            low: 7,
+            high: 7,
+            newest_ms: None,
+            found: None,
+        };
+        assert_eq!(start_offset(1_000, empty), 7);
     }
 }

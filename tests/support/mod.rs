@@ -29,7 +29,12 @@ pub struct Pipeline {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// When this test binary first asked for a unique name: every record its tests
+/// produce comes later, so readers start there (a second early, for clock steps).
+static FIRST_UNIQUE_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
 pub fn unique() -> String {
+    FIRST_UNIQUE_MS.get_or_init(now_ms);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -64,6 +69,9 @@ impl Pipeline {
         let org = format!("{name}-{id}");
         let phone_number_id = format!("9{id}");
         config.kafka.client_id = format!("test-{name}-{id}");
+        // Its fresh groups read from this moment: the backlog earlier tests left on
+        // the shared topics is not this pipeline's, and grew to minutes of reading.
+        config.kafka.new_group_start = now_ms().to_string();
         config.ingest.listen = format!("127.0.0.1:{}", free_port());
         config.ingest.app_secrets = vec![runtime::Secret::new(APP_SECRET)];
         config.ingest.numbers = vec![ingest::config::NumberOwner {
@@ -364,18 +372,17 @@ pub async fn read_records(
     nth: usize,
 ) -> Vec<(String, Vec<(String, String)>)> {
     use rdkafka::Message;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("reader-{}", unique()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    // Not from the topic's start: the backlog of earlier test runs on the shared
+    // broker only grows, and each read would wade through all of it.
+    let since = FIRST_UNIQUE_MS.get().map_or(0, |ms| ms - 1000);
+    let kafka = runtime::kafka::KafkaConfig {
+        brokers: brokers.to_string(),
+        client_id: format!("reader-{}", unique()),
+        new_group_start: since.to_string(),
+        ..Default::default()
+    };
+    let consumer = kafka.consumer("reader", &[topic]).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut found = Vec::new();
     let mut matches = 0;
