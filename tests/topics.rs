@@ -22,17 +22,23 @@ fn spec(name: &str, partitions: i32) -> TopicSpec {
     }
 }
 
-#[tokio::test]
-async fn apply_creates_then_matches_then_reports_drift() {
-    let config = Config::load(None).unwrap();
+/// A topic name no run has used, and a contract of just that topic.
+fn fresh_topic(prefix: &str, partitions: i32) -> (String, Contract) {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let name = format!("test.contract.{nanos}");
+    let name = format!("{prefix}.{nanos}");
     let contract = Contract {
-        topics: vec![spec(&name, 2)],
+        topics: vec![spec(&name, partitions)],
     };
+    (name, contract)
+}
+
+#[tokio::test]
+async fn apply_creates_then_matches_then_reports_drift() {
+    let config = Config::load(None).unwrap();
+    let (name, contract) = fresh_topic("test.contract", 2);
 
     let first = apply(&config.kafka, &contract, 1).await.unwrap();
     assert_eq!(first, vec![(name.clone(), Outcome::Created)]);
@@ -97,14 +103,7 @@ async fn the_broker_refuses_values_that_break_the_schema() {
 #[tokio::test]
 async fn a_new_group_starts_at_its_time_and_a_known_group_at_its_commit() {
     let mut config = Config::load(None).unwrap();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let topic = format!("test.start.{nanos}");
-    let contract = Contract {
-        topics: vec![spec(&topic, 3)],
-    };
+    let (topic, contract) = fresh_topic("test.start", 3);
     apply(&config.kafka, &contract, 1).await.unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)
@@ -134,7 +133,7 @@ async fn a_new_group_starts_at_its_time_and_a_known_group_at_its_commit() {
     for i in 0..3 {
         send(0, format!("after-{i}")).await;
     }
-    config.kafka.client_id = format!("test-start-{nanos}");
+    config.kafka.client_id = format!("test-start-{topic}");
     config.kafka.new_group_start = start.to_string();
 
     let consumer = config.kafka.consumer("reader", &[&topic]).unwrap();
