@@ -126,7 +126,7 @@ pub async fn sink(
                 consumer,
                 MongoSink::new(db),
                 dead_letters,
-                batch,
+                mongo.batching(&batch),
                 shutdown,
             )
             .await

@@ -126,10 +126,27 @@ fn events_lag(samples: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Every partition of `whatsapp.events` reported, all at lag 0.
+/// Every partition of `whatsapp.events` reported, all at lag 0, and every record
+/// fetched (of any topic) written or dead-lettered: a batch still being written
+/// would otherwise land between two samples.
 async fn caught_up(scrape: &Scrape, partitions: usize) -> bool {
-    let lag = events_lag(&scrape.samples().await);
-    lag.len() == partitions && lag.values().all(|&l| l == 0.0)
+    let samples = scrape.samples().await;
+    let lag = events_lag(&samples);
+    let fetched: f64 = samples
+        .iter()
+        .filter(|(series, _)| {
+            series.starts_with(&format!("coexist_records_in_total{{role=\"{ROLE}\""))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let done = value(
+        &samples,
+        &format!("coexist_records_out_total{{role=\"{ROLE}\"}}"),
+    ) + value(
+        &samples,
+        &format!("coexist_deadletters_total{{role=\"{ROLE}\"}}"),
+    );
+    lag.len() == partitions && lag.values().all(|&l| l == 0.0) && fetched == done
 }
 
 fn message(org: &str, number: &str, i: usize) -> WhatsAppEvent {
