@@ -219,10 +219,7 @@ impl KafkaConfig {
                 role: role.to_string(),
                 owned: Mutex::new((0, Vec::new())),
                 brokers: self.brokers.clone(),
-                start_at_ms: match start {
-                    GroupStart::At(ms) => Some(ms),
-                    _ => None,
-                },
+                start,
             })?;
         consumer.subscribe(topics)?;
         Ok(consumer)
@@ -276,9 +273,8 @@ pub struct RebalanceLog {
     role: String,
     /// (generation, assigned `(topic, partition)`s); the generation counts rebalances.
     owned: Mutex<(u64, Vec<(String, i32)>)>,
-    /// `kafka.new_group_start` as a time: where assigned partitions without a
-    /// committed offset start.
-    start_at_ms: Option<i64>,
+    /// Where assigned partitions without a committed offset start.
+    start: GroupStart,
     /// To read the newest records' timestamps when positioning at that time.
     brokers: String,
 }
@@ -338,14 +334,23 @@ const POSITION_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl RebalanceLog {
     /// Sets the start offset of each partition in `assignment` that has no committed
-    /// offset to the first record at or after `at_ms` (see [`start_offset`]).
-    fn position_at_time(
+    /// offset: for `latest`, its high watermark now; for a time, the first record at
+    /// or after it (see [`start_offset`]). `earliest` is left to librdkafka.
+    ///
+    /// `latest` is not left to librdkafka's `auto.offset.reset`: on tansu, a group
+    /// assigned an empty partition that way never fetched from it (a chaos run's
+    /// whatsapp sink skipped every send of one number), and another read history.
+    fn position_fresh(
         &self,
         consumer: &BaseConsumer<Self>,
         assignment: &mut rdkafka::TopicPartitionList,
-        at_ms: i64,
     ) -> Result<usize, rdkafka::error::KafkaError> {
         use rdkafka::Offset;
+        let at_ms = match self.start {
+            GroupStart::Earliest => return Ok(0),
+            GroupStart::Latest => None,
+            GroupStart::At(ms) => Some(ms),
+        };
         let committed = consumer.committed_offsets(assignment.clone(), POSITION_TIMEOUT)?;
         let mut fresh: HashMap<(String, i32), FreshPartition> = HashMap::new();
         for e in committed.elements() {
@@ -362,6 +367,12 @@ impl RebalanceLog {
             };
             fresh.insert((e.topic().to_owned(), e.partition()), partition);
         }
+        let Some(at_ms) = at_ms else {
+            for ((topic, partition), p) in &fresh {
+                assignment.set_partition_offset(topic, *partition, Offset::Offset(p.high))?;
+            }
+            return Ok(fresh.len());
+        };
         if fresh.is_empty() {
             return Ok(0);
         }
@@ -444,7 +455,7 @@ impl RebalanceLog {
 
 impl ConsumerContext for RebalanceLog {
     /// The default rebalance (eager protocol: assign or unassign everything), with
-    /// partitions new to the group positioned at `start_at_ms` first when it is set.
+    /// partitions new to the group positioned first (see [`Self::position_fresh`]).
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -455,15 +466,13 @@ impl ConsumerContext for RebalanceLog {
         use rdkafka::types::RDKafkaRespErr as Code;
         match err {
             Code::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Some(at_ms) = self.start_at_ms {
-                    match self.position_at_time(consumer, assignment, at_ms) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(role = %self.role, partitions = n, at_ms, "new partitions start at the configured time")
-                        }
-                        Err(err) => {
-                            tracing::warn!(role = %self.role, %err, "cannot position new partitions at the configured time: they start at the earliest record")
-                        }
+                match self.position_fresh(consumer, assignment) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(role = %self.role, partitions = n, start = ?self.start, "partitions new to the group positioned")
+                    }
+                    Err(err) => {
+                        tracing::warn!(role = %self.role, %err, start = ?self.start, "cannot position partitions new to the group: librdkafka's reset applies")
                     }
                 }
                 if let Err(err) = consumer.assign(assignment) {
