@@ -105,21 +105,10 @@ async fn a_new_group_starts_at_its_time_and_a_known_group_at_its_commit() {
     let mut config = Config::load(None).unwrap();
     let (topic, contract) = fresh_topic("test.start", 3);
     apply(&config.kafka, &contract, 1).await.unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("message.timeout.ms", "5000")
-        .create()
-        .unwrap();
+    let writer = Writer::new(&config, &topic);
     let send = |partition: i32, value: String| {
-        let producer = producer.clone();
-        let topic = topic.clone();
-        async move {
-            let record = FutureRecord::to(&topic)
-                .partition(partition)
-                .key("k")
-                .payload(&value);
-            producer.send(record, Duration::from_secs(5)).await.unwrap();
-        }
+        let writer = writer.clone();
+        async move { writer.send(partition, &value).await }
     };
     for i in 0..6 {
         send(i % 3, format!("before-{i}")).await;
@@ -200,21 +189,10 @@ async fn a_new_group_at_latest_reads_what_comes_after_it_joined_on_every_partiti
     let mut config = Config::load(None).unwrap();
     let (topic, contract) = fresh_topic("test.latest", 2);
     apply(&config.kafka, &contract, 1).await.unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("message.timeout.ms", "5000")
-        .create()
-        .unwrap();
+    let writer = Writer::new(&config, &topic);
     let send = |partition: i32, value: &'static str| {
-        let producer = producer.clone();
-        let topic = topic.clone();
-        async move {
-            let record = FutureRecord::to(&topic)
-                .partition(partition)
-                .key("k")
-                .payload(value);
-            producer.send(record, Duration::from_secs(5)).await.unwrap();
-        }
+        let writer = writer.clone();
+        async move { writer.send(partition, value).await }
     };
     send(0, "history").await; // partition 1 stays empty until the group is in
     config.kafka.client_id = format!("test-latest-{topic}");
@@ -232,4 +210,36 @@ async fn a_new_group_at_latest_reads_what_comes_after_it_joined_on_every_partiti
     let mut values: Vec<&str> = read.iter().map(|(v, _, _)| v.as_str()).collect();
     values.sort();
     assert_eq!(values, ["new", "new-on-empty"]);
+}
+
+/// Produces to chosen partitions of one topic.
+#[derive(Clone)]
+struct Writer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Writer {
+    fn new(config: &Config, topic: &str) -> Self {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("message.timeout.ms", "5000")
+            .create()
+            .unwrap();
+        Self {
+            producer,
+            topic: topic.to_string(),
+        }
+    }
+
+    async fn send(&self, partition: i32, value: &str) {
+        let record = FutureRecord::to(&self.topic)
+            .partition(partition)
+            .key("k")
+            .payload(value);
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
 }

@@ -337,7 +337,12 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
 fn pipeline_config(config: &Config, run: &str) -> anyhow::Result<Config> {
     let mut c = config.clone();
     c.kafka.client_id = format!("bench-e2e-{run}");
-    c.kafka.new_group_start = "latest".into();
+    // From now on: not the backlog, and (unlike `latest`) nothing skipped by a role
+    // that restarts before its first commit.
+    c.kafka.new_group_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string();
     c.metrics.listen = "127.0.0.1:0".into(); // a free port each: several role processes
     c.ingest.listen = format!("127.0.0.1:{}", crate::child::free_port()?);
     c.ingest.app_secrets = vec![runtime::Secret::new(SECRET)];

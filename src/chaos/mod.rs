@@ -360,9 +360,11 @@ impl Setup {
             })
             .collect();
         config.kafka.client_id = format!("chaos-{run}");
-        // Fresh groups skip the topics' backlog (earlier runs, other tests): the
-        // warm-up rounds then give every group a committed position to resume from.
-        config.kafka.new_group_start = "latest".into();
+        // Fresh groups read from this run's start, not the topics' backlog (earlier
+        // runs, other tests). Not `latest`: a role killed before its first commit on
+        // a partition would restart at that partition's end and skip what came in
+        // meanwhile (a run lost 50 command results that way).
+        config.kafka.new_group_start = now_ms().to_string();
         config.topics.apply_on_start = false;
         let db = format!("chaos_{run}");
         config.sinks.mongo.database = db.clone();
