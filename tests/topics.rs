@@ -182,7 +182,7 @@ async fn read_values(
 }
 
 /// `latest`: a new group reads what is produced once it has its partitions, on an
-/// empty partition too (on tansu, librdkafka's own reset never fetched from one).
+/// empty partition too, and none of the history.
 #[tokio::test]
 async fn a_new_group_at_latest_reads_what_comes_after_it_joined_on_every_partition() {
     use rdkafka::consumer::Consumer;

@@ -337,9 +337,10 @@ impl RebalanceLog {
     /// offset: for `latest`, its high watermark now; for a time, the first record at
     /// or after it (see [`start_offset`]). `earliest` is left to librdkafka.
     ///
-    /// `latest` is not left to librdkafka's `auto.offset.reset`: on tansu, a group
-    /// assigned an empty partition that way never fetched from it (a chaos run's
-    /// whatsapp sink skipped every send of one number), and another read history.
+    /// `latest` is positioned here rather than by librdkafka's lazy reset so the
+    /// start is fixed at assignment and logged. Either way, `latest` skips what a
+    /// partition received while a member that never committed there was down: use
+    /// `earliest` or a time for anything that must not lose records.
     fn position_fresh(
         &self,
         consumer: &BaseConsumer<Self>,
