@@ -85,7 +85,7 @@ pub fn changes(
 
 /// Publishes the bootstrap changes and waits for the broker's acknowledgement.
 pub async fn bootstrap(config: &Config, args: &BootstrapArgs) -> anyhow::Result<()> {
-    let sealer = api::seal::Sealer::from_config(&config.api)?;
+    let sealer = api::seal::Sealer::from_config(&config.sealing)?;
     let token = std::env::var("COEXIST_BOOTSTRAP_ACCESS_TOKEN").unwrap_or_default();
     let secret = std::env::var("COEXIST_BOOTSTRAP_APP_SECRET").unwrap_or_default();
     let list = changes(args, &sealer, (&token, &secret), api::now_ms())?;

@@ -27,6 +27,9 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     pub sinks: SinksConfig,
     pub api: api::ApiConfig,
+    /// Keys that seal business-number credentials: the API seals, ingest and the
+    /// whatsapp and media sinks open.
+    pub sealing: runtime::seal::SealingConfig,
     pub metrics: runtime::observe::MetricsConfig,
     pub simulate: crate::simulate::SimulateConfig,
 }

@@ -157,7 +157,7 @@ pub async fn sink(
             // Who owns each conversation, so new messages reach the owner's inbox.
             let kafka = config.kafka.clone();
             let (assignments, _) = tokio::task::spawn_blocking(move || {
-                processors::table::read_whole(
+                runtime::table::read_whole(
                     &kafka,
                     topics::CONVERSATION_ASSIGNMENTS,
                     "sink-mqtt-owners",
@@ -344,6 +344,7 @@ pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         mqtt: config.mqtt.clone(),
         s3: config.s3.clone(),
         clickhouse: Some(sinks::clickhouse::client(&config.sinks.clickhouse)),
+        sealer: runtime::seal::Sealer::from_config(&config.sealing)?,
     };
     let result = api::serve(deps, shutdown).await;
     publisher.flush(Duration::from_secs(5));

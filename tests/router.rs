@@ -409,7 +409,7 @@ async fn an_agent_with_no_online_device_is_pushed_once_per_conversation() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let kafka = s.config.kafka.clone();
     let (values, _) = tokio::task::spawn_blocking(move || {
-        processors::table::read_whole(&kafka, topics::NOTIFICATIONS_PUSH, "test-pushes")
+        runtime::table::read_whole(&kafka, topics::NOTIFICATIONS_PUSH, "test-pushes")
     })
     .await
     .unwrap()

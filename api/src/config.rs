@@ -23,9 +23,6 @@ pub struct ApiConfig {
     /// The WhatsApp authentication template that carries the code.
     pub otp_template: String,
     pub otp_template_language: String,
-    /// Keys that seal business-number credentials (AES-256-GCM; 32 bytes, base64).
-    /// The first seals; all open. Empty: ephemeral (sealed data dies with the process).
-    pub secret_keys: Vec<SealKey>,
     /// Origins allowed by CORS (exact matches). Empty: no cross-origin access.
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimits,
@@ -46,14 +43,6 @@ pub struct ApiConfig {
 pub struct JwtKey {
     pub kid: String,
     pub secret: Secret,
-}
-
-/// One sealing key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SealKey {
-    pub id: String,
-    /// 32 bytes, base64.
-    pub key: Secret,
 }
 
 /// `[api.otp]`: one-time code policy.
@@ -109,7 +98,6 @@ impl Default for ApiConfig {
             otp: OtpPolicy::default(),
             otp_template: "coexist_login".into(),
             otp_template_language: "en_US".into(),
-            secret_keys: Vec::new(),
             cors_origins: Vec::new(),
             rate_limit: RateLimits::default(),
             max_body_bytes: 1 << 20,

@@ -19,7 +19,8 @@ pub mod extract;
 pub mod mqtt_access;
 pub mod openapi;
 pub mod routes;
-pub mod seal;
+/// Sealing moved to `runtime` (the roles that open credentials share it).
+pub use runtime::seal;
 pub mod state;
 
 use std::net::SocketAddr;

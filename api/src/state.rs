@@ -23,6 +23,8 @@ pub struct Deps {
     pub s3: runtime::S3Config,
     /// Analytics (`/v1/analytics`, `/dashboards`); `None` serves without them.
     pub clickhouse: Option<clickhouse::Client>,
+    /// Seals business-number credentials (`[sealing]`, shared with the roles that open them).
+    pub sealer: Sealer,
 }
 
 pub type AppState = Arc<Inner>;
@@ -50,7 +52,7 @@ impl Inner {
     pub fn new(deps: Deps) -> anyhow::Result<Self> {
         let config = deps.config;
         let jwt = JwtKeys::from_config(&config);
-        let sealer = Sealer::from_config(&config)?;
+        let sealer = deps.sealer;
         let pepper = if config.otp_pepper.is_empty() {
             tracing::warn!("api.otp_pepper is empty: using an ephemeral pepper (dev only)");
             crate::auth::sessions::random_id(32).into_bytes()

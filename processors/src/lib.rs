@@ -6,4 +6,3 @@
 pub mod notifier;
 pub mod router;
 pub mod status;
-pub mod table;

@@ -3,11 +3,14 @@
 
 pub mod config;
 pub mod consume;
+pub mod directory;
 pub mod kafka;
 pub mod mqtt;
 pub mod observe;
 pub mod s3;
+pub mod seal;
 pub mod shutdown;
+pub mod table;
 
 pub use config::Secret;
 pub use consume::{DeadLetters, LoopConfig, Record, Reject, Stage};

@@ -13,7 +13,7 @@ use runtime::{KafkaConfig, Record};
 use tokio_util::sync::CancellationToken;
 
 use super::{Notifier, NotifierConfig, NotifierInput};
-use crate::table;
+use runtime::table;
 
 const ROLE: &str = "process-notifier";
 

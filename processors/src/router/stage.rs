@@ -31,7 +31,7 @@ use runtime::{KafkaConfig, Publisher, Record};
 use tokio_util::sync::CancellationToken;
 
 use super::{Input, Router, RouterConfig};
-use crate::table;
+use runtime::table;
 
 const ROLE: &str = "process-router";
 

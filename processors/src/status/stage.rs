@@ -61,7 +61,7 @@ impl Stage for StatusStage {
 /// Blocking: call it from `spawn_blocking`.
 pub fn rebuild(kafka: &KafkaConfig, capacity: usize) -> anyhow::Result<StatusTracker> {
     let mut tracker = StatusTracker::new(capacity);
-    let (values, _) = crate::table::read_whole(kafka, topics::MESSAGES_STATUS, "status-rebuild")?;
+    let (values, _) = runtime::table::read_whole(kafka, topics::MESSAGES_STATUS, "status-rebuild")?;
     let replayed = values.len();
     for value in values {
         if let Ok(transition) = codec::decode::<StatusTransition>(&value) {

@@ -1,6 +1,8 @@
-//! Reading a topic whole, without a consumer group: how a processor rebuilds its
-//! state from its own outputs at start, and how presence is kept as a table (every
-//! instance reads all of `agents.presence`, DESIGN.md).
+//! Reading a topic as a table, without a consumer group: the whole topic (or some of
+//! its partitions) up to its end as of now, then, if asked, live from there. How a
+//! processor rebuilds its state from its own outputs at start, how presence is kept
+//! (every router reads all of `agents.presence`), and how every role follows the
+//! directory (`directory.changes`, DESIGN.md). One reader for all of them.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -8,8 +10,10 @@ use std::time::Duration;
 use events::inbox::PresenceEvent;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use runtime::KafkaConfig;
-use runtime::kafka::EndIsNews;
+use serde::de::DeserializeOwned;
+
+use crate::KafkaConfig;
+use crate::kafka::EndIsNews;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +61,29 @@ pub fn read_partitions(
     only: Option<&BTreeSet<i32>>,
     purpose: &str,
 ) -> anyhow::Result<(PartitionedValues, PartitionEnds)> {
+    let (records, ends) = read_records(kafka, topic, only, purpose)?;
+    Ok((
+        records.into_iter().map(|r| (r.partition, r.value)).collect(),
+        ends,
+    ))
+}
+
+/// One record of a table, with where it sits in the topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRecord<T> {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    pub value: T,
+}
+
+/// Like [`read_partitions`], with each record's offset and timestamp.
+pub fn read_records(
+    kafka: &KafkaConfig,
+    topic: &str,
+    only: Option<&BTreeSet<i32>>,
+    purpose: &str,
+) -> anyhow::Result<(Vec<TableRecord<Vec<u8>>>, PartitionEnds)> {
     let consumer: BaseConsumer<EndIsNews> = reader_config(kafka, purpose)
         .set("enable.partition.eof", "true")
         .create_with_context(EndIsNews)?;
@@ -84,10 +111,12 @@ pub fn read_partitions(
             }
             Some(Err(err)) => return Err(err.into()),
             Some(Ok(message)) => {
-                values.push((
-                    message.partition(),
-                    message.payload().unwrap_or_default().to_vec(),
-                ));
+                values.push(TableRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                });
                 next.insert(message.partition(), message.offset() + 1);
                 at_end.remove(&message.partition());
             }
@@ -114,32 +143,77 @@ pub fn stream_from(
     Ok(consumer)
 }
 
-/// Presence as it happens: decoded `agents.presence` events from `from` on, for a
-/// processor's loop to select on next to its own inputs.
+/// A table's records as they happen, decoded, from `from` on, for a loop to select
+/// on next to its own inputs. Records that do not decode are skipped (the table's
+/// writers are ours and validated; a stray record must not stop a role), and a
+/// broker error is retried: a follower never ends on a transient error.
+pub fn follow<T>(
+    kafka: &KafkaConfig,
+    topic: &'static str,
+    from: &PartitionEnds,
+    purpose: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(mpsc::Receiver<TableRecord<T>>, JoinHandle<()>)>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    let consumer = stream_from(kafka, topic, from, purpose)?;
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::warn!(%err, topic, "table reader: broker error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let Ok(value) = events::codec::decode::<T>(message.payload().unwrap_or_default())
+            else {
+                tracing::warn!(topic, offset = message.offset(), "table reader: record skipped: does not decode");
+                continue;
+            };
+            let record = TableRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
+                value,
+            };
+            if tx.send(record).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((rx, task))
+}
+
+/// Presence as it happens: decoded `agents.presence` events from `from` on.
 pub fn presence_feed(
     kafka: &KafkaConfig,
     from: &PartitionEnds,
     purpose: &str,
     shutdown: CancellationToken,
-) -> anyhow::Result<(
-    mpsc::Receiver<PresenceEvent>,
-    JoinHandle<anyhow::Result<()>>,
-)> {
-    let consumer = stream_from(kafka, events::topics::AGENTS_PRESENCE, from, purpose)?;
+) -> anyhow::Result<(mpsc::Receiver<PresenceEvent>, JoinHandle<()>)> {
+    let (mut records, task) = follow::<PresenceEvent>(
+        kafka,
+        events::topics::AGENTS_PRESENCE,
+        from,
+        purpose,
+        shutdown,
+    )?;
     let (tx, rx) = mpsc::channel(1024);
-    let task = tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                message = consumer.recv() => message?,
-            };
-            if let Ok(event) =
-                events::codec::decode::<PresenceEvent>(message.payload().unwrap_or_default())
-                && tx.send(event).await.is_err()
-            {
-                return Ok(());
+    let forward = tokio::spawn(async move {
+        while let Some(record) = records.recv().await {
+            if tx.send(record.value).await.is_err() {
+                break;
             }
         }
+        task.abort();
     });
-    Ok((rx, task))
+    Ok((rx, forward))
 }

@@ -1,6 +1,10 @@
 //! Sealing business-number credentials (access token, app secret) with AES-256-GCM
 //! before they reach Kafka or MongoDB. The key id travels with the ciphertext, so keys
 //! rotate: seal with the first key, open with whichever sealed it.
+//!
+//! The API seals; the roles that call Meta or check its signatures (ingest, the
+//! whatsapp and media sinks) open, with the same `[sealing] keys`. Nothing else
+//! holds the values in clear, and [`Sealer`] never prints a key.
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -8,8 +12,28 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use events::directory::Sealed;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 
-use crate::config::ApiConfig;
+use crate::Secret;
+
+/// `[sealing]`: the keys that seal business-number credentials.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SealingConfig {
+    /// AES-256-GCM keys (32 bytes, base64). The first seals; all open, chosen by the
+    /// `key_id` stored with each sealed value, so keys rotate by adding a new first
+    /// key and keeping the old ones until everything is resealed. Empty: an
+    /// ephemeral key (dev only: sealed data dies with the process).
+    pub keys: Vec<SealKey>,
+}
+
+/// One sealing key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealKey {
+    pub id: String,
+    /// 32 bytes, base64.
+    pub key: Secret,
+}
 
 const NONCE_LEN: usize = 12;
 
@@ -25,21 +49,22 @@ pub enum SealError {
 
 #[derive(Clone)]
 pub struct Sealer {
+    /// Key ids and ciphers; never printed (see the `Debug` impl).
     keys: Vec<(String, Aes256Gcm)>,
 }
 
 impl Sealer {
-    /// From `[api] secret_keys`; empty gets an ephemeral key (dev only).
-    pub fn from_config(config: &ApiConfig) -> Result<Self, SealError> {
+    /// From `[sealing] keys`; empty gets an ephemeral key (dev only).
+    pub fn from_config(config: &SealingConfig) -> Result<Self, SealError> {
         let mut keys = Vec::new();
-        for key in &config.secret_keys {
+        for key in &config.keys {
             let bytes = STANDARD
                 .decode(key.key.expose().trim())
                 .map_err(|_| SealError::BadKey(key.id.clone()))?;
             keys.push((key.id.clone(), bytes));
         }
         if keys.is_empty() {
-            tracing::warn!("api.secret_keys is empty: sealing with an ephemeral key (dev only)");
+            tracing::warn!("sealing.keys is empty: sealing with an ephemeral key (dev only)");
             let mut bytes = vec![0u8; 32];
             rand::rng().fill(&mut bytes[..]);
             keys.push(("ephemeral".into(), bytes));
@@ -57,6 +82,11 @@ impl Sealer {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { keys })
+    }
+
+    /// The ids of the keys this sealer opens.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(id, _)| id.as_str())
     }
 
     pub fn seal(&self, plaintext: &str) -> Sealed {
@@ -93,6 +123,14 @@ impl Sealer {
             .decrypt(Nonce::from_slice(nonce), ciphertext)
             .map_err(|_| SealError::Corrupt)?;
         String::from_utf8(plain).map_err(|_| SealError::Corrupt)
+    }
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer")
+            .field("key_ids", &self.key_ids().collect::<Vec<_>>())
+            .finish()
     }
 }
 
