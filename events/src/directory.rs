@@ -546,7 +546,10 @@ mod fold_tests {
         d.apply(&number("a", 30, "n1", "a-token-2"), Stamp::new(30, 0, 1));
         let n1 = d.number("n1").unwrap();
         assert_eq!(n1.org, "a");
-        assert_eq!(n1.access_token.data, "a-token-2", "the owner rotates its token");
+        assert_eq!(
+            n1.access_token.data, "a-token-2",
+            "the owner rotates its token"
+        );
         assert_eq!(d.org_of_waba("waba-a"), Some("a"));
         assert_eq!(d.org_of_waba("waba-b"), None);
     }

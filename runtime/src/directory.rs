@@ -72,12 +72,7 @@ pub async fn changes(
             Err(_) => skipped += 1,
         }
     }
-    tracing::info!(
-        changes = initial.len(),
-        skipped,
-        purpose,
-        "directory read"
-    );
+    tracing::info!(changes = initial.len(), skipped, purpose, "directory read");
     let (mut live, task) = table::follow::<DirectoryChange>(
         kafka,
         topics::DIRECTORY_CHANGES,

@@ -63,7 +63,10 @@ pub fn read_partitions(
 ) -> anyhow::Result<(PartitionedValues, PartitionEnds)> {
     let (records, ends) = read_records(kafka, topic, only, purpose)?;
     Ok((
-        records.into_iter().map(|r| (r.partition, r.value)).collect(),
+        records
+            .into_iter()
+            .map(|r| (r.partition, r.value))
+            .collect(),
         ends,
     ))
 }
@@ -175,7 +178,11 @@ where
             };
             let Ok(value) = events::codec::decode::<T>(message.payload().unwrap_or_default())
             else {
-                tracing::warn!(topic, offset = message.offset(), "table reader: record skipped: does not decode");
+                tracing::warn!(
+                    topic,
+                    offset = message.offset(),
+                    "table reader: record skipped: does not decode"
+                );
                 continue;
             };
             let record = TableRecord {

@@ -1,26 +1,36 @@
-//! `[processors.router]`: who the agents are, how much each can hold, and how each
-//! business number hands out new conversations.
+//! `[processors.router]`: the router's timings, and a static seed of agents and
+//! policies for development and tests.
 //!
-//! Read once at start and passed to [`super::Router::new`]; the machine never looks
-//! anywhere else for policy.
+//! In a running system agents, capacities and policies come from the directory
+//! (`directory.changes`, issued by the API): the seed here is folded in first and
+//! loses to any change on Kafka ([`RouterConfig::seed`]).
 
 use std::collections::BTreeMap;
 
+use events::directory::{Change, DirectoryChange, Role};
 use serde::{Deserialize, Serialize};
 
 use super::machine::BUSINESS_APP;
+
+/// How queued conversations of a business number find an agent: the directory's
+/// policy type, so the API, the directory and the router share one definition.
+/// Every policy only picks agents that are online, active, under capacity, and not
+/// the agent who just released the conversation back to the queue.
+pub type Policy = events::directory::RoutingPolicy;
 
 /// The router's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RouterConfig {
-    /// The policy of every business number not listed in `numbers`.
+    /// The policy of a number whose org set none in the directory.
     pub default_policy: Policy,
-    /// Per business number (`phone_number_id`) overrides of `default_policy`.
+    /// Seed: per business number (`phone_number_id`) policies. The directory wins.
     pub numbers: BTreeMap<String, Policy>,
-    /// The agents of each org, by org id. Only listed agents are routed to, can claim
-    /// or receive transfers; their `capacity` bounds what policy, claims and transfers
-    /// give them (an admin `ForceAssign` may exceed it).
+    /// Seed: the agents of each org, by org id (development and tests). The agents
+    /// an admin invites through the API come from the directory, which wins. Only
+    /// active agents are routed to, can claim or receive transfers; `capacity`
+    /// bounds what policy, claims and transfers give them (an admin `ForceAssign`
+    /// may exceed it).
     pub orgs: BTreeMap<String, Vec<AgentConfig>>,
     /// How long an agent may have no online device before their assigned
     /// conversations go back to the queue (ms).
@@ -47,23 +57,6 @@ impl Default for RouterConfig {
             command_ttl_ms: 7 * 24 * 3_600_000,
         }
     }
-}
-
-/// How queued conversations of a business number find an agent. Every policy only
-/// picks agents that are online, under capacity, and not the agent who just released
-/// the conversation back to the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Policy {
-    /// The next agent by id after the last agent this number assigned, cyclically.
-    RoundRobin,
-    /// The agent with the fewest assigned conversations; ties go to the lower id.
-    LeastLoaded,
-    /// Back to the agent who last handled the conversation (one per contact and
-    /// number) if they did so within `window_ms`; otherwise `LeastLoaded`.
-    Sticky { window_ms: i64 },
-    /// Never routed: conversations wait in the queue until claimed or transferred.
-    Manual,
 }
 
 /// One agent of an org.
@@ -124,7 +117,7 @@ impl RouterConfig {
         Ok(())
     }
 
-    /// The policy of a business number.
+    /// The seeded policy of a business number (before the directory).
     pub fn policy_for(&self, phone_number_id: &str) -> Policy {
         self.numbers
             .get(phone_number_id)
@@ -132,13 +125,38 @@ impl RouterConfig {
             .unwrap_or(self.default_policy)
     }
 
-    /// The agents of an org, in configuration order (none for an unknown org).
-    pub fn agents(&self, org: &str) -> &[AgentConfig] {
-        self.orgs.get(org).map_or(&[], Vec::as_slice)
+    /// One seeded agent of an org, if listed (the first entry if listed twice).
+    pub fn agent(&self, org: &str, agent_id: &str) -> Option<&AgentConfig> {
+        self.orgs.get(org)?.iter().find(|a| a.agent_id == agent_id)
     }
 
-    /// One agent of an org, if listed (the first entry if listed twice).
-    pub fn agent(&self, org: &str, agent_id: &str) -> Option<&AgentConfig> {
-        self.agents(org).iter().find(|a| a.agent_id == agent_id)
+    /// The static seed of agents as directory changes: every listed agent invited
+    /// with their capacity. (Seeded policies stay in `numbers`: they are not tied to
+    /// an org here; the router consults them after the directory.)
+    pub fn seed(&self) -> Vec<DirectoryChange> {
+        let change = |org: &str, change| DirectoryChange {
+            id: format!("seed:{org}"),
+            org: org.to_string(),
+            issued_by: "config".into(),
+            at_ms: 0,
+            change,
+        };
+        let mut out = Vec::new();
+        for (org, agents) in &self.orgs {
+            for agent in agents {
+                out.push(change(
+                    org,
+                    Change::AgentInvited {
+                        agent_id: agent.agent_id.clone(),
+                        name: agent.agent_id.clone(),
+                        email: None,
+                        phone: None,
+                        role: Role::Agent,
+                        capacity: u32::try_from(agent.capacity).unwrap_or(u32::MAX),
+                    },
+                ));
+            }
+        }
+        out
     }
 }

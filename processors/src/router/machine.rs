@@ -6,8 +6,11 @@
 //! that applies a [`Input::Replayed`] event at startup, so a restarted router that
 //! reads `conversations.assignments` back ends in exactly the state it left
 //! (conversations, owners, queue order, answered commands, agent loads, round-robin
-//! cursors, sticky memory). Presence is not part of that fold: the Kafka loop reads
-//! `agents.presence` whole as a table and feeds it as [`Input::Presence`].
+//! cursors, sticky memory). Presence and the directory are not part of that fold:
+//! the Kafka loop reads `agents.presence` and `directory.changes` whole as tables and
+//! feeds them as [`Input::Presence`] and [`Input::Directory`]. Who the agents are,
+//! their capacity and each number's policy come only from the directory (seeded by
+//! [`RouterConfig`]), so what an admin sets through the API is what routes.
 //!
 //! **Re-processed inputs are recognised from that state**: an answered command id is
 //! never answered again, and a message only changes a conversation when it could have
@@ -23,13 +26,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use events::WhatsAppEvent;
+use events::directory::{Change, Directory, DirectoryChange, Stamp};
 use events::event::{EventBody, Origin};
 use events::inbox::{
     AssignmentEvent, CommandAction, ConversationCommand, ConversationState, PresenceEvent,
     PresenceState,
 };
 
-use super::config::{AgentConfig, Policy, RouterConfig};
+use super::config::{Policy, RouterConfig};
 
 /// The owner id of conversations answered from the WhatsApp Business app. It holds a
 /// conversation like an agent does but has no capacity and is never routed to.
@@ -48,6 +52,9 @@ pub enum Input {
     Tick,
     /// An earlier output read back at startup: rebuilds state, emits nothing.
     Replayed(AssignmentEvent),
+    /// From `directory.changes`: agents, capacities and policies. A deactivated
+    /// agent's conversations go back to the queue at once.
+    Directory(Box<DirectoryChange>, Stamp),
 }
 
 /// The router: configuration plus the state folded from its outputs and presence.
@@ -72,6 +79,8 @@ pub struct Router {
     changes: u64,
     /// Last state and time of each device, by `(org, agent)`.
     presence: BTreeMap<(String, String), BTreeMap<String, (PresenceState, i64)>>,
+    /// Agents, capacities and policies: the config's seed, then `directory.changes`.
+    directory: Directory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +180,12 @@ pub struct AgentLoad {
 
 impl Router {
     pub fn new(config: RouterConfig) -> Self {
+        let mut directory = Directory::new();
+        for (i, change) in config.seed().iter().enumerate() {
+            directory.apply(change, Stamp::seed(i));
+        }
         Self {
+            directory,
             config,
             conversations: BTreeMap::new(),
             answered: BTreeMap::new(),
@@ -248,8 +262,12 @@ impl Router {
     pub fn handle(&mut self, input: Input, now_ms: i64) -> Vec<AssignmentEvent> {
         let mut out = Vec::new();
         let before = self.changes;
-        // Presence and time can free agents without changing a conversation.
-        let timed = matches!(input, Input::Presence(_) | Input::Tick);
+        // Presence, time and the directory can free agents without changing a
+        // conversation.
+        let timed = matches!(
+            input,
+            Input::Presence(_) | Input::Tick | Input::Directory(..)
+        );
         let cause = match input {
             Input::Replayed(ev) => {
                 self.apply(&ev);
@@ -278,6 +296,14 @@ impl Router {
                 self.forget_answered_before(now_ms.saturating_sub(self.config.command_ttl_ms));
                 let cause = format!("tick:{now_ms}");
                 self.requeue_absent(&cause, now_ms, &mut out);
+                cause
+            }
+            Input::Directory(change, stamp) => {
+                let cause = format!("directory:{}", change.id);
+                self.directory.apply(&change, stamp);
+                if matches!(change.change, Change::AgentDeactivated { .. }) {
+                    self.requeue_absent(&cause, now_ms, &mut out);
+                }
                 cause
             }
         };
@@ -553,27 +579,55 @@ impl Router {
                 }
             },
             CommandAction::ForceAssign { to_agent } => {
-                if self.config.agent(&conv.org, to_agent).is_none() {
-                    return Err(format!("unknown agent {to_agent} in org {}", conv.org));
-                }
+                self.usable_agent(&conv.org, to_agent)?;
                 same(assigned(to_agent))
             }
         }
     }
 
-    /// Refuses an agent who is not configured or has no room left.
+    /// Refuses an agent who is not in the directory, deactivated, or has no room left.
     fn check_room(&self, org: &str, agent_id: &str) -> Result<(), String> {
-        let Some(agent) = self.config.agent(org, agent_id) else {
-            return Err(format!("unknown agent {agent_id} in org {org}"));
-        };
+        let capacity = self.usable_agent(org, agent_id)?;
         let load = self.load(org, agent_id);
-        if load >= agent.capacity {
+        if load >= capacity {
             return Err(format!(
-                "agent {agent_id} is at capacity ({load}/{})",
-                agent.capacity
+                "agent {agent_id} is at capacity ({load}/{capacity})"
             ));
         }
         Ok(())
+    }
+
+    /// The capacity of an active agent, or why they cannot take work.
+    fn usable_agent(&self, org: &str, agent_id: &str) -> Result<usize, String> {
+        match self.directory.agent(org, agent_id) {
+            Some(agent) if agent_id != BUSINESS_APP && agent.active() => {
+                Ok(agent.capacity() as usize)
+            }
+            Some(_) if agent_id != BUSINESS_APP => Err(format!("agent {agent_id} is deactivated")),
+            _ => Err(format!("unknown agent {agent_id} in org {org}")),
+        }
+    }
+
+    /// The capacity of an active agent of the org; `None` for anyone else. Only
+    /// active agents are routed to, can claim or receive transfers.
+    fn active_agent(&self, org: &str, agent_id: &str) -> Option<usize> {
+        self.usable_agent(org, agent_id).ok()
+    }
+
+    /// The active agents of an org with their capacity, in id order.
+    fn active_agents<'a>(&'a self, org: &'a str) -> impl Iterator<Item = (&'a str, usize)> {
+        self.directory
+            .agents(org)
+            .filter(|(id, a)| a.active() && *id != BUSINESS_APP)
+            .map(|(id, a)| (id, a.capacity() as usize))
+    }
+
+    /// The policy of a number: the directory's (the number's, else the org's
+    /// default), else the config's seed for the number, else its default.
+    fn policy_for(&self, org: &str, phone_number_id: &str) -> Policy {
+        self.directory
+            .policy_for(org, phone_number_id)
+            .unwrap_or_else(|| self.config.policy_for(phone_number_id))
     }
 
     /// Records a device's state; an event older than the one recorded is ignored.
@@ -616,15 +670,18 @@ impl Router {
             .map_or(0, BTreeSet::len)
     }
 
-    /// Puts back in the queue what agents offline for longer than the grace hold.
+    /// Puts back in the queue what agents hold who are offline for longer than the
+    /// grace, or no longer active in the directory (removed: no grace at all).
     fn requeue_absent(&mut self, cause: &str, now_ms: i64, out: &mut Vec<AssignmentEvent>) {
         let grace = self.config.offline_grace_ms;
         let absent: Vec<String> = self
             .held
             .iter()
             .filter(|(key, _)| {
-                self.offline_since(key)
-                    .is_some_and(|since| now_ms.saturating_sub(since) > grace)
+                self.active_agent(&key.0, &key.1).is_none()
+                    || self
+                        .offline_since(key)
+                        .is_some_and(|since| now_ms.saturating_sub(since) > grace)
             })
             .flat_map(|(_, conversations)| conversations.iter().cloned())
             .collect();
@@ -640,7 +697,7 @@ impl Router {
             let Some(conv) = self.conversations.get(&id) else {
                 continue;
             };
-            let policy = self.config.policy_for(&conv.phone_number_id);
+            let policy = self.policy_for(&conv.org, &conv.phone_number_id);
             if let Some(agent) = self.pick(policy, conv, now_ms) {
                 self.change(cause, &id, assigned(&agent), now_ms, out);
             }
@@ -649,20 +706,19 @@ impl Router {
 
     /// The agent a policy gives a queued conversation to, if anyone can take it.
     fn pick(&self, policy: Policy, conv: &Conversation, now_ms: i64) -> Option<String> {
-        let mut eligible: Vec<&AgentConfig> = self
-            .config
-            .agents(&conv.org)
-            .iter()
-            .filter(|a| conv.released_by.as_deref() != Some(a.agent_id.as_str()))
-            .filter(|a| self.is_online(&conv.org, &a.agent_id))
-            .filter(|a| self.load(&conv.org, &a.agent_id) < a.capacity)
+        // Already in id order (the directory is sorted).
+        let eligible: Vec<&str> = self
+            .active_agents(&conv.org)
+            .filter(|(id, _)| conv.released_by.as_deref() != Some(*id))
+            .filter(|(id, _)| self.is_online(&conv.org, id))
+            .filter(|(id, capacity)| self.load(&conv.org, id) < *capacity)
+            .map(|(id, _)| id)
             .collect();
-        eligible.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         let least_loaded = || {
             eligible
                 .iter()
-                .min_by_key(|a| (self.load(&conv.org, &a.agent_id), &a.agent_id))
-                .map(|a| a.agent_id.clone())
+                .min_by_key(|id| (self.load(&conv.org, id), **id))
+                .map(|id| id.to_string())
         };
         match policy {
             Policy::Manual => None,
@@ -671,16 +727,16 @@ impl Router {
                 let last = self.round_robin.get(&conv.phone_number_id);
                 eligible
                     .iter()
-                    .find(|a| last.is_none_or(|last| a.agent_id > *last))
+                    .find(|id| last.is_none_or(|last| **id > last.as_str()))
                     .or_else(|| eligible.first())
-                    .map(|a| a.agent_id.clone())
+                    .map(|id| id.to_string())
             }
             Policy::Sticky { window_ms } => conv
                 .last_agent
                 .as_ref()
                 .filter(|(_, at)| now_ms.saturating_sub(*at) <= window_ms)
-                .and_then(|(agent, _)| eligible.iter().find(|a| a.agent_id == *agent))
-                .map(|a| a.agent_id.clone())
+                .and_then(|(agent, _)| eligible.iter().find(|id| **id == agent.as_str()))
+                .map(|id| id.to_string())
                 .or_else(least_loaded),
         }
     }

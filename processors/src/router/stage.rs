@@ -1,7 +1,9 @@
-//! The router's Kafka edge. Unlike the sinks it is driven by three sources, so it has
+//! The router's Kafka edge. Unlike the sinks it is driven by four sources, so it has
 //! its own loop: batches of `whatsapp.events` and `conversations.commands` (its
-//! consumer group: the partitions it owns), the whole of `agents.presence` (read as a
-//! table, no group), and a ticker for offline grace periods.
+//! consumer group: the partitions it owns), the whole of `agents.presence` and of
+//! `directory.changes` (each read as a table, no group, apart from the message
+//! traffic so an admin's change never waits behind a backlog), and a ticker for
+//! offline grace periods.
 //!
 //! - **State is per partition.** `conversations.assignments` is keyed like the inputs
 //!   (by business number, same partition count), so the outputs for input partition
@@ -57,6 +59,14 @@ pub async fn run(
     let dead_letters = DeadLetters::new(publisher.clone(), "process.router");
     let mut router = Router::new(config.router.clone());
 
+    // Who the agents are, before routing anything: the directory up to now, then live.
+    let (directory, mut directory_live, directory_task) =
+        runtime::directory::changes(kafka, Vec::new(), "router-directory", shutdown.clone())
+            .await?;
+    for (change, stamp) in directory {
+        // Nothing is owned yet, so this only records agents and policies.
+        router.handle(Input::Directory(Box::new(change), stamp), now_ms());
+    }
     // Who is online, before routing anything: the presence table up to now, then live.
     let (presence_table, ends) = {
         let kafka = kafka.clone();
@@ -97,6 +107,10 @@ pub async fn run(
                 let outputs = router.handle(Input::Presence(event), now_ms());
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
+            Some((change, stamp)) = directory_live.recv() => {
+                let outputs = router.handle(Input::Directory(Box::new(change), stamp), now_ms());
+                if !publish(&publisher, &outputs, &shutdown).await { break }
+            }
             _ = ticker.tick() => {
                 let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
                 outputs.extend(router.handle(Input::Tick, now_ms()));
@@ -131,6 +145,7 @@ pub async fn run(
         }
     }
     presence_task.abort();
+    directory_task.abort();
     publisher.flush(Duration::from_secs(5));
     Ok(())
 }

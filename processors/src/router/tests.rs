@@ -989,3 +989,182 @@ proptest! {
         }
     }
 }
+
+// ---- the directory: what an admin sets through the API is what routes ----
+
+fn directory(n: i64, change: events::directory::Change) -> Input {
+    Input::Directory(
+        Box::new(events::directory::DirectoryChange {
+            id: format!("d{n}"),
+            org: ORG.to_owned(),
+            issued_by: "admin".into(),
+            at_ms: n,
+            change,
+        }),
+        events::directory::Stamp::new(n, 0, n),
+    )
+}
+
+fn invited(n: i64, agent: &str, capacity: u32) -> Input {
+    directory(
+        n,
+        events::directory::Change::AgentInvited {
+            agent_id: agent.into(),
+            name: agent.into(),
+            email: None,
+            phone: None,
+            role: events::directory::Role::Agent,
+            capacity,
+        },
+    )
+}
+
+fn empty_config(policy: Policy) -> RouterConfig {
+    RouterConfig {
+        orgs: BTreeMap::new(),
+        ..config(policy)
+    }
+}
+
+#[test]
+fn an_agent_invited_through_the_directory_is_routed_to_and_a_seed_agent_is_overridden() {
+    let mut router = Router::new(config(Policy::LeastLoaded));
+    // The seed said ana holds 2; the directory says 1.
+    router.handle(invited(1, "ana", 1), 0);
+    router.handle(invited(2, "dee", 3), 0);
+    router.handle(online("dee", 0), 0);
+    router.handle(online("ana", 0), 0);
+    let out = router.handle(message("m1", "c1", Origin::Customer, 10), 10);
+    assert_eq!(out.last().and_then(|e| e.assignee.as_deref()), Some("ana"));
+    let out = router.handle(message("m2", "c2", Origin::Customer, 11), 11);
+    assert_eq!(
+        out.last().and_then(|e| e.assignee.as_deref()),
+        Some("dee"),
+        "ana is at her directory capacity of 1"
+    );
+}
+
+#[test]
+fn a_deactivated_agent_loses_their_conversations_at_once_and_gets_no_more() {
+    let mut router = Router::new(empty_config(Policy::LeastLoaded));
+    router.handle(invited(1, "ann", 5), 0);
+    router.handle(online("ann", 0), 0);
+    for i in 0..3 {
+        router.handle(
+            message(&format!("m{i}"), &format!("c{i}"), Origin::Customer, 1),
+            1,
+        );
+    }
+    assert_eq!(router.load(ORG, "ann"), 3);
+    router.handle(invited(2, "bob", 2), 2);
+    router.handle(online("bob", 2), 2);
+    // No grace: removed is not offline.
+    let out = router.handle(
+        directory(
+            3,
+            events::directory::Change::AgentDeactivated {
+                agent_id: "ann".into(),
+            },
+        ),
+        3,
+    );
+    assert_eq!(router.load(ORG, "ann"), 0);
+    assert_eq!(
+        router.load(ORG, "bob"),
+        2,
+        "bob takes what fits his capacity"
+    );
+    assert!(out.iter().all(|e| e.assignee.as_deref() != Some("ann")));
+    let queued = router
+        .snapshot()
+        .conversations
+        .iter()
+        .filter(|c| c.state == ConversationState::Open)
+        .count();
+    assert_eq!(queued, 1, "the rest waits in the queue");
+    let out = router.handle(message("m9", "c9", Origin::Customer, 4), 4);
+    assert!(out.iter().all(|e| e.assignee.as_deref() != Some("ann")));
+    let claim = router.handle(command("k1", "c9", "ann", CommandAction::Claim), 5);
+    assert_eq!(
+        claim[0].rejected.as_deref(),
+        Some("agent ann is deactivated")
+    );
+}
+
+#[test]
+fn a_capacity_lowered_below_the_load_takes_nothing_away_and_gives_nothing_new() {
+    let mut router = Router::new(empty_config(Policy::LeastLoaded));
+    router.handle(invited(1, "ann", 3), 0);
+    router.handle(online("ann", 0), 0);
+    for i in 0..3 {
+        router.handle(
+            message(&format!("m{i}"), &format!("c{i}"), Origin::Customer, 1),
+            1,
+        );
+    }
+    let lowered = events::directory::Change::AgentUpdated {
+        agent_id: "ann".into(),
+        name: None,
+        role: None,
+        capacity: Some(1),
+    };
+    let out = router.handle(directory(2, lowered), 2);
+    assert!(out.is_empty(), "nothing is taken away: {out:?}");
+    assert_eq!(router.load(ORG, "ann"), 3);
+    router.handle(command("r1", "c0", "ann", CommandAction::Resolve), 3);
+    router.handle(command("r2", "c1", "ann", CommandAction::Resolve), 3);
+    let out = router.handle(message("m8", "c8", Origin::Customer, 4), 4);
+    assert_eq!(
+        moves(&out),
+        vec![(ConversationState::Open, None)],
+        "load 1 of 1"
+    );
+    router.handle(command("r3", "c2", "ann", CommandAction::Resolve), 5);
+    assert_eq!(router.owner(&conv("c8")), Some("ann"), "room again: routed");
+}
+
+#[test]
+fn a_policy_change_applies_to_the_next_decision() {
+    let mut router = Router::new(empty_config(Policy::LeastLoaded));
+    router.handle(invited(1, "ann", 10), 0);
+    router.handle(invited(2, "bob", 10), 0);
+    router.handle(online("ann", 0), 0);
+    router.handle(online("bob", 0), 0);
+    router.handle(
+        directory(
+            3,
+            events::directory::Change::RoutingPolicySet {
+                phone_number_id: None,
+                policy: Policy::Manual,
+            },
+        ),
+        0,
+    );
+    let out = router.handle(message("m1", "c1", Origin::Customer, 1), 1);
+    assert_eq!(moves(&out), vec![(ConversationState::Open, None)], "manual");
+    let out = router.handle(
+        directory(
+            4,
+            events::directory::Change::RoutingPolicySet {
+                phone_number_id: Some(PN.into()),
+                policy: Policy::RoundRobin,
+            },
+        ),
+        2,
+    );
+    assert_eq!(
+        out.last().and_then(|e| e.assignee.as_deref()),
+        Some("ann"),
+        "the queued one is routed by the new policy"
+    );
+    let owners: Vec<String> = (2..6)
+        .filter_map(|i| {
+            let out = router.handle(
+                message(&format!("m{i}"), &format!("c{i}"), Origin::Customer, 3),
+                3,
+            );
+            out.last().and_then(|e| e.assignee.clone())
+        })
+        .collect();
+    assert_eq!(owners, ["bob", "ann", "bob", "ann"], "round robin");
+}
