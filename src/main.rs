@@ -223,7 +223,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let orgs = config.ingest.org_directory();
+            // Who owns each number now: the directory read whole, over the seed.
+            let (directory, follower) = runtime::directory::follow(
+                &config.kafka,
+                Vec::new(),
+                "replay-directory",
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await?;
+            follower.abort();
+            let sealer = runtime::seal::Sealer::from_config(&config.sealing)?;
+            let orgs = ingest::owners::Owners::build(&directory.get(), &sealer, &config.ingest);
             let summary =
                 ingest::replay::run(&config.kafka, &publisher, &orgs, &plan, |done, _| {
                     bar.set_position(done)

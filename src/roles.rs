@@ -70,7 +70,24 @@ pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Res
             .await
         }
     });
-    let webhooks = ingest::serve(config.ingest.clone(), publisher.clone(), shutdown.clone());
+    // Numbers, orgs and app secrets: the directory, followed live.
+    let (directory, _follower) = runtime::directory::follow(
+        &config.kafka,
+        Vec::new(),
+        "ingest-directory",
+        shutdown.clone(),
+    )
+    .await?;
+    let numbers = ingest::webhook::NumberSource::Directory {
+        directory,
+        sealer: runtime::seal::Sealer::from_config(&config.sealing)?,
+    };
+    let webhooks = ingest::serve(
+        config.ingest.clone(),
+        publisher.clone(),
+        numbers,
+        shutdown.clone(),
+    );
     if !config.ingest.presence.enabled {
         return webhooks.await;
     }

@@ -17,6 +17,6 @@ pub mod topics;
 pub mod webhook;
 
 pub use event::{EventBody, WhatsAppEvent};
-pub use normalize::{Normalized, OrgDirectory, Rejected, normalize};
+pub use normalize::{Normalized, OrgDirectory, OrgLookup, Rejected, normalize};
 pub use status::DeliveryStatus;
 pub use webhook::Webhook;

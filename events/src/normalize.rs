@@ -13,7 +13,21 @@ use crate::event::*;
 use crate::ids;
 use crate::webhook::*;
 
-/// Which org owns which business number.
+/// Who owns a business number: the directory in a running system, a static map in
+/// development and tests.
+pub trait OrgLookup: Send + Sync {
+    /// The org of a business number, or, for a change about the account rather than
+    /// a number (`phone_number_id` empty), of its WhatsApp Business Account. `None`:
+    /// no org owns it, and its events are rejected as [`UNKNOWN_NUMBER`].
+    fn org_for(&self, phone_number_id: &str, waba_id: &str) -> Option<String>;
+}
+
+/// The reason code of changes for a business number no org owns.
+pub const UNKNOWN_NUMBER: &str = "unknown_number";
+/// The reason code of changes that do not fit their field's shape.
+pub const MALFORMED_CHANGE: &str = "malformed_change";
+
+/// A static map of business numbers to orgs (development seed and tests).
 #[derive(Debug, Clone, Default)]
 pub struct OrgDirectory {
     by_number: HashMap<String, String>,
@@ -31,18 +45,32 @@ impl OrgDirectory {
         }
     }
 
-    /// The org of a `phone_number_id`; numbers not configured belong to the default
-    /// org, so nothing Meta sends is dropped for want of an owner.
-    pub fn org_for(&self, phone_number_id: &str) -> &str {
+    /// The org of a `phone_number_id`; numbers not listed belong to the default org,
+    /// if there is one (an empty default means no org owns them).
+    pub fn org_of(&self, phone_number_id: &str) -> Option<&str> {
         self.by_number
             .get(phone_number_id)
-            .unwrap_or(&self.default_org)
+            .map(String::as_str)
+            .or(Some(self.default_org.as_str()).filter(|o| !o.is_empty()))
+    }
+
+    /// Whether the number is listed (not merely covered by the default org).
+    pub fn lists(&self, phone_number_id: &str) -> bool {
+        self.by_number.contains_key(phone_number_id)
+    }
+}
+
+impl OrgLookup for OrgDirectory {
+    fn org_for(&self, phone_number_id: &str, _waba_id: &str) -> Option<String> {
+        self.org_of(phone_number_id).map(str::to_string)
     }
 }
 
 /// A change that could not be normalized, with the reason, for the dead-letter topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {
+    /// [`MALFORMED_CHANGE`] or [`UNKNOWN_NUMBER`].
+    pub code: &'static str,
     pub field: String,
     pub reason: String,
     pub value: Value,
@@ -56,12 +84,13 @@ pub struct Normalized {
 }
 
 /// Splits a webhook body into normalized events.
-pub fn normalize(webhook: &Webhook, received_at_ms: i64, orgs: &OrgDirectory) -> Normalized {
+pub fn normalize(webhook: &Webhook, received_at_ms: i64, orgs: &dyn OrgLookup) -> Normalized {
     let mut out = Normalized::default();
     for entry in &webhook.entry {
         for change in &entry.changes {
             match change.parse_value() {
                 Ok(value) => {
+                    let before = out.events.len();
                     let mut builder = Builder {
                         entry,
                         orgs,
@@ -69,8 +98,25 @@ pub fn normalize(webhook: &Webhook, received_at_ms: i64, orgs: &OrgDirectory) ->
                         out: &mut out,
                     };
                     builder.change(change, value);
+                    // A change for a number no org owns is kept whole for a replay
+                    // once the number is added, not split into orgless events.
+                    if let Some(unowned) = out.events[before..].iter().find(|e| e.org.is_empty()) {
+                        let number = if unowned.phone_number_id.is_empty() {
+                            format!("WhatsApp Business Account {}", unowned.waba_id)
+                        } else {
+                            format!("business number {}", unowned.phone_number_id)
+                        };
+                        out.events.truncate(before);
+                        out.rejected.push(Rejected {
+                            code: UNKNOWN_NUMBER,
+                            field: change.field.clone(),
+                            reason: format!("{UNKNOWN_NUMBER}: no org owns {number}"),
+                            value: change.value.clone(),
+                        });
+                    }
                 }
                 Err(err) => out.rejected.push(Rejected {
+                    code: MALFORMED_CHANGE,
                     field: change.field.clone(),
                     reason: format!("`{}` change does not fit its shape: {err}", change.field),
                     value: change.value.clone(),
@@ -84,7 +130,7 @@ pub fn normalize(webhook: &Webhook, received_at_ms: i64, orgs: &OrgDirectory) ->
 /// Holds what every event of one change shares.
 struct Builder<'a> {
     entry: &'a Entry,
-    orgs: &'a OrgDirectory,
+    orgs: &'a dyn OrgLookup,
     received_at_ms: i64,
     out: &'a mut Normalized,
 }
@@ -235,7 +281,10 @@ impl Builder<'_> {
     fn push(&mut self, metadata: &Metadata, id: String, body: EventBody) {
         self.out.events.push(WhatsAppEvent {
             id,
-            org: self.orgs.org_for(&metadata.phone_number_id).to_string(),
+            org: self
+                .orgs
+                .org_for(&metadata.phone_number_id, &self.entry.id)
+                .unwrap_or_default(),
             phone_number_id: metadata.phone_number_id.clone(),
             display_phone_number: metadata.display_phone_number.clone(),
             waba_id: self.entry.id.clone(),
@@ -338,4 +387,39 @@ fn unix_seconds(timestamp: &str) -> i64 {
 
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod unknown_number_tests {
+    use super::*;
+
+    #[test]
+    fn a_change_for_a_number_no_org_owns_is_rejected_whole_and_the_rest_kept() {
+        let change = |number: &str| {
+            serde_json::json!({ "field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": { "display_phone_number": "1", "phone_number_id": number },
+                "contacts": [{ "wa_id": "555", "profile": { "name": "Ann" } }],
+                "messages": [{ "from": "555", "id": format!("wamid.{number}"), "timestamp": "1", "type": "text", "text": { "body": "hi" } }]
+            }})
+        };
+        let webhook: Webhook = serde_json::from_value(serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{ "id": "waba", "changes": [change("111"), change("999")] }]
+        }))
+        .unwrap();
+        let orgs = OrgDirectory::new("", [("111".to_string(), "acme".to_string())]);
+        let out = normalize(&webhook, 0, &orgs);
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events[0].org, "acme");
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].code, UNKNOWN_NUMBER);
+        assert!(
+            out.rejected[0].reason.contains("999"),
+            "{}",
+            out.rejected[0].reason
+        );
+        let with_default = OrgDirectory::new("dev", []);
+        assert_eq!(normalize(&webhook, 0, &with_default).events.len(), 2);
+    }
 }

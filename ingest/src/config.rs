@@ -10,13 +10,19 @@ pub struct IngestConfig {
     pub listen: String,
     /// The token Meta echoes in the `hub.verify_token` handshake. Empty refuses all.
     pub verify_token: Secret,
-    /// Meta app secrets whose signatures are accepted. Empty refuses every POST.
+    /// Seed (development and tests): Meta app secrets that speak for the numbers in
+    /// `numbers` (and the default org's). Numbers registered through the API carry
+    /// their own app secret in the directory, which wins: each secret speaks only
+    /// for its own numbers.
     pub app_secrets: Vec<Secret>,
     /// Largest webhook body accepted (413 above). History chunks are the largest.
     pub max_body_bytes: usize,
-    /// The org of business numbers not listed in `numbers`.
+    /// Seed: the org of business numbers that neither the directory nor `numbers`
+    /// knows. Empty (the default): such a webhook is answered 200, kept on
+    /// `whatsapp.webhooks.raw` and dead-lettered `unknown_number`, for `coexist
+    /// replay` once an admin adds the number.
     pub default_org: String,
-    /// Which org owns which business number.
+    /// Seed: which org owns which business number. The directory wins.
     pub numbers: Vec<NumberOwner>,
     /// The MQTT presence bridge.
     pub presence: crate::presence::PresenceConfig,
@@ -36,7 +42,7 @@ impl Default for IngestConfig {
             verify_token: Secret::default(),
             app_secrets: Vec::new(),
             max_body_bytes: 4 * 1024 * 1024,
-            default_org: "default".into(),
+            default_org: String::new(),
             numbers: Vec::new(),
             presence: Default::default(),
         }

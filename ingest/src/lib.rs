@@ -2,6 +2,7 @@
 //! Ingest never writes a database: it verifies, normalizes and hands to Kafka.
 
 pub mod config;
+pub mod owners;
 pub mod presence;
 pub mod replay;
 pub mod signature;
@@ -13,6 +14,7 @@ pub use config::IngestConfig;
 pub async fn serve(
     config: IngestConfig,
     publisher: runtime::Publisher,
+    numbers: webhook::NumberSource,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -20,7 +22,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("ingest cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "ingest: webhook receiver up");
-    let app = webhook::router(config, publisher.clone());
+    let app = webhook::router(config, publisher.clone(), numbers);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;

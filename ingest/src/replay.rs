@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use events::{OrgDirectory, Webhook, topics};
+use events::{Webhook, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -111,10 +111,16 @@ pub fn plan(kafka: &KafkaConfig, range: &Range) -> anyhow::Result<Vec<Span>> {
 }
 
 /// Replays the planned offsets, calling `progress(done, total)` as it goes.
+///
+/// A body that named a number no org owned when it arrived (raw header
+/// `coexist.owner: unknown`) had its signature checked only against the secrets
+/// known then; now that its number may be owned, the stored signature is checked
+/// against that number's own secret, and a body it does not speak for goes to
+/// `deadletter` (`invalid_signature`) instead of into the pipeline.
 pub async fn run(
     kafka: &KafkaConfig,
     publisher: &Publisher,
-    orgs: &OrgDirectory,
+    orgs: &crate::owners::Owners,
     plan: &[Span],
     mut progress: impl FnMut(u64, u64),
 ) -> anyhow::Result<Summary> {
@@ -179,7 +185,42 @@ pub async fn run(
             .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
             .or_else(|| message.timestamp().to_millis())
             .unwrap_or_default();
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+                .map(str::to_string)
+        };
+        let was_unowned = header(raw_headers::OWNER).as_deref() == Some("unknown");
+        let signature = header(raw_headers::SIGNATURE);
         match serde_json::from_slice::<Webhook>(events::codec::json_part(body)) {
+            Ok(webhook)
+                if was_unowned
+                    && orgs
+                        .authorize(signature.as_deref(), body, &webhook)
+                        .is_err() =>
+            {
+                publisher
+                    .send(Outgoing {
+                        topic: topics::DEADLETTER,
+                        key: &key,
+                        value: body.to_vec(),
+                        headers: vec![
+                            (
+                                dlq_headers::ERROR,
+                                "invalid_signature: not signed by the app secret of the number that now owns it".into(),
+                            ),
+                            ("coexist.reason", "invalid_signature".into()),
+                            (dlq_headers::STAGE, "replay".into()),
+                            (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
+                            (dlq_headers::SOURCE_PARTITION, partition.to_string()),
+                            (dlq_headers::SOURCE_OFFSET, message.offset().to_string()),
+                        ],
+                    })
+                    .await?;
+                summary.dead_lettered += 1;
+            }
             Ok(webhook) => {
                 let (events, rejected) =
                     publish_normalized(publisher, orgs, &webhook, received_at_ms, &key).await?;

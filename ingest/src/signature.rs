@@ -11,12 +11,21 @@ pub enum SignatureError {
     Missing,
     #[error("X-Hub-Signature-256 is not of the form sha256=<hex>")]
     Malformed,
-    #[error("signature does not match any configured app secret")]
+    #[error("signature does not match the app secret of the business number")]
     Mismatch,
 }
 
 /// Checks `header` against `body` for any of `secrets`.
 pub fn verify(header: Option<&str>, body: &[u8], secrets: &[Secret]) -> Result<(), SignatureError> {
+    verify_any(header, body, &secrets.iter().collect::<Vec<_>>())
+}
+
+/// [`verify`] over borrowed secrets.
+pub fn verify_any(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[&Secret],
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let hex_digest = header
         .trim()

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use events::normalize::Rejected;
-use events::{OrgDirectory, Webhook, WhatsAppEvent, topics};
+use events::{OrgLookup, Webhook, WhatsAppEvent, topics};
 use futures::future::try_join_all;
 use runtime::Publisher;
 use runtime::kafka::{KafkaError, Outgoing};
@@ -24,7 +24,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::IngestConfig;
-use crate::signature::{self, SignatureError};
+use crate::owners::{Owners, Ownership};
+use crate::signature::SignatureError;
 
 /// The role name: metrics label, readiness checks, Kafka client id.
 pub const ROLE: &str = "ingest";
@@ -33,22 +34,60 @@ pub const ROLE: &str = "ingest";
 pub mod raw_headers {
     pub const RECEIVED_AT_MS: &str = "coexist.received_at_ms";
     pub const SIGNATURE: &str = "x-hub-signature-256";
+    /// `unknown` on a body naming a number no org owned when it arrived: a replay
+    /// checks its signature again against the number's own secret.
+    pub const OWNER: &str = "coexist.owner";
 }
 
 struct Shared {
     config: IngestConfig,
-    orgs: OrgDirectory,
+    /// Who owns which number, rebuilt on every directory change.
+    owners: std::sync::RwLock<Arc<Owners>>,
     publisher: Publisher,
 }
 
+/// Where ingest learns numbers, orgs and app secrets: the directory (opened with
+/// the sealing keys) over the static seed, or the seed alone.
+pub enum NumberSource {
+    Seed,
+    Directory {
+        directory: runtime::directory::DirectoryHandle,
+        sealer: runtime::seal::Sealer,
+    },
+}
+
 /// The webhook routes, ready to serve.
-pub fn router(config: IngestConfig, publisher: Publisher) -> Router {
+pub fn router(config: IngestConfig, publisher: Publisher, numbers: NumberSource) -> Router {
     let limit = config.max_body_bytes;
+    let owners = match &numbers {
+        NumberSource::Seed => Owners::seed(&config),
+        NumberSource::Directory { directory, sealer } => {
+            Owners::build(&directory.get(), sealer, &config)
+        }
+    };
     let shared = Arc::new(Shared {
-        orgs: config.org_directory(),
+        owners: std::sync::RwLock::new(Arc::new(owners)),
         config,
         publisher,
     });
+    if let NumberSource::Directory {
+        mut directory,
+        sealer,
+    } = numbers
+    {
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            while directory.changed().await {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let owners = Owners::build(&directory.get(), &sealer, &shared.config);
+                if let Ok(mut current) = shared.owners.write() {
+                    *current = Arc::new(owners);
+                }
+            }
+        });
+    }
     Router::new()
         .route("/webhooks/whatsapp", get(verify_subscription).post(receive))
         .route("/healthz", get(|| async { "ok" }))
@@ -87,17 +126,39 @@ async fn verify_subscription(
     }
 }
 
+fn unauthorized(err: SignatureError) -> Response {
+    let code = match err {
+        SignatureError::Missing => "missing_signature",
+        SignatureError::Malformed | SignatureError::Mismatch => "invalid_signature",
+    };
+    rejected(StatusCode::UNAUTHORIZED, code, &err.to_string())
+}
+
+/// A body is verified against the secret of each number it names (see
+/// [`Owners::authorize`]), so it is parsed first; a body that does not parse must
+/// still carry a signature of some known secret, or it is a 401 like any forgery.
 async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let signature_header = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
-    if let Err(err) = signature::verify(signature_header, &body, &shared.config.app_secrets) {
-        let code = match err {
-            SignatureError::Missing => "missing_signature",
-            SignatureError::Malformed | SignatureError::Mismatch => "invalid_signature",
-        };
-        return rejected(StatusCode::UNAUTHORIZED, code, &err.to_string());
+    let owners = match shared.owners.read() {
+        Ok(owners) => owners.clone(),
+        Err(_) => return unauthorized(SignatureError::Mismatch),
+    };
+    if signature_header.is_none() {
+        return unauthorized(SignatureError::Missing);
     }
+    let parsed = serde_json::from_slice::<Webhook>(&body);
+    let ownership = match &parsed {
+        Ok(webhook) => owners.authorize(signature_header, &body, webhook),
+        Err(_) => owners
+            .authorize_unparsed(signature_header, &body)
+            .map(|()| Ownership::Known),
+    };
+    let ownership = match ownership {
+        Ok(ownership) => ownership,
+        Err(err) => return unauthorized(err),
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -113,7 +174,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             "Content-Type must be application/json",
         );
     }
-    let webhook: Webhook = match serde_json::from_slice(&body) {
+    let webhook: Webhook = match parsed {
         Ok(webhook) => webhook,
         Err(err) => {
             return rejected(
@@ -125,7 +186,17 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     };
     let received_at_ms = now_ms();
     let signature = signature_header.unwrap_or_default().to_string();
-    match store(&shared, &webhook, &body, &signature, received_at_ms).await {
+    match store(
+        &shared.publisher,
+        owners.as_ref(),
+        ownership,
+        &webhook,
+        &body,
+        &signature,
+        received_at_ms,
+    )
+    .await
+    {
         Ok(()) => {
             observe::global().metrics.webhook(true, "ok");
             (StatusCode::OK, "EVENT_RECEIVED").into_response()
@@ -143,29 +214,29 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 
 /// Produces the raw body, its events and its rejects, and waits for every ack.
 async fn store(
-    shared: &Shared,
+    publisher: &Publisher,
+    owners: &Owners,
+    ownership: Ownership,
     webhook: &Webhook,
     body: &[u8],
     signature: &str,
     received_at_ms: i64,
 ) -> Result<(), KafkaError> {
     let raw_key = raw_key(webhook);
-    let raw = shared.publisher.send(Outgoing {
+    let mut headers = vec![
+        (raw_headers::RECEIVED_AT_MS, received_at_ms.to_string()),
+        (raw_headers::SIGNATURE, signature.to_string()),
+    ];
+    if ownership == Ownership::Unknown {
+        headers.push((raw_headers::OWNER, "unknown".to_string()));
+    }
+    let raw = publisher.send(Outgoing {
         topic: topics::WEBHOOKS_RAW,
         key: &raw_key,
         value: body.to_vec(),
-        headers: vec![
-            (raw_headers::RECEIVED_AT_MS, received_at_ms.to_string()),
-            (raw_headers::SIGNATURE, signature.to_string()),
-        ],
+        headers,
     });
-    let normalized = publish_normalized(
-        &shared.publisher,
-        &shared.orgs,
-        webhook,
-        received_at_ms,
-        &raw_key,
-    );
+    let normalized = publish_normalized(publisher, owners, webhook, received_at_ms, &raw_key);
     let (_, (events, _)) = tokio::try_join!(raw, normalized)?;
     observe::global().metrics.produced(ROLE, events);
     Ok(())
@@ -175,7 +246,7 @@ async fn store(
 /// each. Shared by the receiver and `coexist replay`, so both split alike.
 pub async fn publish_normalized(
     publisher: &Publisher,
-    orgs: &OrgDirectory,
+    orgs: &dyn OrgLookup,
     webhook: &Webhook,
     received_at_ms: i64,
     key: &str,
@@ -229,6 +300,7 @@ pub async fn publish_reject(
             value: serde_json::to_vec(&rejected.value).unwrap_or_default(),
             headers: vec![
                 (dlq_headers::ERROR, rejected.reason.clone()),
+                ("coexist.reason", rejected.code.to_string()),
                 (dlq_headers::STAGE, "ingest.normalize".into()),
                 (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
                 ("coexist.field", rejected.field.clone()),
