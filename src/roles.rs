@@ -211,14 +211,22 @@ pub async fn sink(
             let Some(db) = until_ready(&role, "mongodb", &shutdown, connect).await else {
                 return Ok(());
             };
-            let sink = ExpoSink::new(db, config.sinks.expo.clone())?;
+            // Push tokens: the directory, followed live.
+            let (directory, _follower) = runtime::directory::follow(
+                &config.kafka,
+                Vec::new(),
+                "sink-expo-directory",
+                shutdown.clone(),
+            )
+            .await?;
+            let sink = ExpoSink::new(db, config.sinks.expo.clone(), directory, publisher.clone())?;
             let consumer = config
                 .kafka
                 .consumer(&role, &[topics::NOTIFICATIONS_PUSH])?;
             consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
         }
         SinkName::Whatsapp => {
-            let graph = sinks::graph::GraphClient::new(config.graph.clone())?;
+            let graph = graph_client(config, &role, &shutdown).await?;
             let (kafka, wa) = (config.kafka.clone(), config.sinks.whatsapp.clone());
             let state = tokio::task::spawn_blocking(move || sinks::whatsapp::rebuild(&kafka, &wa))
                 .await??;
@@ -237,7 +245,7 @@ pub async fn sink(
             consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
         }
         SinkName::Media => {
-            let graph = sinks::graph::GraphClient::new(config.graph.clone())?;
+            let graph = graph_client(config, &role, &shutdown).await?;
             let s3 = config.s3.client();
             let s3_config = &config.s3;
             if until_ready(&role, "s3", &shutdown, || s3_config.ensure_bucket(&s3))
@@ -491,4 +499,22 @@ where
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The Graph API client of a role, calling with each number's own token from the
+/// directory (followed live in the background until `shutdown`).
+async fn graph_client(
+    config: &Config,
+    role: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<sinks::graph::GraphClient> {
+    let (directory, _follower) = runtime::directory::follow(
+        &config.kafka,
+        Vec::new(),
+        &format!("{role}-directory"),
+        shutdown.clone(),
+    )
+    .await?;
+    let sealer = runtime::seal::Sealer::from_config(&config.sealing)?;
+    Ok(sinks::graph::GraphClient::new(config.graph.clone())?.with_directory(directory, sealer))
 }

@@ -1,7 +1,9 @@
 //! The expo sink against the real broker and MongoDB, and the Expo simulator
 //! in-process on a free port: one push per device and notification, chunks of at
-//! most 100, unregistered tokens removed (ticket and receipt), 429/5xx retried, and
-//! end to end, an inbound message for an agent with no online device ends as a push.
+//! most 100, unregistered tokens removed (ticket and receipt) by a change on
+//! `directory.changes`, 429/5xx retried, and end to end, an inbound message for an
+//! agent with no online device ends as a push. Tokens are registered the way the API
+//! does it: a `PushTokenRegistered` change on `directory.changes`.
 
 mod support;
 use support::now_ms;
@@ -86,7 +88,7 @@ impl Scenario {
     }
 
     async fn register(&self, agent: &str, token: &str) {
-        register(&self.db, &self.org, agent, token).await;
+        register(&self.publisher, &self.org, agent, token).await;
     }
 
     async fn notify(&self, id: &str, agent: &str) {
@@ -109,16 +111,58 @@ impl Scenario {
             .unwrap();
     }
 
+    /// What this scenario's simulator received, of this scenario's tokens only:
+    /// every test's sink follows the one directory and reads every org's
+    /// notifications (as in production), so other tests' pushes land here too.
     async fn sent(&self) -> Vec<SentRequest> {
-        sent(&self.http, &self.sim).await
+        let suffix = format!("-{}]", self.org);
+        sent(&self.http, &self.sim)
+            .await
+            .into_iter()
+            .filter_map(|mut r| {
+                r.messages
+                    .retain(|m| m["to"].as_str().is_some_and(|t| t.ends_with(&suffix)));
+                (!r.messages.is_empty()).then_some(r)
+            })
+            .collect()
+    }
+
+    /// A device token of this scenario: unique to its org.
+    fn tok(&self, device: &str) -> String {
+        format!("ExponentPushToken[{device}-{}]", self.org)
+    }
+
+    /// The agent's live tokens, as the directory (the topic, folded) has them.
+    async fn tokens(&self, agent: &str) -> Vec<String> {
+        let (org, agent) = (self.org.clone(), agent.to_string());
+        let kafka = Config::load(None).unwrap().kafka;
+        tokio::task::spawn_blocking(move || {
+            let (records, _) = runtime::table::read_records(
+                &kafka,
+                topics::DIRECTORY_CHANGES,
+                None,
+                "test-expo-tokens",
+            )
+            .unwrap();
+            let mut directory = events::directory::Directory::new();
+            for r in records {
+                if let Ok(change) = events::codec::decode(&r.value) {
+                    let stamp = events::directory::Stamp::new(0, r.partition, r.offset);
+                    directory.apply(&change, stamp);
+                }
+            }
+            let out: Vec<String> = directory
+                .push_tokens(&org, &agent)
+                .map(|t| t.token.clone())
+                .collect();
+            out
+        })
+        .await
+        .unwrap()
     }
 
     async fn tokens_of(&self, agent: &str) -> u64 {
-        self.db
-            .collection::<Document>("push_tokens")
-            .count_documents(doc! { "org": &self.org, "agent_id": agent })
-            .await
-            .unwrap()
+        self.tokens(agent).await.len() as u64
     }
 
     async fn ticket(&self, notification: &str, token: &str) -> Option<Document> {
@@ -143,17 +187,34 @@ impl Scenario {
     }
 }
 
-async fn register(db: &mongodb::Database, org: &str, agent: &str, token: &str) {
+/// Registers a device's token as the API does, then gives the sink's directory
+/// follower a moment to see it (a push to a token registered milliseconds earlier
+/// may go without it; that is not what these tests are about).
+async fn register(publisher: &runtime::Publisher, org: &str, agent: &str, token: &str) {
+    publish_registration(publisher, org, agent, token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn publish_registration(publisher: &runtime::Publisher, org: &str, agent: &str, token: &str) {
     let device = token
         .trim_end_matches(']')
         .rsplit('[')
         .next()
         .unwrap_or(token);
-    db.collection::<Document>("push_tokens")
-        .insert_one(doc! {
-            "_id": format!("{org}:{token}"), "org": org, "agent_id": agent,
-            "device_id": device, "token": token, "platform": "ios", "updated_at_ms": now_ms(),
-        })
+    let change = events::directory::DirectoryChange {
+        id: format!("register:{org}:{token}"),
+        org: org.into(),
+        issued_by: "test".into(),
+        at_ms: now_ms(),
+        change: events::directory::Change::PushTokenRegistered {
+            agent_id: agent.into(),
+            device_id: device.into(),
+            token: token.into(),
+            platform: "ios".into(),
+        },
+    };
+    publisher
+        .send_json(topics::DIRECTORY_CHANGES, org, &change, vec![])
         .await
         .unwrap();
 }
@@ -204,12 +265,9 @@ async fn wait_delivered(s: &Scenario, what: &str, done: impl Fn(&[(String, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
     let s = Scenario::start("devices").await;
-    let (phone, tablet) = (
-        "ExponentPushToken[ann-phone]",
-        "ExponentPushToken[ann-tablet]",
-    );
-    s.register("ann", phone).await;
-    s.register("ann", tablet).await;
+    let (phone, tablet) = (s.tok("ann-phone"), s.tok("ann-tablet"));
+    s.register("ann", &phone).await;
+    s.register("ann", &tablet).await;
     s.notify("n1", "ann").await;
     s.notify("n2", "ann").await;
     wait_delivered(&s, "n1 and n2 on both devices", |d| d.len() >= 4).await;
@@ -240,7 +298,7 @@ async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
     assert_eq!(message["priority"], "high");
     // Every ticket recorded, then its receipt.
     for n in ["n1", "n2", "n3", "marker"] {
-        for token in [phone, tablet] {
+        for token in [&phone, &tablet] {
             let ticket = s.ticket(n, token).await.expect("ticket recorded");
             assert_eq!(ticket.get_str("status").unwrap(), "ok");
         }
@@ -260,18 +318,13 @@ async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
 async fn pushes_for_250_agents_go_out_in_chunks_of_at_most_100() {
     let s = Scenario::start("chunks").await;
     let agents: Vec<String> = (0..250).map(|i| format!("agent{i:03}")).collect();
-    let docs: Vec<Document> = agents
+    let tokens: Vec<String> = agents.iter().map(|a| s.tok(a)).collect();
+    let registrations = agents
         .iter()
-        .map(|a| {
-            let token = format!("ExponentPushToken[{a}]");
-            doc! { "_id": format!("{}:{token}", s.org), "org": &s.org, "agent_id": a,
-            "device_id": a, "token": token, "platform": "android", "updated_at_ms": now_ms() }
-        })
-        .collect();
-    s.db.collection::<Document>("push_tokens")
-        .insert_many(docs)
-        .await
-        .unwrap();
+        .zip(&tokens)
+        .map(|(a, token)| publish_registration(&s.publisher, &s.org, a, token));
+    futures::future::join_all(registrations).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let sends = agents.iter().map(|a| s.notify("n1", a));
     futures::future::join_all(sends).await;
@@ -294,13 +347,13 @@ async fn pushes_for_250_agents_go_out_in_chunks_of_at_most_100() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expo_reports_unregistered_are_removed_by_ticket_and_by_receipt() {
     let s = Scenario::start("unregistered").await;
-    let live = "ExponentPushToken[bob-live]";
-    let gone_now = "ExponentPushToken[bob-unregistered-now]";
-    let gone_later = "ExponentPushToken[bob-unregistered-later]";
+    let live = &s.tok("bob-live");
+    let gone_now = &s.tok("bob-unregistered-now");
+    let gone_later = &s.tok("bob-unregistered-later");
     for token in [live, gone_now, gone_later] {
         s.register("bob", token).await;
     }
-    s.register("cy", "ExponentPushToken[cy-live]").await;
+    s.register("cy", &s.tok("cy-live")).await;
     s.notify("n1", "bob").await;
     wait_for(
         "both dead tokens removed",
@@ -308,13 +361,7 @@ async fn tokens_expo_reports_unregistered_are_removed_by_ticket_and_by_receipt()
         || async { s.tokens_of("bob").await == 1 },
     )
     .await;
-    let remaining =
-        s.db.collection::<Document>("push_tokens")
-            .find_one(doc! { "org": &s.org, "agent_id": "bob" })
-            .await
-            .unwrap()
-            .unwrap();
-    assert_eq!(remaining.get_str("token").unwrap(), live);
+    assert_eq!(s.tokens("bob").await, [live.clone()]);
     assert_eq!(
         s.tokens_of("cy").await,
         1,
@@ -337,15 +384,15 @@ async fn tokens_expo_reports_unregistered_are_removed_by_ticket_and_by_receipt()
         .filter(|(_, n)| n == "n2")
         .map(|(t, _)| t)
         .collect();
-    assert_eq!(to, [live]);
+    assert_eq!(to, [live.clone()]);
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_and_a_503_are_retried_and_each_message_arrives_once() {
     let s = Scenario::start("retry").await;
-    s.register("dee", "ExponentPushToken[dee-phone]").await;
-    s.register("dee", "ExponentPushToken[dee-watch]").await;
+    s.register("dee", &s.tok("dee-phone")).await;
+    s.register("dee", &s.tok("dee-watch")).await;
     for failure in [
         json!({ "status": 429, "count": 2, "retry_after_s": 1 }),
         json!({ "status": 503, "count": 1 }),
@@ -398,9 +445,9 @@ async fn an_inbound_message_for_an_agent_with_no_online_device_ends_as_a_push() 
         )]);
     })
     .await;
-    let token = "ExponentPushToken[ann-phone]";
-    register(&p.mongo, &p.org, &agent, token).await;
+    let token = &format!("ExponentPushToken[{agent}-phone]");
     let publisher = p.config.kafka.publisher("expo-e2e").await.unwrap();
+    register(&publisher, &p.org, &agent, token).await;
     let presence = |state| PresenceEvent {
         org: p.org.clone(),
         agent_id: agent.clone(),
@@ -459,14 +506,24 @@ async fn an_inbound_message_for_an_agent_with_no_online_device_ends_as_a_push() 
     wait_for(
         "a push at the simulator",
         Duration::from_secs(90),
-        || async { !delivered(&sent(&http, &sim).await).is_empty() },
+        || async {
+            delivered(&sent(&http, &sim).await)
+                .iter()
+                .any(|(to, _)| to == token)
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let requests = sent(&http, &sim).await;
-    let messages: Vec<&Value> = requests.iter().flat_map(|r| &r.messages).collect();
+    // Other tests' pushes reach this sink too (one directory, every org's
+    // notifications, as in production): this agent's are what count.
+    let messages: Vec<&Value> = requests
+        .iter()
+        .flat_map(|r| &r.messages)
+        .filter(|m| m["to"] == token.as_str())
+        .collect();
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0]["to"], token);
+    assert_eq!(messages[0]["to"], token.as_str());
     assert_eq!(
         messages[0]["data"]["conversation_id"],
         conversation_id.as_str()

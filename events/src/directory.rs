@@ -702,3 +702,41 @@ mod fold_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod token_scope_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_scoped_to_their_org_and_agent() {
+        let mut d = Directory::new();
+        for (i, (org, agent, token)) in [
+            ("two-1", "ann", "ann-phone"),
+            ("unreg-1", "bob", "bob-live"),
+            ("two-1", "ann", "ann-tablet"),
+            ("zzz", "bob", "z"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let change = DirectoryChange {
+                id: format!("{i}"),
+                org: org.into(),
+                issued_by: "t".into(),
+                at_ms: 1,
+                change: Change::PushTokenRegistered {
+                    agent_id: agent.into(),
+                    device_id: "d".into(),
+                    token: token.into(),
+                    platform: "ios".into(),
+                },
+            };
+            d.apply(&change, Stamp::new(1, 0, i as i64));
+        }
+        let bob: Vec<&str> = d
+            .push_tokens("unreg-1", "bob")
+            .map(|t| t.token.as_str())
+            .collect();
+        assert_eq!(bob, ["bob-live"]);
+    }
+}

@@ -1,8 +1,11 @@
 //! The Expo sink: sends `notifications.push` to every registered device of the
-//! agent, in chunks of at most 100, records each ticket in `push_tickets`, polls the
-//! receipts later, and deletes tokens Expo reports as `DeviceNotRegistered` (from a
-//! ticket or a receipt). 429 and 5xx are retried with backoff, honouring
-//! `Retry-After`.
+//! agent (the directory's push tokens, followed live), in chunks of at most 100,
+//! records each ticket in `push_tickets`, polls the receipts later, and removes
+//! tokens Expo reports as `DeviceNotRegistered` (from a ticket or a receipt) by
+//! publishing `PushTokenUnregistered` on `directory.changes`: the directory is the
+//! one source of truth, so a replay never brings a dead token back and the mongo
+//! sink stays the only writer of `push_tokens`. 429 and 5xx are retried with
+//! backoff, honouring `Retry-After`.
 //!
 //! A ticket is recorded right after its chunk is accepted, before the next chunk is
 //! sent; a batch retried after a failure skips every (notification, token) that
@@ -16,11 +19,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use events::delivery::PushNotification;
+use events::directory::{Change, DirectoryChange};
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 use reqwest::header;
+use runtime::Publisher;
+use runtime::directory::DirectoryHandle;
 use runtime::{Record, Reject, Stage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,9 +35,6 @@ use tokio::task::JoinHandle;
 pub use config::ExpoConfig;
 use mapping::{Device, Disposition, Outcome, Planned, ReceiptsResponse, SendResponse, Ticket};
 
-/// Agents' devices, written by the API through the mongo sink:
-/// `{_id: "{org}:{token}", org, agent_id, device_id, token, platform, updated_at_ms}`.
-pub const TOKENS: &str = "push_tokens";
 /// One document per (notification, token): the ticket, then its receipt.
 pub const TICKETS: &str = "push_tickets";
 
@@ -44,10 +47,6 @@ const RECEIPTS_PER_REQUEST: i64 = 1000;
 
 /// Makes sure the indexes the sink's lookups need exist.
 pub async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
-    let index = |keys: Document| IndexModel::builder().keys(keys).build();
-    db.collection::<Document>(TOKENS)
-        .create_index(index(doc! { "org": 1, "agent_id": 1 }))
-        .await?;
     db.collection::<Document>(TICKETS)
         .create_index(
             IndexModel::builder()
@@ -172,6 +171,8 @@ pub struct ExpoSink {
     db: Database,
     client: ExpoClient,
     config: ExpoConfig,
+    directory: DirectoryHandle,
+    unregister: Unregister,
     poller: JoinHandle<()>,
 }
 
@@ -182,17 +183,26 @@ impl Drop for ExpoSink {
 }
 
 impl ExpoSink {
-    pub fn new(db: Database, config: ExpoConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        db: Database,
+        config: ExpoConfig,
+        directory: DirectoryHandle,
+        publisher: Publisher,
+    ) -> anyhow::Result<Self> {
         let client = ExpoClient::new(config.clone())?;
+        let unregister = Unregister { publisher };
         let poller = tokio::spawn(poll_receipts_forever(
             db.clone(),
             client.clone(),
             config.clone(),
+            unregister.clone(),
         ));
         Ok(Self {
             db,
             client,
             config,
+            directory,
+            unregister,
             poller,
         })
     }
@@ -223,7 +233,7 @@ impl Stage for ExpoSink {
         if notifications.is_empty() {
             return Ok(rejects);
         }
-        let devices = devices_of(&self.db, &notifications).await?;
+        let devices = devices_of(&self.directory.get(), &notifications);
         let style = mapping::Style {
             sound: self.config.sound.clone(),
             priority: self.config.priority.clone(),
@@ -249,7 +259,10 @@ impl Stage for ExpoSink {
         for chunk in plan.sends.chunks(self.config.chunk_size.clamp(1, 100)) {
             let messages: Vec<&mapping::ExpoMessage> = chunk.iter().map(|p| &p.message).collect();
             match self.client.send(&messages).await {
-                Ok(tickets) => record_tickets(&self.db, &self.config, chunk, &tickets).await?,
+                Ok(tickets) => {
+                    let dead = record_tickets(&self.db, &self.config, chunk, &tickets).await?;
+                    self.unregister.tokens(&dead).await?;
+                }
                 Err(ExpoError::Refused { status, body }) => {
                     tracing::warn!(status, %body, "expo refused a chunk");
                     for planned in chunk {
@@ -269,35 +282,63 @@ impl Stage for ExpoSink {
     }
 }
 
-/// Every registered device of the notifications' agents.
-async fn devices_of(
-    db: &Database,
+/// Every registered device of the notifications' agents, from the directory.
+fn devices_of(
+    directory: &events::directory::Directory,
     notifications: &[(usize, PushNotification)],
-) -> anyhow::Result<Vec<Device>> {
+) -> Vec<Device> {
     let agents: BTreeSet<(&str, &str)> = notifications
         .iter()
         .map(|(_, n)| (n.org.as_str(), n.agent_id.as_str()))
         .collect();
-    let any_of: Vec<Document> = agents
-        .iter()
-        .map(|(org, agent)| doc! { "org": *org, "agent_id": *agent })
-        .collect();
-    let docs: Vec<Document> = db
-        .collection::<Document>(TOKENS)
-        .find(doc! { "$or": any_of })
-        .await?
-        .try_collect()
-        .await?;
-    Ok(docs
-        .iter()
-        .filter_map(|d| {
-            Some(Device {
-                org: d.get_str("org").ok()?.to_string(),
-                agent_id: d.get_str("agent_id").ok()?.to_string(),
-                token: d.get_str("token").ok()?.to_string(),
+    agents
+        .into_iter()
+        .flat_map(|(org, agent)| {
+            directory.push_tokens(org, agent).map(move |t| Device {
+                org: org.to_string(),
+                agent_id: agent.to_string(),
+                token: t.token.clone(),
             })
         })
-        .collect())
+        .collect()
+}
+
+/// A token Expo reports unregistered: `(org, agent, token)`.
+type DeadToken = (String, String, String);
+
+/// Removes dead tokens the one way the directory changes: a change on
+/// `directory.changes`, with an id per token, so a repeat report is one change.
+#[derive(Clone)]
+struct Unregister {
+    publisher: Publisher,
+}
+
+impl Unregister {
+    async fn tokens(&self, dead: &[DeadToken]) -> anyhow::Result<()> {
+        for (org, agent, token) in dead {
+            let change = DirectoryChange {
+                id: format!("expo-unregistered:{org}:{token}"),
+                org: org.clone(),
+                issued_by: "sink-expo".into(),
+                at_ms: now_ms(),
+                change: Change::PushTokenUnregistered {
+                    agent_id: agent.clone(),
+                    token: token.clone(),
+                },
+            };
+            self.publisher
+                .send_json(events::topics::DIRECTORY_CHANGES, org, &change, vec![])
+                .await
+                .context("publishing PushTokenUnregistered")?;
+        }
+        if !dead.is_empty() {
+            tracing::info!(
+                tokens = dead.len(),
+                "push tokens Expo reports unregistered: removed from the directory"
+            );
+        }
+        Ok(())
+    }
 }
 
 async fn existing_tickets(db: &Database, keys: &[&str]) -> anyhow::Result<HashSet<String>> {
@@ -317,13 +358,13 @@ async fn existing_tickets(db: &Database, keys: &[&str]) -> anyhow::Result<HashSe
         .collect())
 }
 
-/// Records a chunk's tickets and deletes the tokens they report unregistered.
+/// Records a chunk's tickets; returns the tokens they report unregistered.
 async fn record_tickets(
     db: &Database,
     config: &ExpoConfig,
     chunk: &[Planned],
     tickets: &[Ticket],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<DeadToken>> {
     let now = now_ms();
     let due = now + config.receipt_delay_ms as i64;
     let mut updates = Vec::with_capacity(chunk.len());
@@ -347,7 +388,11 @@ async fn record_tickets(
                 fields.insert("status", "error");
                 fields.insert("error", mapping::DEVICE_NOT_REGISTERED);
                 fields.insert("receipt_pending", false);
-                dead.push(mapping::token_key(&planned.org, &planned.message.to));
+                dead.push((
+                    planned.org.clone(),
+                    planned.agent_id.clone(),
+                    planned.message.to.clone(),
+                ));
             }
             Outcome::Failed(error) => {
                 fields.insert("status", "error");
@@ -358,22 +403,7 @@ async fn record_tickets(
         updates.push((doc! { "_id": &planned.key }, doc! { "$set": fields }));
     }
     bulk_upsert(db, TICKETS, updates).await?;
-    delete_tokens(db, &dead).await
-}
-
-async fn delete_tokens(db: &Database, ids: &[String]) -> anyhow::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let deleted = db
-        .collection::<Document>(TOKENS)
-        .delete_many(doc! { "_id": { "$in": ids } })
-        .await?;
-    tracing::info!(
-        tokens = deleted.deleted_count,
-        "removed push tokens Expo reports unregistered"
-    );
-    Ok(())
+    Ok(dead)
 }
 
 /// One `update` command of many upserts: one round trip.
@@ -400,12 +430,17 @@ async fn bulk_upsert(
     Ok(())
 }
 
-async fn poll_receipts_forever(db: Database, client: ExpoClient, config: ExpoConfig) {
+async fn poll_receipts_forever(
+    db: Database,
+    client: ExpoClient,
+    config: ExpoConfig,
+    unregister: Unregister,
+) {
     let every = Duration::from_millis(config.receipt_poll_ms.max(10));
     loop {
         tokio::time::sleep(every).await;
         loop {
-            match poll_receipts(&db, &client, &config).await {
+            match poll_receipts(&db, &client, &config, &unregister).await {
                 Ok(n) if n as i64 == RECEIPTS_PER_REQUEST => continue, // more are due
                 Ok(_) => break,
                 Err(err) => {
@@ -418,10 +453,11 @@ async fn poll_receipts_forever(db: Database, client: ExpoClient, config: ExpoCon
 }
 
 /// Asks Expo for the receipts that are due; returns how many tickets it asked about.
-pub async fn poll_receipts(
+async fn poll_receipts(
     db: &Database,
     client: &ExpoClient,
     config: &ExpoConfig,
+    unregister: &Unregister,
 ) -> anyhow::Result<usize> {
     let now = now_ms();
     let due: Vec<Document> = db
@@ -459,8 +495,12 @@ pub async fn poll_receipts(
         let set = match receipt.map(Ticket::outcome) {
             Some(Outcome::Ok(_)) => doc! { "receipt_pending": false, "receipt_status": "ok" },
             Some(Outcome::Unregistered) => {
-                if let (Ok(org), Ok(token)) = (ticket.get_str("org"), ticket.get_str("token")) {
-                    dead.push(mapping::token_key(org, token));
+                if let (Ok(org), Ok(agent), Ok(token)) = (
+                    ticket.get_str("org"),
+                    ticket.get_str("agent_id"),
+                    ticket.get_str("token"),
+                ) {
+                    dead.push((org.to_string(), agent.to_string(), token.to_string()));
                 }
                 doc! { "receipt_pending": false, "receipt_status": "error",
                 "error": mapping::DEVICE_NOT_REGISTERED }
@@ -477,7 +517,7 @@ pub async fn poll_receipts(
         updates.push((doc! { "_id": key }, doc! { "$set": set }));
     }
     bulk_upsert(db, TICKETS, updates).await?;
-    delete_tokens(db, &dead).await?;
+    unregister.tokens(&dead).await?;
     Ok(due.len())
 }
 

@@ -31,6 +31,9 @@ pub enum GraphError {
     Unreadable { status: u16, reason: String },
     #[error("no access token configured for phone number {0}")]
     NoToken(String),
+    /// The directory's token for the number does not open with `[sealing] keys`.
+    #[error("the access token of phone number {0} does not open: {1}")]
+    Sealed(String, String),
 }
 
 /// `: {details}` from Meta's `error_data`, the part that says what to fix.
@@ -76,7 +79,9 @@ impl GraphError {
             GraphError::Unreachable(_) => Retry::Outage,
             GraphError::NoAnswer(_) => Retry::Unknown,
             GraphError::Unreadable { status, .. } if *status >= 500 => Retry::Outage,
-            GraphError::Unreadable { .. } | GraphError::NoToken(_) => Retry::Never,
+            GraphError::Unreadable { .. } | GraphError::NoToken(_) | GraphError::Sealed(..) => {
+                Retry::Never
+            }
         }
     }
 
@@ -179,6 +184,15 @@ pub struct MediaInfo {
 pub struct GraphClient {
     http: reqwest::Client,
     config: GraphConfig,
+    /// Business numbers registered through the API, with their sealed tokens.
+    credentials: Option<Credentials>,
+}
+
+/// The directory's numbers and the keys that open their tokens.
+#[derive(Clone)]
+struct Credentials {
+    directory: runtime::directory::DirectoryHandle,
+    sealer: runtime::seal::Sealer,
 }
 
 impl GraphClient {
@@ -186,11 +200,38 @@ impl GraphClient {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .build()?;
-        Ok(Self { http, config })
+        Ok(Self {
+            http,
+            config,
+            credentials: None,
+        })
+    }
+
+    /// Calls with each number's own token from the directory (opened with the
+    /// sealing keys at each call, never kept in clear); numbers the directory does
+    /// not know fall back to `[graph]`'s tokens.
+    pub fn with_directory(
+        mut self,
+        directory: runtime::directory::DirectoryHandle,
+        sealer: runtime::seal::Sealer,
+    ) -> Self {
+        self.credentials = Some(Credentials { directory, sealer });
+        self
     }
 
     pub fn config(&self) -> &GraphConfig {
         &self.config
+    }
+
+    /// Whether this deployment handles the number: every number, or with
+    /// `only_listed_numbers` those listed in `[graph] numbers` (sharding by number).
+    pub fn handles(&self, phone_number_id: &str) -> bool {
+        self.config.handles(phone_number_id)
+    }
+
+    /// Whether a token is there to call with for this number.
+    pub fn has_token(&self, phone_number_id: &str) -> bool {
+        self.token(phone_number_id).is_ok()
     }
 
     fn url(&self, path: &str) -> String {
@@ -201,10 +242,20 @@ impl GraphClient {
         )
     }
 
-    fn token(&self, phone_number_id: &str) -> Result<&str, GraphError> {
+    /// The number's token: its own from the directory, else `[graph]`'s.
+    fn token(&self, phone_number_id: &str) -> Result<runtime::Secret, GraphError> {
+        if let Some(credentials) = &self.credentials
+            && let Some(number) = credentials.directory.get().number(phone_number_id)
+        {
+            return credentials
+                .sealer
+                .open(&number.access_token)
+                .map(runtime::Secret::new)
+                .map_err(|err| GraphError::Sealed(phone_number_id.to_string(), err.to_string()));
+        }
         self.config
             .token(phone_number_id)
-            .map(runtime::Secret::expose)
+            .cloned()
             .ok_or_else(|| GraphError::NoToken(phone_number_id.to_string()))
     }
 
@@ -219,7 +270,7 @@ impl GraphClient {
         let request = self
             .http
             .post(self.url(&format!("{phone_number_id}/{edge}")))
-            .bearer_auth(token)
+            .bearer_auth(token.expose())
             .json(body);
         json_answer(request.send().await).await
     }
@@ -247,7 +298,7 @@ impl GraphClient {
         let request = self
             .http
             .post(self.url(&format!("{phone_number_id}/media")))
-            .bearer_auth(token)
+            .bearer_auth(token.expose())
             .multipart(form);
         let answer = json_answer(request.send().await).await?;
         answer["id"]
@@ -272,7 +323,7 @@ impl GraphClient {
                 "{}?phone_number_id={phone_number_id}",
                 self.url(media_id)
             ))
-            .bearer_auth(token);
+            .bearer_auth(token.expose());
         let answer = json_answer(request.send().await).await?;
         serde_json::from_value(answer.clone()).map_err(|e| GraphError::Unreadable {
             status: 200,
@@ -286,7 +337,7 @@ impl GraphClient {
         let response = self
             .http
             .get(url)
-            .bearer_auth(token)
+            .bearer_auth(token.expose())
             .send()
             .await
             .map_err(transport)?;

@@ -100,14 +100,14 @@ impl MediaSink {
 impl Stage for MediaSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
         let (events, mut rejects) = crate::decode_events(batch);
-        let graph = self.graph.config();
+        let graph = &self.graph;
         let fetches: Vec<Fetch> = mapping::fetches(events.iter().map(|(i, e)| (*i, e)))
             .into_iter()
             .filter(|f| {
                 let ours = graph.handles(&f.phone_number_id);
                 // No token is a deployment without the Graph API (a demo, a test
                 // pipeline): there is nothing to fetch with, and no event is at fault.
-                let token = graph.token(&f.phone_number_id).is_some();
+                let token = graph.has_token(&f.phone_number_id);
                 if ours && !token {
                     tracing::warn!(number = %f.phone_number_id, media = %f.media_id, "no access token for this number; media not copied");
                 }

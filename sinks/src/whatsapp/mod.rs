@@ -195,7 +195,7 @@ impl Stage for WhatsAppSink {
         let mut answers = Vec::new();
         let mut sends: BTreeMap<String, Vec<(OutboundMessage, Call)>> = BTreeMap::new();
         for command in commands {
-            if !self.graph.config().handles(&command.phone_number_id) {
+            if !self.graph.handles(&command.phone_number_id) {
                 continue; // another deployment's number
             }
             let decision = self
