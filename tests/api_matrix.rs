@@ -63,15 +63,13 @@ async fn seed(stack: &ApiStack, org: &str, number: &str, wa_id: &str, tag: &str)
         ),
         (
             "messages",
-            doc! { "_id": format!("{org}:wamid.{tag}"), "org": org, "id": format!("wamid.{tag}"), "conversation_id": &conversation, "contact_wa_id": wa_id, "direction": "inbound", "type": "text", "preview": "hello", "sent_at": at },
+            doc! { "_id": format!("{org}:wamid.{tag}"), "org": org, "id": format!("wamid.{tag}"), "conversation_id": &conversation, "contact_wa_id": wa_id, "direction": "inbound", "type": "image", "preview": "hello", "sent_at": at,
+            "media": { "id": format!("media{tag}") },
+            "stored_media": { "media_id": format!("media{tag}"), "bucket": "coexist-media", "key": format!("{org}/abc"), "mime_type": "image/jpeg", "bytes": 3_i64 } },
         ),
         (
             "message_statuses",
             doc! { "_id": format!("{org}:wamid.{tag}:read"), "org": org, "wamid": format!("wamid.{tag}"), "status": "read", "at": at },
-        ),
-        (
-            "media",
-            doc! { "_id": format!("{org}:media{tag}"), "org": org, "key": format!("{org}/abc"), "mime_type": "image/jpeg" },
         ),
         (
             "command_results",
