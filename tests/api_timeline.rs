@@ -3,6 +3,8 @@
 //! and moto's S3), the mongo and MQTT sinks, and comes back out of `/v1`.
 //! - `GET /v1/media/{media_id}` serves what the media sink stored: a presigned URL
 //!   whose bytes are the simulator's, for the caller's org only.
+//! - A note (`{"action":"note"}`) lands on the conversation's timeline, marked as a
+//!   note, reaches the conversation's MQTT topic once, and never goes to the customer.
 
 mod api_support;
 mod support;
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use api_support::ApiStack;
 use coexist::roles::{self, ProcessorName, SinkName};
-use serde_json::Value;
-use support::{free_port, now_ms, unique, wait_for};
+use serde_json::{Value, json};
+use support::{MqttRecorder, free_port, now_ms, unique, wait_for};
 
 const APP_SECRET: &str = "timeline-test-app-secret";
 const GRAPH_TOKEN: &str = "sim-timeline-token";
@@ -209,5 +211,111 @@ async fn media_url_serves_the_bytes_the_media_sink_stored_to_its_org_only() {
         .call("GET", "/v1/media/123456789", Some(&t.admin), None)
         .await;
     assert_eq!(status, 404);
+    t.stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_note_is_on_the_timeline_and_on_the_conversation_topic_once_and_never_sent() {
+    let t = Timeline::start("api-note", &[SinkName::Mqtt], None).await;
+    let conversation = t.conversation_id();
+    let topic = format!(
+        "{}/{}/conversations/{conversation}",
+        t.stack.config.mqtt.topic_prefix, t.org.org
+    );
+    let mqtt = MqttRecorder::subscribe(&t.stack.config, &topic).await;
+
+    // The customer writes; the conversation exists for the API and the router.
+    let body = t.fixture("msg_text");
+    t.post(&body).await;
+    t.wait_message("the customer's message", |m| m["direction"] == "inbound")
+        .await;
+
+    let text = format!("VIP customer, call back before noon ({})", unique());
+    let path = format!("/v1/conversations/{conversation}/commands");
+    let (status, _, accepted) = t
+        .stack
+        .call(
+            "POST",
+            &path,
+            Some(&t.admin),
+            Some(json!({ "action": "note", "text": text })),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let command_id = accepted["command_id"].as_str().unwrap().to_string();
+
+    // On the timeline, marked as a note, with its author.
+    let note = t
+        .wait_message("the note", |m| m["preview"] == text.as_str())
+        .await;
+    assert_eq!(note["type"], "note", "{note}");
+    assert_eq!(note["direction"], "internal", "{note}");
+    assert_eq!(note["sent_by"], "admin", "{note}");
+    assert!(note["sent_at_ms"].as_i64().is_some(), "{note}");
+    // A note is not something the customer wrote: nothing unread because of it.
+    let (_, _, conv) = t
+        .stack
+        .call("GET", "/v1/conversations", Some(&t.admin), None)
+        .await;
+    assert_eq!(conv["items"][0]["unread_count"], 1, "{conv}");
+    let (status, _, result) = t
+        .stack
+        .call(
+            "GET",
+            &format!("/v1/commands/{command_id}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["accepted"], true, "{result}");
+
+    // On the conversation's MQTT topic, once.
+    wait_for("the note on MQTT", Duration::from_secs(60), || async {
+        mqtt.count_containing(&text) > 0
+    })
+    .await;
+    // A reply sent after the note is the marker: everything for this number on
+    // messages.outbound before it is there, and the note is not among it.
+    let (status, _, sent) = t
+        .stack
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/messages"),
+            Some(&t.admin),
+            Some(json!({ "type": "text", "body": "on it" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    let outbound = support::read_until(
+        &t.stack.config.kafka.brokers,
+        events::topics::MESSAGES_OUTBOUND,
+        &t.org.phone_number_id,
+        sent["command_id"].as_str().unwrap(),
+    )
+    .await;
+    assert!(
+        outbound.iter().all(|m| !m.contains(&text)),
+        "the note went towards the customer: {outbound:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen: Vec<(String, String)> = mqtt
+        .messages()
+        .into_iter()
+        .filter(|(_, p)| p.contains(&text))
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, topic);
+    let payload: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(payload["note"], text.as_str(), "{payload}");
+    assert_eq!(payload["issued_by"], "admin", "{payload}");
+    // Stored once, whatever the redeliveries.
+    let notes = t
+        .messages()
+        .await
+        .into_iter()
+        .filter(|m| m["type"] == "note")
+        .count();
+    assert_eq!(notes, 1);
     t.stack.stop().await;
 }

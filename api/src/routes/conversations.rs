@@ -55,14 +55,20 @@ pub struct ConversationQuery {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Message {
+    /// Meta's message id; `note:{command_id}` for a note.
     pub wamid: String,
-    /// `inbound` or `outbound`.
+    /// `inbound`, `outbound`, or `internal` for a note (seen by the org's agents
+    /// only, never sent to the customer).
     pub direction: Option<String>,
     /// `cloud_api`, `business_app` or `history`.
     pub origin: Option<String>,
+    /// WhatsApp's message type (`text`, `image`, ...), or `note`.
     #[serde(rename = "type")]
     pub message_type: Option<String>,
+    /// The text (a note's whole text).
     pub preview: Option<String>,
+    /// The agent who sent it through the API, or wrote the note.
+    pub sent_by: Option<String>,
     pub reply_to: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub media: Option<serde_json::Value>,
@@ -121,6 +127,7 @@ fn message_of(d: &Document) -> Message {
         origin: text(d, "origin"),
         message_type: text(d, "type"),
         preview: text(d, "preview"),
+        sent_by: text(d, "sent_by"),
         reply_to: text(d, "reply_to"),
         media: json(d, "media"),
         status: text(d, "status"),
