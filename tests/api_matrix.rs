@@ -1,7 +1,8 @@
 //! The authorization matrix, derived from the served OpenAPI document so a new
 //! endpoint cannot escape it: every protected operation answers 401 without a token,
 //! every admin operation (bearer scope `admin`) answers 403 to an agent, and org A's
-//! admin gets 404 on every one of org B's ids, and sees none of B's records in lists.
+//! admin gets 404 on every one of org B's ids (409 on claiming B's business number,
+//! see [`CLAIMS`]), and sees none of B's records in lists.
 //! Also: the served spec is the one built from the handlers, and every documented
 //! operation is routed (none falls through to "no such route" or 405).
 
