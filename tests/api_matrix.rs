@@ -1,7 +1,8 @@
 //! The authorization matrix, derived from the served OpenAPI document so a new
 //! endpoint cannot escape it: every protected operation answers 401 without a token,
 //! every admin operation (bearer scope `admin`) answers 403 to an agent, and org A's
-//! admin gets 404 on every one of org B's ids, and sees none of B's records in lists.
+//! admin gets 404 on every one of org B's ids (409 on claiming B's business number,
+//! see [`CLAIMS`]), and sees none of B's records in lists.
 //! Also: the served spec is the one built from the handlers, and every documented
 //! operation is routed (none falls through to "no such route" or 405).
 
@@ -21,6 +22,10 @@ const PUBLIC: &[&str] = &[
     "POST /v1/auth/otp/verify",
     "POST /v1/auth/refresh",
 ];
+
+/// Operations that claim a global id (Meta's `phone_number_id`): another org's is
+/// taken, and saying so (409) is the point; they change nothing of the other org.
+const CLAIMS: &[&str] = &["PUT /v1/business-numbers/{phone_number_id}"];
 
 fn operations(spec: &Value) -> Vec<(String, String, Value)> {
     let mut ops = Vec::new();
@@ -59,15 +64,13 @@ async fn seed(stack: &ApiStack, org: &str, number: &str, wa_id: &str, tag: &str)
         ),
         (
             "messages",
-            doc! { "_id": format!("{org}:wamid.{tag}"), "org": org, "id": format!("wamid.{tag}"), "conversation_id": &conversation, "contact_wa_id": wa_id, "direction": "inbound", "type": "text", "preview": "hello", "sent_at": at },
+            doc! { "_id": format!("{org}:wamid.{tag}"), "org": org, "id": format!("wamid.{tag}"), "conversation_id": &conversation, "contact_wa_id": wa_id, "direction": "inbound", "type": "image", "preview": "hello", "sent_at": at,
+            "media": { "id": format!("media{tag}") },
+            "stored_media": { "media_id": format!("media{tag}"), "bucket": "coexist-media", "key": format!("{org}/abc"), "mime_type": "image/jpeg", "bytes": 3_i64 } },
         ),
         (
             "message_statuses",
             doc! { "_id": format!("{org}:wamid.{tag}:read"), "org": org, "wamid": format!("wamid.{tag}"), "status": "read", "at": at },
-        ),
-        (
-            "media",
-            doc! { "_id": format!("{org}:media{tag}"), "org": org, "key": format!("{org}/abc"), "mime_type": "image/jpeg" },
         ),
         (
             "command_results",
@@ -222,6 +225,12 @@ async fn every_endpoint_enforces_auth_roles_and_tenancy() {
             let (status, _, answer) = stack
                 .call(method, &concrete, Some(&admin_a.access), body)
                 .await;
+            if CLAIMS.contains(&name.as_str()) {
+                assert_eq!(status, 409, "{name} on org B's ids: {answer}");
+                assert_eq!(answer["error"]["code"], "conflict", "{name}");
+                checked.2 += 1;
+                continue;
+            }
             assert_eq!(status, 404, "{name} on org B's ids: {answer}");
             assert_eq!(answer["error"]["code"], "not_found", "{name}");
             checked.2 += 1;
@@ -272,5 +281,104 @@ async fn every_endpoint_enforces_auth_roles_and_tenancy() {
             .0,
         200
     );
+    stack.stop().await;
+}
+
+/// A business number belongs to exactly one org: another org registering it gets 409
+/// and changes nothing; its own org re-registering it (credential rotation) is fine.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_business_number_belongs_to_one_org() {
+    let stack = ApiStack::start("api-numbers", |c| c.api.otp.resend_cooldown_secs = 0).await;
+    let a = stack.org("numa").await;
+    let b = stack.org("numb").await;
+    let admin_a = stack.login(&a, &a.admin_phone, "a-admin").await;
+    let admin_b = stack.login(&b, &b.admin_phone, "b-admin").await;
+    let credentials = |token: &str| json!({ "display_phone_number": "+1 555 0100", "access_token": token, "app_secret": "s" });
+
+    // A claims B's number (bootstrapped with B): refused, with the reason.
+    let b_number = format!("/v1/business-numbers/{}", b.phone_number_id);
+    let (status, _, answer) = stack
+        .call(
+            "PUT",
+            &b_number,
+            Some(&admin_a.access),
+            Some(credentials("a-token")),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "conflict", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another org"),
+        "{answer}"
+    );
+
+    // A rotates its own number's credentials: accepted, and it takes effect.
+    let a_number = format!("/v1/business-numbers/{}", a.phone_number_id);
+    let a_key = format!("{}:{}", a.org, a.phone_number_id);
+    let before = stack.wait_doc("business_numbers", &a_key).await;
+    let (status, _, answer) = stack
+        .call(
+            "PUT",
+            &a_number,
+            Some(&admin_a.access),
+            Some(credentials("rotated")),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    support::wait_for(
+        "the rotation",
+        std::time::Duration::from_secs(30),
+        || async {
+            let now = stack.wait_doc("business_numbers", &a_key).await;
+            now.get("access_token") != before.get("access_token")
+        },
+    )
+    .await;
+    // The rotation went through the same org's partition after the refused claim, so
+    // had the claim been published it would be written by now: it is not.
+    let stolen = stack
+        .mongo
+        .collection::<Document>("business_numbers")
+        .count_documents(doc! { "phone_number_id": &b.phone_number_id })
+        .await
+        .unwrap();
+    assert_eq!(stolen, 1, "only B holds its number");
+
+    // A new number, first registered by B: A cannot take it over either.
+    let fresh = format!("5{}", stack.id);
+    let path = format!("/v1/business-numbers/{fresh}");
+    let (status, _, _) = stack
+        .call(
+            "PUT",
+            &path,
+            Some(&admin_b.access),
+            Some(credentials("b-token")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    stack
+        .wait_doc("business_numbers", &format!("{}:{fresh}", b.org))
+        .await;
+    let (status, _, answer) = stack
+        .call(
+            "PUT",
+            &path,
+            Some(&admin_a.access),
+            Some(credentials("a-token")),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    let (status, _, _) = stack
+        .call(
+            "PUT",
+            &path,
+            Some(&admin_b.access),
+            Some(credentials("b-rotated")),
+        )
+        .await;
+    assert_eq!(status, 202, "re-registering by the owner stays allowed");
     stack.stop().await;
 }

@@ -178,6 +178,7 @@ async fn assignments_sends_reads_and_media_land_in_mongodb_once() {
         command_id: None,
         issued_by: None,
         rejected: None,
+        note: None,
         at_ms,
     };
     let newer = AssignmentEvent {

@@ -92,6 +92,7 @@ impl Scenario {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms: now_ms(),
         }
     }

@@ -84,6 +84,10 @@ pub struct AssignmentEvent {
     /// Set when a command was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// The text of an accepted note command: an entry on the conversation's timeline
+    /// for the org's agents, never sent to the customer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub at_ms: i64,
 }
 

@@ -367,6 +367,7 @@ fn notifier_inputs(org: &str, events: usize, spread: usize) -> Vec<(String, Vec<
                     command_id: None,
                     issued_by: None,
                     rejected: None,
+                    note: None,
                     at_ms: now_ms(),
                 };
                 (format!("assign:{number}"), json(&assignment))

@@ -262,6 +262,7 @@ impl Generator<'_> {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms,
         };
         self.push(topics::CONVERSATION_ASSIGNMENTS, number, &event);

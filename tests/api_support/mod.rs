@@ -101,13 +101,32 @@ impl ApiStack {
         }
     }
 
+    /// Runs another role beside the API and the mongo sink (ingest, a processor, a
+    /// sink), stopped with the stack.
+    pub fn spawn_role<F, Fut>(&mut self, role: F)
+    where
+        F: FnOnce(Config, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let fut = role(self.config.clone(), self.shutdown.clone());
+        self.tasks.push(tokio::spawn(fut));
+    }
+
     /// Bootstraps `name` (unique per run) with an admin and a business number, and
     /// waits until the mongo sink has written them.
     pub async fn org(&self, name: &str) -> Org {
         let n = unique();
-        let org = format!("{name}-{n}");
+        self.org_with(&format!("{name}-{n}"), &format!("8{n}"))
+            .await
+    }
+
+    /// Bootstraps the org `org` with its admin and the business number
+    /// `phone_number_id` (names the test chose, e.g. to configure roles with them).
+    pub async fn org_with(&self, org: &str, phone_number_id: &str) -> Org {
+        let n = unique();
+        let org = org.to_string();
         let admin_phone = format!("1555{}", &n[n.len().saturating_sub(7)..]);
-        let phone_number_id = format!("8{n}");
+        let phone_number_id = phone_number_id.to_string();
         let args = coexist::admin::BootstrapArgs {
             org: org.clone(),
             name: None,

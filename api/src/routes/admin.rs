@@ -113,11 +113,12 @@ pub async fn list_numbers(
     ))
 }
 
-/// Add or update a business number and its credentials.
+/// Add a business number, or rotate its credentials. A number belongs to exactly one
+/// org: registering another org's number is refused with 409 `conflict`.
 #[utoipa::path(put, path = "/v1/business-numbers/{phone_number_id}", tag = "admin",
     security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
     request_body = NumberUpsert,
-    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = Accepted), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn upsert_number(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -137,14 +138,17 @@ pub async fn upsert_number(
     nonempty("display_phone_number", &req.display_phone_number)?;
     nonempty("access_token", &req.access_token)?;
     nonempty("app_secret", &req.app_secret)?;
-    // A number belongs to one org; another org's is reported as absent, not as taken.
+    // A number belongs to exactly one org. Its id is Meta's, global: saying it is
+    // taken is the answer the registering admin needs (and reveals no other org).
     let owner = state
         .db
         .collection::<Document>(collections::BUSINESS_NUMBERS)
         .find_one(doc! { "phone_number_id": &phone_number_id, "org": { "$ne": &caller.org } })
         .await?;
     if owner.is_some() {
-        return Err(ApiError::not_found("business number"));
+        return Err(ApiError::conflict(format!(
+            "business number {phone_number_id} is registered to another org"
+        )));
     }
     let change = Change::BusinessNumberUpserted {
         phone_number_id,

@@ -55,14 +55,20 @@ pub struct ConversationQuery {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Message {
+    /// Meta's message id; `note:{command_id}` for a note.
     pub wamid: String,
-    /// `inbound` or `outbound`.
+    /// `inbound`, `outbound`, or `internal` for a note (seen by the org's agents
+    /// only, never sent to the customer).
     pub direction: Option<String>,
     /// `cloud_api`, `business_app` or `history`.
     pub origin: Option<String>,
+    /// WhatsApp's message type (`text`, `image`, ...), or `note`.
     #[serde(rename = "type")]
     pub message_type: Option<String>,
+    /// The text (a note's whole text).
     pub preview: Option<String>,
+    /// The agent who sent it through the API, or wrote the note.
+    pub sent_by: Option<String>,
     pub reply_to: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub media: Option<serde_json::Value>,
@@ -121,6 +127,7 @@ fn message_of(d: &Document) -> Message {
         origin: text(d, "origin"),
         message_type: text(d, "type"),
         preview: text(d, "preview"),
+        sent_by: text(d, "sent_by"),
         reply_to: text(d, "reply_to"),
         media: json(d, "media"),
         status: text(d, "status"),
@@ -316,8 +323,8 @@ pub async fn message_statuses(
     ))
 }
 
-/// A short-lived URL to download a stored media file (from the `media` collection
-/// the media sink's `media.stored` events fill).
+/// A short-lived URL to download a media file the media sink stored (a message's
+/// `stored_media`), by its Meta media id. Served as an attachment, never inline.
 #[utoipa::path(get, path = "/v1/media/{media_id}", tag = "conversations",
     security(("bearer" = [])), params(("media_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
     responses((status = 200, body = MediaUrl), (status = 404, body = crate::error::ErrorBody)))]
@@ -327,31 +334,36 @@ pub async fn media_url(
     Path(media_id): Path<String>,
 ) -> ApiResult<Json<MediaUrl>> {
     valid_id("media_id", &media_id)?;
-    let media = state
+    let message = state
         .db
-        .collection::<Document>("media")
-        .find_one(doc! { "_id": format!("{}:{media_id}", caller.org) })
+        .collection::<Document>(collections::MESSAGES)
+        .find_one(doc! { "org": &caller.org, "stored_media.media_id": &media_id })
         .await?
         .ok_or_else(|| ApiError::not_found("media"))?;
-    let key = text(&media, "key").ok_or_else(|| ApiError::not_found("media"))?;
+    let stored = message
+        .get_document("stored_media")
+        .map_err(|_| ApiError::not_found("media"))?;
+    let key = text(stored, "key").ok_or_else(|| ApiError::not_found("media"))?;
     // Keys are `{org}/{sha256}`: refuse anything outside the caller's prefix.
     if !key.starts_with(&format!("{}/", caller.org)) {
         return Err(ApiError::not_found("media"));
     }
+    let bucket = text(stored, "bucket").unwrap_or_else(|| state.s3_bucket.clone());
     let ttl = state.config.media_url_ttl_secs;
     let presign =
         PresigningConfig::expires_in(Duration::from_secs(ttl)).map_err(ApiError::unavailable)?;
     let request = state
         .s3
         .get_object()
-        .bucket(&state.s3_bucket)
+        .bucket(&bucket)
         .key(&key)
+        .response_content_disposition("attachment")
         .presigned(presign)
         .await
         .map_err(ApiError::unavailable)?;
     Ok(Json(MediaUrl {
         url: request.uri().to_string(),
         expires_in_secs: ttl,
-        mime_type: text(&media, "mime_type"),
+        mime_type: text(stored, "mime_type"),
     }))
 }

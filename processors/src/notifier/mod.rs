@@ -218,6 +218,7 @@ mod tests {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms: 0,
         }
     }

@@ -403,6 +403,7 @@ impl Router {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms: now_ms,
         }
     }
@@ -516,6 +517,11 @@ impl Router {
         );
         ev.command_id = Some(cmd.id.clone());
         ev.issued_by = Some(cmd.issued_by.clone());
+        // An accepted note travels with its answer, so the sinks put it on the
+        // timeline from this one event.
+        if let (CommandAction::Note { text }, Ok(_)) = (&cmd.action, &decision) {
+            ev.note = Some(text.clone());
+        }
         ev.rejected = decision.err();
         self.apply(&ev);
         out.push(ev);

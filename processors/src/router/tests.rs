@@ -489,14 +489,22 @@ fn force_assign_ignores_capacity_and_presence_but_not_identity() {
 }
 
 #[test]
-fn notes_are_accepted_without_change() {
+fn notes_are_accepted_without_change_and_carry_their_text() {
     let mut r = Router::new(config(Policy::Manual));
     r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
     let note = CommandAction::Note { text: "vip".into() };
-    let out = r.handle(command("k1", "c1", "ana", note), 2000);
+    let out = r.handle(command("k1", "c1", "ana", note.clone()), 2000);
     assert_eq!(moves(&out), [(Open, None)]);
     assert_eq!(result(&out).rejected, None);
+    assert_eq!(result(&out).note.as_deref(), Some("vip"));
     assert_eq!(r.snapshot().changes, 1);
+    // A note on a conversation the router does not know is refused, without its text.
+    let out = r.handle(command("k2", "c9", "ana", note), 2000);
+    assert!(result(&out).rejected.is_some());
+    assert_eq!(result(&out).note, None);
+    // Other commands never carry one.
+    let out = r.handle(command("k3", "c1", "ana", CommandAction::Resolve), 3000);
+    assert_eq!(result(&out).note, None);
 }
 
 #[test]

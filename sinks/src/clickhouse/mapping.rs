@@ -320,6 +320,7 @@ mod tests {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms: 1_700_000_000_123,
         };
         let row = assignment_row(&a);

@@ -122,6 +122,9 @@ fn assignment(a: &AssignmentEvent, offset: i64) -> Vec<Statement> {
             true,
         ));
     }
+    if let (None, Some(text), Some(command_id)) = (&a.rejected, &a.note, &a.command_id) {
+        out.push(note(a, command_id, text));
+    }
     if let Some(command_id) = &a.command_id {
         out.push(command_result(
             &a.org,
@@ -139,6 +142,36 @@ fn assignment(a: &AssignmentEvent, offset: i64) -> Vec<Statement> {
         ));
     }
     out
+}
+
+/// An accepted note, on the conversation's timeline as a message of type `note` and
+/// direction `internal` (its text in `preview`), under `note:{command id}`, so a
+/// redelivered answer rewrites the same document. The conversation's activity time
+/// does not move: a note is not news from the customer.
+fn note(a: &AssignmentEvent, command_id: &str, text: &str) -> Statement {
+    let id = format!("note:{command_id}");
+    (
+        collections::MESSAGES,
+        doc! { "_id": key(&a.org, &id) },
+        doc! {
+            "$set": {
+                "org": &a.org,
+                "id": &id,
+                "phone_number_id": &a.phone_number_id,
+                "conversation_id": &a.conversation_id,
+                "direction": "internal",
+                "type": "note",
+                "preview": text,
+                "sent_by": a.issued_by.clone().map_or(Bson::Null, Bson::String),
+                "command_id": command_id,
+            },
+            "$setOnInsert": {
+                "sent_at": DateTime::from_millis(a.at_ms),
+                "first_seen_at": DateTime::from_millis(a.at_ms),
+            },
+        },
+        false,
+    )
 }
 
 /// The first outcome of a command wins; a redelivered one changes nothing.
@@ -286,6 +319,7 @@ mod tests {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms: 5_000,
         }
     }
@@ -307,6 +341,32 @@ mod tests {
         let or = filter.get_array("$or").unwrap();
         let same_time = or[2].as_document().unwrap();
         assert_eq!(same_time.get_i64("assignment_at_ms").unwrap(), 5_000);
+    }
+
+    #[test]
+    fn an_accepted_note_is_a_timeline_entry_and_a_rejected_one_is_not() {
+        let mut a = assignment_event(ConversationState::Open, None);
+        a.command_id = Some("k9".into());
+        a.issued_by = Some("ana".into());
+        a.note = Some("call back".into());
+        let plan = assignment(&a, 3);
+        let (_, filter, update, _) = plan
+            .iter()
+            .find(|s| s.0 == collections::MESSAGES)
+            .expect("the note");
+        assert_eq!(filter.get_str("_id").unwrap(), "acme:note:k9");
+        let set = update.get_document("$set").unwrap();
+        assert_eq!(set.get_str("type").unwrap(), "note");
+        assert_eq!(set.get_str("direction").unwrap(), "internal");
+        assert_eq!(set.get_str("preview").unwrap(), "call back");
+        assert_eq!(set.get_str("sent_by").unwrap(), "ana");
+        assert_eq!(set.get_str("conversation_id").unwrap(), "111-222");
+        a.rejected = Some("unknown conversation".into());
+        assert!(
+            assignment(&a, 4)
+                .iter()
+                .all(|s| s.0 != collections::MESSAGES)
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
             vec![
                 index(doc! { "org": 1, "id": 1 }, Some(unique())),
                 index(doc! { "org": 1, "conversation_id": 1, "sent_at": -1 }, None),
+                // `GET /v1/media/{media_id}`: the message whose media the sink stored.
+                index(doc! { "org": 1, "stored_media.media_id": 1 }, None),
             ],
         ),
         (

@@ -110,7 +110,8 @@ pub fn event_topics(prefix: &str, event: &WhatsAppEvent, owners: &Owners) -> Vec
 }
 
 /// Where an assignment goes: the new owner's inbox, and the issuer's when it
-/// answers a command. A rejected command reaches its issuer only.
+/// answers a command. A rejected command reaches its issuer only. An accepted note
+/// also goes to its conversation, where every agent of the org following it sees it.
 ///
 /// Not to the previous owner: the owners table is rebuilt from the whole topic at
 /// start, ahead of where the group resumes, so "previous" would be wrong while it
@@ -127,6 +128,9 @@ pub fn assignment_topics(prefix: &str, a: &AssignmentEvent) -> Vec<String> {
         agents.extend(a.issued_by.as_deref());
     }
     let mut topics: Vec<String> = Vec::new();
+    if a.rejected.is_none() && a.note.is_some() {
+        topics.push(conversation_topic(prefix, &a.org, &a.conversation_id));
+    }
     for agent in agents.into_iter().filter(|a| is_agent(a)) {
         let topic = inbox_topic(prefix, &a.org, agent);
         if !topics.contains(&topic) {
@@ -156,6 +160,7 @@ mod tests {
             command_id: None,
             issued_by: None,
             rejected: None,
+            note: None,
             at_ms: 0,
         }
     }
@@ -188,6 +193,20 @@ mod tests {
         rejected.issued_by = Some("cy".into());
         rejected.rejected = Some("not the owner".into());
         assert_eq!(assignment_topics("x", &rejected), ["x/o/agents/cy/inbox"]);
+    }
+
+    #[test]
+    fn an_accepted_note_reaches_its_conversation_and_a_rejected_one_only_the_issuer() {
+        let mut note = assignment(None, ConversationState::Open);
+        note.command_id = Some("cmd4".into());
+        note.issued_by = Some("ann".into());
+        note.note = Some("vip".into());
+        assert_eq!(
+            assignment_topics("x", &note),
+            ["x/o/conversations/c", "x/o/agents/ann/inbox"]
+        );
+        note.rejected = Some("unknown conversation c".into());
+        assert_eq!(assignment_topics("x", &note), ["x/o/agents/ann/inbox"]);
     }
 
     #[test]
