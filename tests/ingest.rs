@@ -543,7 +543,7 @@ async fn replay_reproduces_the_same_events_from_the_raw_topic() {
     };
     let plan = ingest::replay::plan(&ingest.config.kafka, &range).unwrap();
     let publisher = ingest.config.kafka.publisher("replay-test").await.unwrap();
-    let orgs = ingest.config.ingest.org_directory();
+    let orgs = ingest::owners::Owners::seed(&ingest.config.ingest);
     let mut seen = 0;
     let summary = ingest::replay::run(&ingest.config.kafka, &publisher, &orgs, &plan, |done, _| {
         seen = done
