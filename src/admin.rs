@@ -83,12 +83,23 @@ pub fn changes(
         .collect())
 }
 
-/// Publishes the bootstrap changes and waits for the broker's acknowledgement.
+/// Publishes the bootstrap changes and waits for the broker's acknowledgement; the
+/// number's access token and app secret come from `COEXIST_BOOTSTRAP_ACCESS_TOKEN`
+/// and `COEXIST_BOOTSTRAP_APP_SECRET` (never from arguments, which `ps` shows).
 pub async fn bootstrap(config: &Config, args: &BootstrapArgs) -> anyhow::Result<()> {
-    let sealer = api::seal::Sealer::from_config(&config.sealing)?;
     let token = std::env::var("COEXIST_BOOTSTRAP_ACCESS_TOKEN").unwrap_or_default();
     let secret = std::env::var("COEXIST_BOOTSTRAP_APP_SECRET").unwrap_or_default();
-    let list = changes(args, &sealer, (&token, &secret), api::now_ms())?;
+    bootstrap_with(config, args, (&token, &secret)).await
+}
+
+/// [`bootstrap`] with the number's `(access token, app secret)` given.
+pub async fn bootstrap_with(
+    config: &Config,
+    args: &BootstrapArgs,
+    secrets: (&str, &str),
+) -> anyhow::Result<()> {
+    let sealer = api::seal::Sealer::from_config(&config.sealing)?;
+    let list = changes(args, &sealer, secrets, api::now_ms())?;
     let publisher = config.kafka.publisher("admin").await?;
     for change in &list {
         publisher

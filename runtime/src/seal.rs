@@ -37,6 +37,17 @@ pub struct SealKey {
 
 const NONCE_LEN: usize = 12;
 
+/// One random key per process: with no keys configured, every role of one process
+/// (`coexist all`, a test) seals and opens alike; another process cannot open it.
+fn ephemeral_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill(&mut bytes[..]);
+        bytes
+    })
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SealError {
     #[error("sealing key {0} is not 32 bytes of base64")]
@@ -64,10 +75,10 @@ impl Sealer {
             keys.push((key.id.clone(), bytes));
         }
         if keys.is_empty() {
-            tracing::warn!("sealing.keys is empty: sealing with an ephemeral key (dev only)");
-            let mut bytes = vec![0u8; 32];
-            rand::rng().fill(&mut bytes[..]);
-            keys.push(("ephemeral".into(), bytes));
+            tracing::warn!(
+                "sealing.keys is empty: sealing with an ephemeral key shared by the roles of this process only (dev only)"
+            );
+            keys.push(("ephemeral".into(), ephemeral_key().to_vec()));
         }
         Self::new(&keys)
     }

@@ -49,6 +49,9 @@ use sha2::{Digest, Sha256};
 pub struct GraphSimConfig {
     /// Bearer tokens accepted; empty accepts any non-empty token.
     pub access_tokens: Vec<Secret>,
+    /// Per business number, the only token accepted for its calls (as Meta refuses
+    /// a token without access to the number's account); unlisted numbers: as above.
+    pub number_tokens: Vec<NumberToken>,
     /// Where status and inbound webhooks go; empty: `http://{ingest.listen}/webhooks/whatsapp`.
     pub webhook_url: String,
     /// The app secret webhooks are signed with; empty: the first of `ingest.app_secrets`.
@@ -65,10 +68,18 @@ pub struct GraphSimConfig {
     pub shares: plan::Shares,
 }
 
+/// A business number and the token the simulator accepts for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NumberToken {
+    pub phone_number_id: String,
+    pub token: Secret,
+}
+
 impl Default for GraphSimConfig {
     fn default() -> Self {
         Self {
             access_tokens: Vec::new(),
+            number_tokens: Vec::new(),
             webhook_url: String::new(),
             app_secret: Secret::default(),
             callbacks: true,
@@ -227,14 +238,23 @@ fn invalid(details: &str) -> MetaError {
     meta_error(400, 100, "Invalid parameter", details)
 }
 
-/// 401/190 unless the request carries an accepted bearer token.
-fn authorize(sim: &Sim, headers: &HeaderMap) -> Result<(), MetaError> {
+/// 401/190 unless the request carries an accepted bearer token (for the number,
+/// when the call names one).
+fn authorize(sim: &Sim, headers: &HeaderMap, number: Option<&str>) -> Result<(), MetaError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let accepted = if sim.config.access_tokens.is_empty() {
+    let own = number.and_then(|n| {
+        sim.config
+            .number_tokens
+            .iter()
+            .find(|t| t.phone_number_id == n)
+    });
+    let accepted = if let Some(own) = own {
+        own.token.expose() == token
+    } else if sim.config.access_tokens.is_empty() {
         !token.is_empty()
     } else {
         sim.config.access_tokens.iter().any(|t| t.expose() == token)
@@ -374,7 +394,7 @@ async fn messages(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = authorize(&sim, &headers) {
+    if let Err(refused) = authorize(&sim, &headers, Some(&phone_number_id)) {
         return refused.into_response();
     }
     let body = match parse_json(&body) {
@@ -560,7 +580,7 @@ async fn smb_app_data(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = authorize(&sim, &headers) {
+    if let Err(refused) = authorize(&sim, &headers, Some(&phone_number_id)) {
         return refused.into_response();
     }
     let body = match parse_json(&body) {
@@ -634,7 +654,7 @@ async fn media_info(
     Path((_version, media_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&sim, &headers) {
+    if let Err(refused) = authorize(&sim, &headers, None) {
         return refused.into_response();
     }
     let Some((bytes, mime)) = media(&sim, &media_id) else {
@@ -660,7 +680,7 @@ async fn download(
     Path(media_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = authorize(&sim, &headers) {
+    if let Err(refused) = authorize(&sim, &headers, None) {
         return refused.into_response();
     }
     match media(&sim, &media_id) {
@@ -675,7 +695,7 @@ async fn upload(
     headers: HeaderMap,
     mut form: Multipart,
 ) -> Response {
-    if let Err(refused) = authorize(&sim, &headers) {
+    if let Err(refused) = authorize(&sim, &headers, None) {
         return refused.into_response();
     }
     let mut file = None;

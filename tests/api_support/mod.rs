@@ -23,6 +23,10 @@ pub struct ApiStack {
     pub http: reqwest::Client,
     pub mongo: mongodb::Database,
     pub id: String,
+    /// The `(access token, app secret)` bootstrapped orgs' numbers get: ingest
+    /// checks webhooks for the number against that secret, and the sinks call the
+    /// Graph API with that token (the directory wins over any static config).
+    pub credentials: (String, String),
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -96,6 +100,10 @@ impl ApiStack {
             http,
             mongo,
             id,
+            credentials: (
+                "bootstrap-access-token".into(),
+                crate::support::APP_SECRET.into(),
+            ),
             shutdown,
             tasks,
         }
@@ -136,7 +144,8 @@ impl ApiStack {
             phone_number_id: Some(phone_number_id.clone()),
             display_phone_number: "+1 555 0100".into(),
         };
-        coexist::admin::bootstrap(&self.config, &args)
+        let (token, secret) = &self.credentials;
+        coexist::admin::bootstrap_with(&self.config, &args, (token, secret))
             .await
             .unwrap();
         self.wait_doc("agents", &format!("{org}:admin")).await;
