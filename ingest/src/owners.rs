@@ -59,11 +59,12 @@ impl Owners {
     /// number then accepts no signature.
     pub fn build(directory: &Directory, sealer: &Sealer, config: &IngestConfig) -> Self {
         let mut owners = Self::seed(config);
+        let mut sealed_shut = Vec::new();
         for (number, entry) in directory.numbers() {
             let secret = match sealer.open(&entry.app_secret) {
                 Ok(secret) => Secret::new(secret),
-                Err(err) => {
-                    tracing::error!(number, org = entry.org, %err, "app secret of a business number does not open: its webhooks are refused");
+                Err(_) => {
+                    sealed_shut.push(number);
                     Secret::default()
                 }
             };
@@ -77,6 +78,13 @@ impl Owners {
             owners
                 .numbers
                 .insert(number.to_string(), (entry.org.clone(), secret));
+        }
+        if !sealed_shut.is_empty() {
+            tracing::warn!(
+                numbers = sealed_shut.len(),
+                first = sealed_shut[0],
+                "app secrets that do not open with [sealing] keys: these numbers' webhooks are refused"
+            );
         }
         owners
     }

@@ -47,6 +47,16 @@ pub struct Tokens {
 
 impl ApiStack {
     pub async fn start(name: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_roles(name, tweak, false).await
+    }
+
+    /// `coexist all` (every role in one process) instead of the API and the mongo
+    /// sink alone.
+    pub async fn start_all(name: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_roles(name, tweak, true).await
+    }
+
+    async fn start_roles(name: &str, tweak: impl FnOnce(&mut Config), all: bool) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -71,16 +81,23 @@ impl ApiStack {
         // fine here, the topics exist afterwards either way.
         let _ = coexist::roles::apply_topics(&config).await;
         let shutdown = CancellationToken::new();
-        let tasks = vec![
-            tokio::spawn({
+        let tasks = if all {
+            vec![tokio::spawn({
                 let (c, s) = (config.clone(), shutdown.clone());
-                async move { coexist::roles::sink(&c, coexist::roles::SinkName::Mongo, s).await }
-            }),
-            tokio::spawn({
-                let (c, s) = (config.clone(), shutdown.clone());
-                async move { coexist::roles::api(&c, s).await }
-            }),
-        ];
+                async move { coexist::roles::all(c, s).await }
+            })]
+        } else {
+            vec![
+                tokio::spawn({
+                    let (c, s) = (config.clone(), shutdown.clone());
+                    async move { coexist::roles::sink(&c, coexist::roles::SinkName::Mongo, s).await }
+                }),
+                tokio::spawn({
+                    let (c, s) = (config.clone(), shutdown.clone());
+                    async move { coexist::roles::api(&c, s).await }
+                }),
+            ]
+        };
         let base = format!("http://{}", config.api.listen);
         let http = reqwest::Client::new();
         wait_for("api to answer", Duration::from_secs(60), || async {
