@@ -23,6 +23,11 @@ use serde_json::{Value, json};
 use support::{MqttRecorder, free_port, now_ms, unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
+/// One `coexist all` at a time: each reads every org's traffic (as in production),
+/// and its whatsapp sink handles every number, so two at once would also send each
+/// other's commands.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The sealing key of this test's process (any 32 bytes, base64).
 const SEALING_KEY: &str = "ZGlyZWN0b3J5LXRlc3Qtc2VhbGluZy1rZXktMzJieXQ=";
 
@@ -261,6 +266,7 @@ async fn wait_loads(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_admin_runs_the_pipeline_over_http_alone() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let id = unique();
     let (login_number, number) = (format!("50{id}"), format!("51{id}"));
     let (login_token, token, secret) =
@@ -522,6 +528,7 @@ async fn message_stored(stack: &ApiStack, org: &str, wamid: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secret_speaks_only_for_its_own_numbers() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let id = unique();
     let sim = GraphSim::start(&[]).await;
     let mut stack = start_all("secrets", &sim.url).await;
@@ -584,6 +591,7 @@ async fn a_secret_speaks_only_for_its_own_numbers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_number_is_dead_lettered_and_replayed_once_added() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let id = unique();
     let sim = GraphSim::start(&[]).await;
     let mut stack = start_all("unknown", &sim.url).await;
