@@ -32,7 +32,7 @@ pub struct Agent {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Invite {
     /// Chosen by the admin (letters, digits, - _ .).
-    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
     pub agent_id: String,
     #[schema(pattern = r"\S", max_length = 100)]
     pub name: String,
@@ -100,7 +100,7 @@ pub async fn list_agents(
 
 /// One agent.
 #[utoipa::path(get, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = [])),
-    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 200, body = Agent), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_agent(
     State(state): State<AppState>,
@@ -169,7 +169,7 @@ pub async fn invite_agent(
 
 /// Change an agent's name, role or capacity.
 #[utoipa::path(patch, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = ["admin"])),
-    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = AgentPatch,
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = AgentPatch,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn update_agent(
     State(state): State<AppState>,
@@ -203,7 +203,7 @@ pub async fn update_agent(
 
 /// Deactivate an agent: they can no longer log in, and their sessions end now.
 #[utoipa::path(delete, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = ["admin"])),
-    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn deactivate_agent(
     State(state): State<AppState>,
