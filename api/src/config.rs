@@ -61,7 +61,8 @@ pub struct SealKey {
 #[serde(default)]
 pub struct OtpPolicy {
     pub ttl_secs: u64,
-    /// Wrong codes per challenge before the user is locked out.
+    /// Wrong codes before the user is locked out, counted across the user's codes
+    /// until a login succeeds.
     pub max_attempts: u32,
     pub lockout_secs: u64,
     /// Least time between two codes for one user.
@@ -85,6 +86,9 @@ impl Default for OtpPolicy {
 pub struct RateLimits {
     pub per_ip_per_minute: u32,
     pub per_user_per_minute: u32,
+    /// `POST /v1/auth/otp/verify` per user, whatever the address (besides the lockout
+    /// after `max_attempts` wrong codes).
+    pub otp_verify_per_user_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -92,6 +96,7 @@ impl Default for RateLimits {
         Self {
             per_ip_per_minute: 600,
             per_user_per_minute: 600,
+            otp_verify_per_user_per_minute: 20,
         }
     }
 }

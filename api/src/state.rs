@@ -40,6 +40,7 @@ pub struct Inner {
     pub clickhouse: Option<clickhouse::Client>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     user_limiter: DefaultKeyedRateLimiter<String>,
+    verify_limiter: DefaultKeyedRateLimiter<String>,
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -61,6 +62,9 @@ impl Inner {
         Ok(Self {
             ip_limiter: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_ip_per_minute)),
             user_limiter: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_user_per_minute)),
+            verify_limiter: DefaultKeyedRateLimiter::keyed(per_minute(
+                limits.otp_verify_per_user_per_minute,
+            )),
             s3: deps.s3.client(),
             s3_bucket: deps.s3.bucket.clone(),
             config,
@@ -83,6 +87,16 @@ impl Inner {
     pub fn limit_user(&self, org: &str, user: &str) -> Result<(), ApiError> {
         self.user_limiter
             .check_key(&format!("{org}:{user}"))
+            .map_err(retry)
+    }
+}
+
+impl Inner {
+    /// 429 with `Retry-After` when the user (`{org}:{agent_id}`) has tried too many
+    /// codes this minute, from however many addresses.
+    pub fn limit_verify(&self, user_key: &str) -> Result<(), ApiError> {
+        self.verify_limiter
+            .check_key(&user_key.to_string())
             .map_err(retry)
     }
 }

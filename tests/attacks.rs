@@ -1,0 +1,314 @@
+//! Attacks on the real servers (API, MongoDB, tansu, Mosquitto, ingest): each test
+//! tries one way in that a review found, and asserts it is shut. SECURITY.md lists
+//! each control and the test here that proves it.
+
+mod api_support;
+mod support;
+
+use std::time::Duration;
+
+use api_support::{ApiStack, Org};
+use serde_json::{Value, json};
+
+/// The answer codes of `n` concurrent verify calls for `challenge` with `code`.
+async fn concurrent_guesses(
+    stack: &ApiStack,
+    challenge: &str,
+    code: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, url) = (stack.http.clone(), stack.url("/v1/auth/otp/verify"));
+        let body = json!({ "challenge_id": challenge, "code": code, "device_id": format!("d{i}") });
+        calls.spawn(async move {
+            let resp = http.post(url).json(&body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            format!("{status} {}", body["error"]["code"].as_str().unwrap_or(""))
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = calls.join_next().await {
+        answers.push(answer.unwrap());
+    }
+    answers.sort();
+    answers
+}
+
+fn wrong_for(code: &str) -> &'static str {
+    if code == "000000" { "000001" } else { "000000" }
+}
+
+async fn verify(stack: &ApiStack, challenge: &str, code: &str) -> (u16, Value) {
+    let (status, _, body) = stack
+        .call(
+            "POST",
+            "/v1/auth/otp/verify",
+            None,
+            Some(json!({ "challenge_id": challenge, "code": code, "device_id": "attacker" })),
+        )
+        .await;
+    (status, body)
+}
+
+/// OTP brute force: 50 wrong guesses at once used to pass the attempt check together
+/// and count as one; the right code then logged in.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_wrong_guesses_then_the_right_code_does_not_log_in() {
+    let stack = ApiStack::start("atk-otp", |_| {}).await;
+    let org = stack.org("atkotp").await;
+    let challenge = stack.request_code(&org.admin_phone).await;
+    let code = stack.code_sent(&org, &org.admin_phone, &challenge).await;
+
+    let answers = concurrent_guesses(&stack, &challenge, wrong_for(&code), 50).await;
+    let compared = answers.iter().filter(|a| *a == "401 invalid_code").count();
+    assert!(
+        compared < 5,
+        "at most 4 wrong codes may be compared before the lockout, got {compared}: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.starts_with("401") || a.starts_with("429")),
+        "{answers:?}"
+    );
+
+    let (status, body) = verify(&stack, &challenge, &code).await;
+    assert_eq!(
+        status, 429,
+        "the right code after 50 guesses must not log in: {body}"
+    );
+    stack.stop().await;
+}
+
+/// OTP brute force across resends: 4 guesses, a new code, 4 more, ... never reached
+/// the lockout, since a new code reset the count.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lockout_holds_across_resends() {
+    let stack = ApiStack::start("atk-resend", |c| c.api.otp.resend_cooldown_secs = 1).await;
+    let org = stack.org("atkresend").await;
+    let first = stack.request_code(&org.admin_phone).await;
+    let code = stack.code_sent(&org, &org.admin_phone, &first).await;
+    for _ in 0..4 {
+        let (status, body) = verify(&stack, &first, wrong_for(&code)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("invalid_code"))
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = stack.request_code(&org.admin_phone).await;
+    let code = stack.code_sent(&org, &org.admin_phone, &second).await;
+    let (status, body) = verify(&stack, &second, wrong_for(&code)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("otp_locked")),
+        "the fifth wrong code, on a fresh code, locks: {body}"
+    );
+    let (status, body) = verify(&stack, &second, &code).await;
+    assert_eq!(
+        status, 429,
+        "locked: even the right code is refused: {body}"
+    );
+    // And asking again does not buy more guesses while locked.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let third = stack.request_code(&org.admin_phone).await;
+    let (status, _) = verify(&stack, &third, "123456").await;
+    assert_ne!(status, 200);
+    stack.stop().await;
+}
+
+/// The parts of an answer an observer can compare: status, header names (not
+/// values that differ per call) and the body's shape.
+async fn otp_request_shape(
+    stack: &ApiStack,
+    phone: &str,
+) -> (u16, Vec<String>, Vec<String>, usize, Value) {
+    let (status, headers, body) = stack
+        .call(
+            "POST",
+            "/v1/auth/otp/request",
+            None,
+            Some(json!({ "phone": phone })),
+        )
+        .await;
+    let mut names: Vec<String> = headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .filter(|k| k != "date")
+        .collect();
+    names.sort();
+    let mut keys: Vec<String> = body
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    let challenge_len = body["challenge_id"].as_str().map_or(0, str::len);
+    (
+        status,
+        names,
+        keys,
+        challenge_len,
+        body["expires_in_secs"].clone(),
+    )
+}
+
+/// User enumeration: a known user's second request got `429 otp_cooldown`, an
+/// unknown one always 202.
+#[tokio::test(flavor = "multi_thread")]
+async fn known_and_unknown_users_get_indistinguishable_answers() {
+    let stack = ApiStack::start("atk-enum", |_| {}).await;
+    let org = stack.org("atkenum").await;
+    let unknown = "19998887766";
+    let known = [
+        otp_request_shape(&stack, &org.admin_phone).await,
+        otp_request_shape(&stack, &org.admin_phone).await,
+        otp_request_shape(&stack, &org.admin_phone).await,
+    ];
+    let strangers = [
+        otp_request_shape(&stack, unknown).await,
+        otp_request_shape(&stack, unknown).await,
+        otp_request_shape(&stack, unknown).await,
+    ];
+    for answer in known.iter().chain(&strangers) {
+        assert_eq!(
+            answer, &strangers[0],
+            "known {known:?} vs unknown {strangers:?}"
+        );
+    }
+    assert_eq!(strangers[0].0, 202);
+    stack.stop().await;
+}
+
+/// The cooldown still holds, silently: of three requests in a row, one code goes out
+/// and the first challenge stays the live one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cooldown_is_applied_silently() {
+    let stack = ApiStack::start("atk-cool", |_| {}).await;
+    let org = stack.org("atkcool").await;
+    let first = stack.request_code(&org.admin_phone).await;
+    let code = stack.code_sent(&org, &org.admin_phone, &first).await;
+    let decoy = stack.request_code(&org.admin_phone).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = stack
+        .wait_doc("auth_otps", &format!("{}:admin", org.org))
+        .await;
+    assert_eq!(stored.get_str("challenge_id").unwrap(), first);
+    let (status, _) = verify(&stack, &decoy, &code).await;
+    assert_eq!(status, 401, "the decoy challenge is no challenge");
+    let (status, body) = verify(&stack, &first, &code).await;
+    assert_eq!(status, 200, "{body}");
+    stack.stop().await;
+}
+
+async fn admin_token(stack: &ApiStack, org: &Org) -> String {
+    stack
+        .login(org, &org.admin_phone, "admin-phone")
+        .await
+        .access
+}
+
+/// Ids that are MQTT wildcards: an agent or org called `+` would turn its broker ACL
+/// (`{prefix}/{org}/agents/{agent}/inbox`) into a wildcard.
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_that_are_mqtt_wildcards_or_levels_are_refused() {
+    let stack = ApiStack::start("atk-ids", |_| {}).await;
+    let org = stack.org("atkids").await;
+    let admin = admin_token(&stack, &org).await;
+    let invite = |agent_id: &str| {
+        json!({ "agent_id": agent_id, "name": "Mallory", "phone": "15550009999",
+                "role": "agent", "capacity": 5 })
+    };
+    for bad in ["+", "#", "a/b", "$SYS", "a+b", ""] {
+        let (status, _, body) = stack
+            .call("POST", "/v1/agents", Some(&admin), Some(invite(bad)))
+            .await;
+        assert_eq!(status, 400, "agent id {bad:?} accepted: {body}");
+    }
+    // The same invite with a plain id goes through: the refusals are about the id.
+    let (status, _, body) = stack
+        .call("POST", "/v1/agents", Some(&admin), Some(invite("mallory")))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _, body) = stack
+        .call(
+            "POST",
+            "/v1/auth/otp/request",
+            None,
+            Some(json!({ "phone": org.admin_phone, "org": "+" })),
+        )
+        .await;
+    assert_eq!(status, 400, "org + accepted: {body}");
+    // The bootstrap CLI takes the same rule (checked before anything is published).
+    let sealer = api::seal::Sealer::from_config(&api::ApiConfig::default()).unwrap();
+    for (bad_org, bad_agent) in [
+        ("+", "admin"),
+        ("#", "admin"),
+        ("acme", "+"),
+        ("a/b", "admin"),
+    ] {
+        let args = coexist::admin::BootstrapArgs {
+            org: bad_org.into(),
+            name: None,
+            agent_id: bad_agent.into(),
+            email: Some("x@y.test".into()),
+            phone: None,
+            phone_number_id: None,
+            display_phone_number: String::new(),
+        };
+        assert!(
+            coexist::admin::changes(&args, &sealer, ("", ""), 0).is_err(),
+            "bootstrap took org {bad_org:?} agent {bad_agent:?}"
+        );
+    }
+    stack.stop().await;
+}
+
+/// Fail closed: the example config's published keys and dev_mode on a public address.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_and_ingest_refuse_a_public_address_with_the_example_secrets() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("coexist.example.toml");
+    let mut config = coexist::Config::load(Some(&example)).unwrap();
+    let port = support::free_port();
+    config.api.listen = format!("0.0.0.0:{port}");
+    config.ingest.listen = format!("0.0.0.0:{}", support::free_port());
+    config.ingest.presence.enabled = false;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let started = tokio::time::timeout(
+        Duration::from_secs(15),
+        coexist::roles::api(&config, shutdown.clone()),
+    )
+    .await;
+    let err = match started {
+        Ok(Err(err)) => err.to_string(),
+        Ok(Ok(())) => panic!("the API returned without an error"),
+        Err(_) => panic!("the API served 0.0.0.0 with the example config's secrets"),
+    };
+    for key in [
+        "api.jwt_keys",
+        "api.otp_pepper",
+        "api.secret_keys",
+        "api.dev_mode",
+    ] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "something listens on the refused port"
+    );
+    let started = tokio::time::timeout(
+        Duration::from_secs(15),
+        coexist::roles::ingest(&config, shutdown.clone()),
+    )
+    .await;
+    let err = match started {
+        Ok(Err(err)) => err.to_string(),
+        Ok(Ok(())) => panic!("ingest returned without an error"),
+        Err(_) => panic!("ingest served 0.0.0.0 with the example config's secrets"),
+    };
+    for key in ["ingest.verify_token", "ingest.app_secrets"] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+    shutdown.cancel();
+}
