@@ -187,7 +187,10 @@ async fn otp_brute_force_locks_out_and_resends_cool_down() {
             Some(json!({ "phone": org.admin_phone })),
         )
         .await;
-    assert_eq!(status, 202, "answered as usual, but no new code while locked");
+    assert_eq!(
+        status, 202,
+        "answered as usual, but no new code while locked"
+    );
     assert_eq!(live().await, challenge);
     // An unknown phone is answered like a known one (no account enumeration).
     let (status, _, _) = stack

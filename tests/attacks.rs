@@ -312,3 +312,181 @@ async fn the_api_and_ingest_refuse_a_public_address_with_the_example_secrets() {
     }
     shutdown.cancel();
 }
+
+/// Whether Mosquitto accepts a connection with these device credentials.
+async fn broker_accepts(creds: &Value) -> bool {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let mut options = MqttOptions::new(
+        creds["client_id"].as_str().unwrap(),
+        creds["host"].as_str().unwrap(),
+        creds["port"].as_u64().unwrap() as u16,
+    );
+    options
+        .set_credentials(
+            creds["username"].as_str().unwrap(),
+            creds["password"].as_str().unwrap(),
+        )
+        .set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    let accepted = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break true,
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => break false,
+        }
+    };
+    let _ = client.disconnect().await;
+    accepted
+}
+
+async fn mqtt_credentials(stack: &ApiStack, access: &str) -> Value {
+    let (status, _, creds) = stack
+        .call("POST", "/v1/mqtt/credentials", Some(access), None)
+        .await;
+    assert_eq!(status, 200, "{creds}");
+    assert!(broker_accepts(&creds).await, "fresh credentials refused");
+    creds
+}
+
+async fn refused_within_seconds(creds: &Value, what: &str) {
+    support::wait_for(what, Duration::from_secs(15), || async {
+        !broker_accepts(creds).await
+    })
+    .await;
+}
+
+/// A second login on the same device revoked the old session in MongoDB but left
+/// its Mosquitto client working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_sessions_mqtt_login_is_refused_by_the_broker() {
+    let stack = ApiStack::start("atk-relogin", |c| c.api.otp.resend_cooldown_secs = 0).await;
+    let org = stack.org("atkrelogin").await;
+    let first = stack.login(&org, &org.admin_phone, "tablet").await;
+    let creds = mqtt_credentials(&stack, &first.access).await;
+    let _second = stack.login(&org, &org.admin_phone, "tablet").await;
+    refused_within_seconds(&creds, "the broker to refuse the replaced session's login").await;
+    stack.stop().await;
+}
+
+/// Deactivation revoked only live sessions: a session that had ended earlier while
+/// the broker was unreachable (so its client survived) kept its MQTT login.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deactivated_agents_mqtt_logins_are_all_refused_by_the_broker() {
+    let stack = ApiStack::start("atk-deact", |c| c.api.otp.resend_cooldown_secs = 0).await;
+    let org = stack.org("atkdeact").await;
+    let admin = admin_token(&stack, &org).await;
+    let bob_phone = format!("1666{}", &org.admin_phone[4..]);
+    let (status, _, body) = stack
+        .call(
+            "POST",
+            "/v1/agents",
+            Some(&admin),
+            Some(
+                json!({ "agent_id": "bob", "name": "Bob", "phone": bob_phone,
+                         "role": "agent", "capacity": 5 }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    stack.wait_doc("agents", &format!("{}:bob", org.org)).await;
+    let earlier = stack.login(&org, &bob_phone, "old-phone").await;
+    let old_creds = mqtt_credentials(&stack, &earlier.access).await;
+    let current = stack.login(&org, &bob_phone, "new-phone").await;
+    let creds = mqtt_credentials(&stack, &current.access).await;
+    // The old phone's session ended without its broker client being deleted (as when
+    // the broker was down at logout).
+    stack
+        .mongo
+        .collection::<mongodb::bson::Document>("auth_sessions")
+        .update_one(
+            mongodb::bson::doc! { "_id": &earlier.session_id },
+            mongodb::bson::doc! { "$set": { "revoked_at_ms": support::now_ms(),
+            "revoked_reason": "logout" } },
+        )
+        .await
+        .unwrap();
+
+    let (status, _, body) = stack
+        .call("DELETE", "/v1/agents/bob", Some(&admin), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    refused_within_seconds(
+        &creds,
+        "the broker to refuse the deactivated agent's live login",
+    )
+    .await;
+    refused_within_seconds(
+        &old_creds,
+        "the broker to refuse the deactivated agent's old login",
+    )
+    .await;
+    stack.stop().await;
+}
+
+/// Broker logins never expired: a session that ended (expired, or revoked while the
+/// broker was down) kept its MQTT client for good. The reconcile deletes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_sessions_mqtt_login_is_refused_by_the_broker() {
+    let stack = ApiStack::start("atk-expire", |c| c.api.mqtt_reconcile_secs = 1).await;
+    let org = stack.org("atkexpire").await;
+    let tokens = stack.login(&org, &org.admin_phone, "kiosk").await;
+    let creds = mqtt_credentials(&stack, &tokens.access).await;
+    stack
+        .mongo
+        .collection::<mongodb::bson::Document>("auth_sessions")
+        .update_one(
+            mongodb::bson::doc! { "_id": &tokens.session_id },
+            mongodb::bson::doc! { "$set": { "expires_at_ms": support::now_ms() - 1 } },
+        )
+        .await
+        .unwrap();
+    refused_within_seconds(&creds, "the broker to refuse an expired session's login").await;
+    stack.stop().await;
+}
+
+/// A demoted admin's access token stayed an admin token until it expired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demoted_admins_tokens_stop_working_at_once() {
+    let stack = ApiStack::start("atk-demote", |c| c.api.otp.resend_cooldown_secs = 0).await;
+    let org = stack.org("atkdemote").await;
+    let admin = admin_token(&stack, &org).await;
+    let carol_phone = format!("1777{}", &org.admin_phone[4..]);
+    let (status, _, body) = stack
+        .call(
+            "POST",
+            "/v1/agents",
+            Some(&admin),
+            Some(
+                json!({ "agent_id": "carol", "name": "Carol", "phone": carol_phone,
+                         "role": "admin", "capacity": 5 }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    stack
+        .wait_doc("agents", &format!("{}:carol", org.org))
+        .await;
+    let carol = stack.login(&org, &carol_phone, "carol-laptop").await;
+    assert_eq!(
+        stack
+            .call("GET", "/v1/agents", Some(&carol.access), None)
+            .await
+            .0,
+        200
+    );
+    let (status, _, body) = stack
+        .call(
+            "PATCH",
+            "/v1/agents/carol",
+            Some(&admin),
+            Some(json!({ "role": "agent" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _, _) = stack
+        .call("POST", "/v1/agents", Some(&carol.access), Some(json!({
+            "agent_id": "mallory", "name": "M", "phone": "15550001111", "role": "admin", "capacity": 1 })))
+        .await;
+    assert_eq!(status, 401, "the demoted admin's token still works");
+    stack.stop().await;
+}

@@ -39,6 +39,9 @@ pub struct ApiConfig {
     /// The broker address handed to devices (empty: the `[mqtt]` host and port).
     pub mqtt_public_host: String,
     pub mqtt_public_port: u16,
+    /// How often devices' broker clients are compared with live sessions, and those
+    /// of ended or expired sessions deleted (0: never).
+    pub mqtt_reconcile_secs: u64,
 }
 
 /// One JWT key.
@@ -124,6 +127,7 @@ impl Default for ApiConfig {
             media_url_ttl_secs: 300,
             mqtt_public_host: String::new(),
             mqtt_public_port: 0,
+            mqtt_reconcile_secs: 60,
         }
     }
 }

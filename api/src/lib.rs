@@ -53,6 +53,9 @@ pub async fn serve(
     if let Err(err) = ensure_indexes(&state.db).await {
         tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
     }
+    if state.config.mqtt_reconcile_secs > 0 {
+        tokio::spawn(reconcile_mqtt(state.clone(), shutdown.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(%listen, "api up");
     axum::serve(
@@ -62,6 +65,23 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     Ok(())
+}
+
+/// Broker logins expire with their sessions: every `mqtt_reconcile_secs`, the
+/// clients of ended sessions are deleted.
+async fn reconcile_mqtt(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+    let every = std::time::Duration::from_secs(state.config.mqtt_reconcile_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match mqtt_access::reconcile(&state.mqtt, &state.db, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "mqtt logins of ended sessions deleted"),
+            Err(err) => tracing::warn!(error = %err, "mqtt reconcile failed; retrying"),
+        }
+    }
 }
 
 async fn ensure_indexes(db: &mongodb::Database) -> anyhow::Result<()> {

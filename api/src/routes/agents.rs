@@ -178,9 +178,9 @@ pub async fn update_agent(
     Body(patch): Body<AgentPatch>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     valid_id("agent_id", &agent_id)?;
-    if find(&state, &caller.org, &agent_id).await?.is_none() {
+    let Some(current) = find(&state, &caller.org, &agent_id).await? else {
         return Err(ApiError::not_found("agent"));
-    }
+    };
     if patch
         .name
         .as_ref()
@@ -191,13 +191,20 @@ pub async fn update_agent(
     if patch.capacity.is_some_and(|c| c > 1000) {
         return Err(ApiError::invalid("capacity is at most 1000"));
     }
+    // A demoted admin's tokens would stay admin tokens until they expire: their
+    // sessions (and broker logins) end now; they log in again as an agent.
+    let demoted = text(&current, "role").as_deref() == Some(Role::Admin.as_str())
+        && patch.role.is_some_and(|r| r != Role::Admin);
     let change = Change::AgentUpdated {
-        agent_id,
+        agent_id: agent_id.clone(),
         name: patch.name,
         role: patch.role,
         capacity: patch.capacity,
     };
     let id = crate::directory::publish(&state, &caller.org, &caller.user_id, change).await?;
+    if demoted {
+        super::auth::revoke_user(&state, &caller.org, &agent_id, "demoted").await?;
+    }
     Ok(accepted(id))
 }
 

@@ -465,13 +465,15 @@ async fn open_session(
 ) -> ApiResult<Json<TokenPair>> {
     let sessions_coll = state.db.collection::<Document>(sessions::SESSIONS);
     let now = now_ms();
-    // One session per device: logging in again on it ends the old one.
-    sessions_coll
-        .update_many(
-            doc! { "org": org, "agent_id": agent_id, "device_id": device_id, "revoked_at_ms": null },
-            doc! { "$set": { "revoked_at_ms": now, "revoked_reason": "replaced by a new login" } },
-        )
-        .await?;
+    // One session per device: logging in again on it ends the old one, broker
+    // login included.
+    revoke(
+        state,
+        doc! { "org": org, "agent_id": agent_id, "device_id": device_id },
+        "replaced by a new login",
+        Clients::OfEnded,
+    )
+    .await?;
     let session_id = sessions::random_id(16);
     let refresh = RefreshToken::new(&session_id, 0);
     let session = Session {
@@ -521,59 +523,85 @@ fn tokens(
     }))
 }
 
-async fn revoke(state: &AppState, filter: Document, reason: &str) -> ApiResult<u64> {
+/// Which sessions' broker clients a revocation deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Those of the sessions it ends.
+    OfEnded,
+    /// Those of every matching session, also ones that ended earlier (an agent who
+    /// is deactivated or demoted keeps no broker login, whatever happened before).
+    All,
+}
+
+/// The one path every revocation takes (logout, logout everywhere, a revoked
+/// device, refresh-token reuse, a new login on the same device, deactivation,
+/// demotion): the matching live sessions are marked revoked, which kills their
+/// access tokens at once, and their devices' MQTT clients are deleted from the
+/// broker. A broker that is down must not keep a user from logging out, so the
+/// deletion is best effort; the periodic reconcile (`mqtt_access::reconcile`)
+/// deletes whatever it missed.
+pub async fn revoke(
+    state: &AppState,
+    filter: Document,
+    reason: &str,
+    clients: Clients,
+) -> ApiResult<u64> {
     use futures::TryStreamExt;
-    let mut filter = filter;
-    filter.insert("revoked_at_ms", bson::Bson::Null);
+    let mut live = filter.clone();
+    live.insert("revoked_at_ms", bson::Bson::Null);
     let sessions_coll = state.db.collection::<Document>(sessions::SESSIONS);
     let ending: Vec<Document> = sessions_coll
-        .find(filter.clone())
+        .find(match clients {
+            Clients::OfEnded => live.clone(),
+            Clients::All => filter,
+        })
         .projection(doc! { "_id": 1, "org": 1, "agent_id": 1 })
         .await?
         .try_collect()
         .await?;
     let result = sessions_coll
         .update_many(
-            filter,
+            live,
             doc! { "$set": { "revoked_at_ms": now_ms(), "revoked_reason": reason } },
         )
         .await?;
-    // The devices' MQTT logins end with their sessions (best effort: a broker that is
-    // down must not keep a user from logging out).
     let usernames: Vec<String> = ending
         .iter()
         .filter_map(|d| {
-            Some(format!(
-                "{}:{}:{}",
-                super::text(d, "org")?,
-                super::text(d, "agent_id")?,
-                d.get_str("_id").ok()?
+            Some(crate::mqtt_access::username(
+                &super::text(d, "org")?,
+                &super::text(d, "agent_id")?,
+                d.get_str("_id").ok()?,
             ))
         })
         .collect();
     if !usernames.is_empty() {
         let mqtt = state.mqtt.clone();
         tokio::spawn(async move {
-            for username in usernames {
-                let correlation = sessions::random_id(8);
-                let commands = crate::mqtt_access::revoke_commands(&username, &correlation);
-                if let Err(err) = crate::mqtt_access::run(&mqtt, &commands, &correlation).await {
-                    tracing::debug!(%username, error = %err, "mqtt client not removed");
-                }
+            if let Err(err) = crate::mqtt_access::delete_clients(&mqtt, &usernames).await {
+                tracing::warn!(clients = usernames.len(), error = %err,
+                    "mqtt clients not removed; the reconcile will retry");
             }
         });
     }
     Ok(result.modified_count)
 }
 
-/// Revokes every session of a user (deactivation, logout everywhere).
+/// Revokes every session of a user and deletes all their broker clients
+/// (deactivation, demotion, logout everywhere).
 pub async fn revoke_user(
     state: &AppState,
     org: &str,
     agent_id: &str,
     reason: &str,
 ) -> ApiResult<u64> {
-    revoke(state, doc! { "org": org, "agent_id": agent_id }, reason).await
+    revoke(
+        state,
+        doc! { "org": org, "agent_id": agent_id },
+        reason,
+        Clients::All,
+    )
+    .await
 }
 
 /// Trade a refresh token for new tokens. Each refresh token works once; using a
@@ -599,6 +627,7 @@ pub async fn refresh(
             &state,
             doc! { "_id": &presented.session_id },
             "refresh token reused",
+            Clients::OfEnded,
         )
         .await?;
         Err::<Json<TokenPair>, _>(ApiError::new(
@@ -620,7 +649,7 @@ pub async fn refresh(
         return Err(ApiError::unauthorized("not a valid refresh token"));
     };
     let Some(agent) = active_agent(&state, &session.org, &session.agent_id).await? else {
-        revoke(&state, doc! { "_id": &session.id }, "agent deactivated").await?;
+        revoke_user(&state, &session.org, &session.agent_id, "agent deactivated").await?;
         return Err(ApiError::unauthorized("the account is deactivated"));
     };
     let role = super::text(&agent, "role").unwrap_or_else(|| "agent".into());
@@ -650,6 +679,7 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<
         &state,
         doc! { "_id": &caller.session_id, "org": &caller.org },
         "logout",
+        Clients::OfEnded,
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -710,6 +740,7 @@ pub async fn revoke_session(
         &state,
         doc! { "_id": &session_id, "org": &caller.org, "agent_id": &caller.user_id },
         "revoked by the user",
+        Clients::OfEnded,
     )
     .await?;
     if n == 0 {
