@@ -490,3 +490,215 @@ async fn a_demoted_admins_tokens_stop_working_at_once() {
     assert_eq!(status, 401, "the demoted admin's token still works");
     stack.stop().await;
 }
+
+/// Runs the presence bridge on `config`'s prefix until the token is cancelled.
+fn start_bridge(config: &coexist::Config, id: &str) -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (config, token) = (config.clone(), shutdown.clone());
+    let client_id = format!("atk-presence-{id}");
+    tokio::spawn(async move {
+        let publisher = config.kafka.publisher("ingest").await.unwrap();
+        let presence = ingest::presence::PresenceConfig {
+            enabled: true,
+            client_id,
+        };
+        ingest::presence::run(config.mqtt.clone(), presence, publisher, token).await
+    });
+    shutdown
+}
+
+/// A service-client publisher (may publish anywhere under `coexist/`).
+async fn service_client(config: &coexist::Config, name: &str) -> rumqttc::AsyncClient {
+    let mut options = config
+        .mqtt
+        .options(&format!("atk-{name}-{}", support::unique()));
+    options.set_clean_session(true);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+}
+
+/// Presence bridge stall: a presence payload bigger than Kafka's record limit was
+/// never produced and never acked, so the bridge reconnected to the same retained
+/// message forever and no org's presence got through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_mib_presence_message_does_not_stop_presence_for_another_org() {
+    use rumqttc::QoS;
+    let id = support::unique();
+    let mut config = coexist::Config::load(None).unwrap();
+    if config.mqtt.password.is_empty() {
+        config.mqtt.password = runtime::Secret::new("coexist-dev");
+    }
+    config.mqtt.topic_prefix = format!("coexist/atk{id}");
+    config.kafka.client_id = format!("test-atk-presence-{id}");
+    let _ = coexist::roles::apply_topics(&config).await;
+    let prefix = config.mqtt.topic_prefix.clone();
+    let (mallory_org, bob_org) = (format!("evil{id}"), format!("good{id}"));
+    let huge_topic = format!("{prefix}/{mallory_org}/presence/mallory");
+    let big_topic = format!("{prefix}/{mallory_org}/presence/mallory2");
+    let bridge = start_bridge(&config, &id);
+
+    // The broker may refuse the 2 MiB one itself (scripts/stack sets
+    // message_size_limit); a separate client, so a disconnect costs nothing else.
+    let attacker = service_client(&config, "huge").await;
+    let huge = format!(
+        r#"{{"state":"online","device_id":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    attacker
+        .publish(&huge_topic, QoS::AtLeastOnce, true, huge)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 4 KiB: under any broker limit, over the bridge's 1 KiB cap.
+    let big = format!(r#"{{"state":"online","device_id":"{}"}}"#, "y".repeat(4000));
+    let big_len = big.len();
+    let sender = service_client(&config, "big").await;
+    sender
+        .publish(&big_topic, QoS::AtLeastOnce, true, big)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bob = service_client(&config, "bob").await;
+    bob.publish(
+        format!("{prefix}/{bob_org}/presence/bob"),
+        QoS::AtLeastOnce,
+        false,
+        r#"{"state":"online","device_id":"bobs-phone"}"#,
+    )
+    .await
+    .unwrap();
+
+    let brokers = config.kafka.brokers.clone();
+    let bob_arrived = tokio::time::timeout(
+        Duration::from_secs(40),
+        support::read_until(
+            &brokers,
+            events::topics::AGENTS_PRESENCE,
+            &bob_org,
+            "bobs-phone",
+        ),
+    )
+    .await;
+    let dead = if bob_arrived.is_ok() {
+        tokio::time::timeout(
+            Duration::from_secs(40),
+            support::read_records(&brokers, events::topics::DEADLETTER, &big_topic, "yyyy", 1),
+        )
+        .await
+        .ok()
+    } else {
+        None
+    };
+    // Clear the retained messages before judging, so the broker keeps no test state.
+    for topic in [&huge_topic, &big_topic] {
+        let _ = sender.publish(topic, QoS::AtLeastOnce, true, "").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bridge.cancel();
+
+    let bob_events = bob_arrived.expect("bob's presence never reached Kafka behind the 2 MiB one");
+    assert!(bob_events.last().unwrap().contains(r#""state":"online""#));
+    let dead = dead.expect("the 4 KiB presence message was not dead-lettered");
+    let (value, headers) = dead.last().unwrap();
+    assert!(
+        value.len() <= 1024,
+        "dead letter not cut: {} bytes",
+        value.len()
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert!(header("coexist.error").contains("limit"), "{headers:?}");
+    assert_eq!(header("coexist.original_bytes"), big_len.to_string());
+}
+
+/// Forged presence: on `.../conversations/{id}/activity` the agent and the state came
+/// from the payload and any agent could publish there, so Mallory could mark Bob
+/// offline (his conversations requeued) or online (never pushed).
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_activity_changes_no_ones_presence() {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let stack = ApiStack::start("atk-forge", |_| {}).await;
+    let org = stack.org("atkforge").await;
+    let bridge = start_bridge(&stack.config, &stack.id);
+    let mallory = stack.login(&org, &org.admin_phone, "mallory-phone").await;
+    let creds = mqtt_credentials(&stack, &mallory.access).await;
+    let mut options = MqttOptions::new(
+        creds["client_id"].as_str().unwrap(),
+        creds["host"].as_str().unwrap(),
+        creds["port"].as_u64().unwrap() as u16,
+    );
+    options
+        .set_credentials(
+            creds["username"].as_str().unwrap(),
+            creds["password"].as_str().unwrap(),
+        )
+        .set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let prefix = &stack.config.mqtt.topic_prefix;
+    let o = &org.org;
+    let forgeries = [
+        // The old topic: Bob named in the payload.
+        (
+            format!("{prefix}/{o}/conversations/1-2/activity"),
+            r#"{"agent_id":"bob","device_id":"x","state":"offline"}"#,
+        ),
+        // Bob's own activity topic: not Mallory's to publish on.
+        (
+            format!("{prefix}/{o}/conversations/1-2/activity/bob"),
+            r#"{"device_id":"x","state":"typing"}"#,
+        ),
+        // Her own topic, naming Bob and a presence state.
+        (
+            format!("{prefix}/{o}/conversations/1-2/activity/admin"),
+            r#"{"agent_id":"bob","device_id":"x","state":"online"}"#,
+        ),
+        // Bob's presence topic.
+        (format!("{prefix}/{o}/presence/bob"), "offline"),
+    ];
+    for (topic, payload) in &forgeries {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, *payload)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client
+        .publish(
+            format!("{prefix}/{o}/presence/admin"),
+            QoS::AtLeastOnce,
+            false,
+            r#"{"state":"online","device_id":"marker"}"#,
+        )
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(40),
+        support::read_until(
+            &stack.config.kafka.brokers,
+            events::topics::AGENTS_PRESENCE,
+            o,
+            "marker",
+        ),
+    )
+    .await;
+    bridge.cancel();
+    let seen = seen.expect("Mallory's own presence never arrived");
+    for value in &seen {
+        let event: Value = serde_json::from_str(value).unwrap();
+        assert_ne!(event["agent_id"], "bob", "forged: {value}");
+        if event["conversation_id"].is_string() {
+            assert!(
+                matches!(event["state"].as_str(), Some("viewing" | "typing")),
+                "activity changed presence: {value}"
+            );
+        }
+    }
+    stack.stop().await;
+}

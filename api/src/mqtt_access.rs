@@ -2,7 +2,8 @@
 //! own client (username = client id = `{org}:{agent_id}:{session_id}`, random
 //! password) in Mosquitto's dynamic-security plugin, with a role per agent that may
 //! subscribe only to the agent's own inbox and the org's conversation and presence
-//! topics, and publish only its own presence and conversation activity. The broker
+//! topics, and publish only its own presence (`.../presence/{agent_id}`) and
+//! conversation activity (`.../conversations/+/activity/{agent_id}`). The broker
 //! refuses everything else, so one org can never read another's topics.
 //!
 //! Commands go over dynsec's `$CONTROL/dynamic-security/v1` API, as the service
@@ -35,9 +36,12 @@ pub fn agent_acls(prefix: &str, org: &str, agent_id: &str) -> Vec<Value> {
             "publishClientSend",
             format!("{prefix}/{org}/presence/{agent_id}"),
         ),
+        // Activity names its agent in the topic, and a device may speak only for
+        // its own agent: the bridge takes the identity from the topic, so no one
+        // can publish activity (or presence) as a colleague.
         acl(
             "publishClientSend",
-            format!("{prefix}/{org}/conversations/+/activity"),
+            format!("{prefix}/{org}/conversations/+/activity/{agent_id}"),
         ),
     ]
 }
