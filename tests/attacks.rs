@@ -702,3 +702,102 @@ async fn forged_activity_changes_no_ones_presence() {
     }
     stack.stop().await;
 }
+
+/// Answers of `n` calls to `/healthz`, each claiming to come from `xff(i)`.
+async fn statuses_with_forwarded_for(
+    stack: &ApiStack,
+    n: usize,
+    xff: impl Fn(usize) -> String,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let resp = stack
+            .http
+            .get(stack.url("/healthz"))
+            .header("x-forwarded-for", xff(i))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    statuses
+}
+
+/// Edge: a caller may not buy a fresh per-address budget by writing a new
+/// `X-Forwarded-For` on each request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let stack = ApiStack::start("atk-xff", |c| c.api.rate_limit.per_ip_per_minute = 20).await;
+    let statuses = statuses_with_forwarded_for(&stack, 25, |i| format!("203.0.113.{i}")).await;
+    assert!(
+        statuses.contains(&429),
+        "spoofed addresses got fresh budgets: {statuses:?}"
+    );
+    stack.stop().await;
+}
+
+/// Edge: behind a trusted proxy, every client shared the proxy's one bucket (so one
+/// noisy client locked everyone out); now each gets its own, and the limit still
+/// holds per client.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
+    let stack = ApiStack::start("atk-proxy", |c| {
+        c.api.rate_limit.per_ip_per_minute = 20;
+        c.api.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let distinct = statuses_with_forwarded_for(&stack, 25, |i| format!("198.51.100.{i}")).await;
+    assert!(
+        !distinct.contains(&429),
+        "distinct clients shared a bucket: {distinct:?}"
+    );
+    // IPv6 clients are one bucket per /64: new interface ids buy nothing.
+    let same_64 =
+        statuses_with_forwarded_for(&stack, 25, |i| format!("2001:db8:7:7::{:x}", i + 1)).await;
+    assert!(
+        same_64.contains(&429),
+        "one /64 got many budgets: {same_64:?}"
+    );
+    stack.stop().await;
+}
+
+/// Edge: ingest read a body for as long as the sender cared to take, with no limit
+/// on requests at once: a few slow senders held tasks and 4 MiB buffers forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_webhook_body_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = coexist::Config::load(None).unwrap();
+    config.ingest.listen = format!("127.0.0.1:{}", support::free_port());
+    config.ingest.app_secrets = vec![runtime::Secret::new(support::APP_SECRET)];
+    config.ingest.request_timeout_ms = 1000;
+    config.kafka.client_id = format!("test-atk-slow-{}", support::unique());
+    let publisher = config.kafka.publisher("ingest").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(ingest::serve(
+        config.ingest.clone(),
+        publisher,
+        shutdown.clone(),
+    ));
+    let address = config.ingest.listen.clone();
+    support::wait_for("ingest to listen", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(&address).await.is_ok()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /webhooks/whatsapp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              x-hub-signature-256: sha256=00\r\ncontent-length: 100000\r\n\r\n{\"object\":",
+        )
+        .await
+        .unwrap();
+    // ...and then nothing more, for as long as the server is willing to wait.
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await;
+    shutdown.cancel();
+    let n = read
+        .expect("ingest waited 10 s for a body that never came")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+}

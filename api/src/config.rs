@@ -26,6 +26,10 @@ pub struct ApiConfig {
     /// Keys that seal business-number credentials (AES-256-GCM; 32 bytes, base64).
     /// The first seals; all open. Empty: ephemeral (sealed data dies with the process).
     pub secret_keys: Vec<SealKey>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the
+    /// client for per-address limits. Empty: the TCP peer is the client, and any
+    /// `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<String>,
     /// Origins allowed by CORS (exact matches). Empty: no cross-origin access.
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimits,
@@ -118,6 +122,7 @@ impl Default for ApiConfig {
             otp_template: "coexist_login".into(),
             otp_template_language: "en_US".into(),
             secret_keys: Vec::new(),
+            trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
             rate_limit: RateLimits::default(),
             max_body_bytes: 1 << 20,

@@ -11,6 +11,7 @@
 pub mod analytics;
 pub mod app;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod cursor;
 pub mod directory;
@@ -53,6 +54,7 @@ pub async fn serve(
     if let Err(err) = ensure_indexes(&state.db).await {
         tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
     }
+    tokio::spawn(prune_limiters(state.clone(), shutdown.clone()));
     if state.config.mqtt_reconcile_secs > 0 {
         tokio::spawn(reconcile_mqtt(state.clone(), shutdown.clone()));
     }
@@ -65,6 +67,18 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     Ok(())
+}
+
+/// The keyed rate limiters forget keys whose buckets are full again, so memory does
+/// not grow with every address that ever called.
+async fn prune_limiters(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        state.prune_limiters();
+    }
 }
 
 /// Broker logins expire with their sessions: every `mqtt_reconcile_secs`, the
