@@ -801,3 +801,38 @@ async fn a_slow_webhook_body_is_cut_off() {
     let head = String::from_utf8_lossy(&answer[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
 }
+
+/// A guessed "old" refresh token (any lower generation, even negative, any secret)
+/// counted as reuse and revoked the session: anyone who knew a session id could log
+/// its owner out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guessed_refresh_token_cannot_revoke_a_session() {
+    let stack = ApiStack::start("atk-refresh", |_| {}).await;
+    let org = stack.org("atkrefresh").await;
+    let tokens = stack.login(&org, &org.admin_phone, "phone").await;
+    for generation in ["-1", "0"] {
+        let forged = format!("{}.{generation}.guessed-secret", tokens.session_id);
+        let (status, _, body) = stack
+            .call(
+                "POST",
+                "/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": forged })),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, _, body) = stack
+        .call(
+            "POST",
+            "/v1/auth/refresh",
+            None,
+            Some(json!({ "refresh_token": tokens.refresh })),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "the owner's session was revoked by a guess: {body}"
+    );
+    stack.stop().await;
+}

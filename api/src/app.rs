@@ -72,7 +72,10 @@ pub fn build(state: AppState) -> Router {
     Router::new()
         .merge(routes)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
-        .route("/readyz", axum::routing::get(runtime::observe::readyz))
+        .route(
+            "/readyz",
+            axum::routing::get(runtime::observe::readyz_public),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state.clone())
         .merge(analytics)

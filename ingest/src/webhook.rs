@@ -58,7 +58,7 @@ pub fn router(config: IngestConfig, publisher: Publisher) -> Router {
     Router::new()
         .route("/webhooks/whatsapp", get(verify_subscription).post(receive))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(observe::readyz))
+        .route("/readyz", get(observe::readyz_public))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(edge, bounded))
         .with_state(shared)

@@ -490,6 +490,7 @@ async fn open_session(
         expires_at_ms: now + (state.config.refresh_ttl_secs as i64) * 1000,
         revoked_at_ms: None,
         revoked_reason: None,
+        spent_hashes: Vec::new(),
     };
     let document = bson::to_document(&session).map_err(ApiError::unavailable)?;
     sessions_coll.insert_one(document).await?;
@@ -659,7 +660,8 @@ pub async fn refresh(
             doc! { "_id": &session.id, "refresh_hash": &session.refresh_hash,
             "generation": session.generation, "revoked_at_ms": null },
             doc! { "$set": { "refresh_hash": next.hash(), "generation": next.generation,
-            "last_used_at_ms": now, "role": &role } },
+            "last_used_at_ms": now, "role": &role,
+            "spent_hashes": sessions::spend(&session.spent_hashes, &session.refresh_hash) } },
         )
         .await?;
     if swapped.modified_count != 1 {
