@@ -8,7 +8,7 @@ use crate::Config;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootstrapArgs {
-    /// The org id (letters, digits, - _ .).
+    /// The org id (letters, digits, - _ . @ =; never an MQTT wildcard or level).
     #[arg(long)]
     pub org: String,
     /// The org's display name (default: the id).
@@ -118,4 +118,42 @@ pub async fn bootstrap_with(
         list.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(org: &str, agent_id: &str) -> BootstrapArgs {
+        BootstrapArgs {
+            org: org.into(),
+            name: None,
+            agent_id: agent_id.into(),
+            email: Some("a@b.test".into()),
+            phone: None,
+            phone_number_id: None,
+            display_phone_number: String::new(),
+        }
+    }
+
+    #[test]
+    fn bootstrap_refuses_ids_that_are_mqtt_wildcards_or_levels() {
+        let sealer = api::seal::Sealer::from_config(&Default::default()).unwrap();
+        for bad in ["+", "#", "a/b", "$SYS", "", "a+b"] {
+            assert!(
+                changes(&args(bad, "admin"), &sealer, ("", ""), 0).is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                changes(&args("acme", bad), &sealer, ("", ""), 0).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            changes(&args("acme", "admin"), &sealer, ("", ""), 0)
+                .unwrap()
+                .len(),
+            2
+        );
+    }
 }

@@ -52,6 +52,11 @@ impl SinkName {
 
 /// Runs the webhook receiver and, if enabled, the MQTT presence bridge.
 pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::fail_closed::refuse_public_without_secrets(
+        "ingest",
+        &config.ingest.listen,
+        &crate::fail_closed::missing_ingest_secrets(config),
+    )?;
     let role = ingest::webhook::ROLE;
     let publisher = config.kafka.publisher(role).await?;
     let check = format!("{role}.kafka");
@@ -342,6 +347,11 @@ pub async fn process(
 
 /// Runs the API.
 pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::fail_closed::refuse_public_without_secrets(
+        "the API",
+        &config.api.listen,
+        &crate::fail_closed::missing_api_secrets(config),
+    )?;
     let publisher = config.kafka.publisher("api").await?;
     let client = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose()).await?;
     let check = "api.mongodb";

@@ -448,10 +448,10 @@ async fn agents_presence_and_activity_reach_kafka_and_garbage_is_dead_lettered()
         )
         .await
         .unwrap();
-    let activity = format!(r#"{{"agent_id":"{agent}","device_id":"web","state":"typing"}}"#);
+    let activity = r#"{"device_id":"web","state":"typing"}"#;
     client
         .publish(
-            format!("{prefix}/{org}/conversations/1-2/activity"),
+            format!("{prefix}/{org}/conversations/1-2/activity/{agent}"),
             QoS::AtLeastOnce,
             false,
             activity,

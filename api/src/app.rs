@@ -72,7 +72,10 @@ pub fn build(state: AppState) -> Router {
     Router::new()
         .merge(routes)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", spec))
-        .route("/readyz", axum::routing::get(runtime::observe::readyz))
+        .route(
+            "/readyz",
+            axum::routing::get(runtime::observe::readyz_public),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state.clone())
         .merge(analytics)
@@ -129,10 +132,15 @@ async fn count_status(req: Request, next: Next) -> Response {
 }
 
 async fn limit_ip(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let ip = crate::client_ip::client_ip(peer, forwarded, &state.trusted_proxies);
     if let Err(err) = state.limit_ip(ip) {
         return err.into_response();
     }

@@ -23,6 +23,10 @@ pub struct ApiConfig {
     /// The WhatsApp authentication template that carries the code.
     pub otp_template: String,
     pub otp_template_language: String,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the
+    /// client for per-address limits. Empty: the TCP peer is the client, and any
+    /// `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<String>,
     /// Origins allowed by CORS (exact matches). Empty: no cross-origin access.
     pub cors_origins: Vec<String>,
     pub rate_limit: RateLimits,
@@ -36,6 +40,9 @@ pub struct ApiConfig {
     /// The broker address handed to devices (empty: the `[mqtt]` host and port).
     pub mqtt_public_host: String,
     pub mqtt_public_port: u16,
+    /// How often devices' broker clients are compared with live sessions, and those
+    /// of ended or expired sessions deleted (0: never).
+    pub mqtt_reconcile_secs: u64,
 }
 
 /// One JWT key.
@@ -50,7 +57,8 @@ pub struct JwtKey {
 #[serde(default)]
 pub struct OtpPolicy {
     pub ttl_secs: u64,
-    /// Wrong codes per challenge before the user is locked out.
+    /// Wrong codes before the user is locked out, counted across the user's codes
+    /// until a login succeeds.
     pub max_attempts: u32,
     pub lockout_secs: u64,
     /// Least time between two codes for one user.
@@ -74,6 +82,9 @@ impl Default for OtpPolicy {
 pub struct RateLimits {
     pub per_ip_per_minute: u32,
     pub per_user_per_minute: u32,
+    /// `POST /v1/auth/otp/verify` per user, whatever the address (besides the lockout
+    /// after `max_attempts` wrong codes).
+    pub otp_verify_per_user_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -81,6 +92,7 @@ impl Default for RateLimits {
         Self {
             per_ip_per_minute: 600,
             per_user_per_minute: 600,
+            otp_verify_per_user_per_minute: 20,
         }
     }
 }
@@ -98,6 +110,7 @@ impl Default for ApiConfig {
             otp: OtpPolicy::default(),
             otp_template: "coexist_login".into(),
             otp_template_language: "en_US".into(),
+            trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
             rate_limit: RateLimits::default(),
             max_body_bytes: 1 << 20,
@@ -107,6 +120,7 @@ impl Default for ApiConfig {
             media_url_ttl_secs: 300,
             mqtt_public_host: String::new(),
             mqtt_public_port: 0,
+            mqtt_reconcile_secs: 60,
         }
     }
 }

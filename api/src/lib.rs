@@ -11,6 +11,7 @@
 pub mod analytics;
 pub mod app;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod cursor;
 pub mod directory;
@@ -54,6 +55,10 @@ pub async fn serve(
     if let Err(err) = ensure_indexes(&state.db).await {
         tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
     }
+    tokio::spawn(prune_limiters(state.clone(), shutdown.clone()));
+    if state.config.mqtt_reconcile_secs > 0 {
+        tokio::spawn(reconcile_mqtt(state.clone(), shutdown.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(%listen, "api up");
     axum::serve(
@@ -63,6 +68,35 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
     Ok(())
+}
+
+/// The keyed rate limiters forget keys whose buckets are full again, so memory does
+/// not grow with every address that ever called.
+async fn prune_limiters(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+        state.prune_limiters();
+    }
+}
+
+/// Broker logins expire with their sessions: every `mqtt_reconcile_secs`, the
+/// clients of ended sessions are deleted.
+async fn reconcile_mqtt(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
+    let every = std::time::Duration::from_secs(state.config.mqtt_reconcile_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match mqtt_access::reconcile(&state.mqtt, &state.db, now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "mqtt logins of ended sessions deleted"),
+            Err(err) => tracing::warn!(error = %err, "mqtt reconcile failed; retrying"),
+        }
+    }
 }
 
 async fn ensure_indexes(db: &mongodb::Database) -> anyhow::Result<()> {

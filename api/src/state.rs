@@ -42,6 +42,9 @@ pub struct Inner {
     pub clickhouse: Option<clickhouse::Client>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     user_limiter: DefaultKeyedRateLimiter<String>,
+    verify_limiter: DefaultKeyedRateLimiter<String>,
+    /// `[api] trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -60,9 +63,15 @@ impl Inner {
             config.otp_pepper.expose().as_bytes().to_vec()
         };
         let limits = config.rate_limit;
+        let trusted_proxies = crate::client_ip::parse_proxies(&config.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(Self {
             ip_limiter: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_ip_per_minute)),
             user_limiter: DefaultKeyedRateLimiter::keyed(per_minute(limits.per_user_per_minute)),
+            verify_limiter: DefaultKeyedRateLimiter::keyed(per_minute(
+                limits.otp_verify_per_user_per_minute,
+            )),
+            trusted_proxies,
             s3: deps.s3.client(),
             s3_bucket: deps.s3.bucket.clone(),
             config,
@@ -76,15 +85,42 @@ impl Inner {
         })
     }
 
-    /// 429 with `Retry-After` when `ip` is over its budget.
+    /// 429 with `Retry-After` when `ip` (its /64 for IPv6) is over its budget.
     pub fn limit_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.ip_limiter.check_key(&ip).map_err(retry)
+        self.ip_limiter
+            .check_key(&crate::client_ip::rate_key(ip))
+            .map_err(retry)
+    }
+
+    /// Drops limiter keys whose buckets have refilled (they hold no information).
+    pub fn prune_limiters(&self) {
+        self.ip_limiter.retain_recent();
+        self.ip_limiter.shrink_to_fit();
+        self.user_limiter.retain_recent();
+        self.user_limiter.shrink_to_fit();
+        self.verify_limiter.retain_recent();
+        self.verify_limiter.shrink_to_fit();
+    }
+
+    /// How many addresses the per-address limiter holds (for tests and metrics).
+    pub fn limited_addresses(&self) -> usize {
+        self.ip_limiter.len()
     }
 
     /// 429 with `Retry-After` when the user is over their budget.
     pub fn limit_user(&self, org: &str, user: &str) -> Result<(), ApiError> {
         self.user_limiter
             .check_key(&format!("{org}:{user}"))
+            .map_err(retry)
+    }
+}
+
+impl Inner {
+    /// 429 with `Retry-After` when the user (`{org}:{agent_id}`) has tried too many
+    /// codes this minute, from however many addresses.
+    pub fn limit_verify(&self, user_key: &str) -> Result<(), ApiError> {
+        self.verify_limiter
+            .check_key(&user_key.to_string())
             .map_err(retry)
     }
 }

@@ -67,10 +67,58 @@ pub fn digits(phone: &str) -> String {
     phone.chars().filter(char::is_ascii_digit).collect()
 }
 
+/// The longest id (org, agent, device, session, conversation, ...) the system takes.
+pub const ID_MAX_LEN: usize = 128;
+
+/// The characters an id may hold: what [`is_valid_id`] accepts, for error messages
+/// and the OpenAPI patterns.
+pub const ID_CHARS: &str = "letters, digits and - _ . @ =";
+
+/// The one rule for every id that can become part of a key, a MongoDB `_id` or an
+/// MQTT topic (orgs, agents, devices, sessions, conversations, commands): 1 to
+/// [`ID_MAX_LEN`] ASCII letters, digits and `- _ . @ =`.
+///
+/// Refused on purpose: the MQTT wildcards `+` and `#` (an org or agent called `+`
+/// would turn a broker ACL such as `coexist/{org}/agents/{agent}/inbox` into a
+/// wildcard over every org), the level separator `/`, `$` (MQTT system topics and
+/// MongoDB operators), `:` (the separator of composite keys such as
+/// `{org}:{agent_id}`), whitespace and control characters.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= ID_MAX_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '='))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn ids_never_hold_topic_or_key_syntax() {
+        for bad in ["", "+", "#", "a/b", "$SYS", "a+b", "org#", "a:b", " a", "é"] {
+            assert!(!is_valid_id(bad), "{bad:?}");
+        }
+        for good in ["acme", "ann@acme.test", "phone-1", "s_1.x=", "AZaz09"] {
+            assert!(is_valid_id(good), "{good:?}");
+        }
+        assert!(is_valid_id(&"a".repeat(ID_MAX_LEN)));
+        assert!(!is_valid_id(&"a".repeat(ID_MAX_LEN + 1)));
+    }
+
+    proptest! {
+        /// A valid id is always exactly one MQTT topic level with no wildcard.
+        #[test]
+        fn a_valid_id_is_one_plain_topic_level(id in ".{0,140}") {
+            if is_valid_id(&id) {
+                prop_assert!(!id.contains(['+', '#', '/', '$', ':']));
+                prop_assert!(!id.is_empty() && id.len() <= ID_MAX_LEN);
+            }
+        }
+    }
 
     #[test]
     fn content_id_ignores_key_order() {

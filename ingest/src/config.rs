@@ -26,6 +26,10 @@ pub struct IngestConfig {
     pub numbers: Vec<NumberOwner>,
     /// The MQTT presence bridge.
     pub presence: crate::presence::PresenceConfig,
+    /// Longest a webhook request may take, body upload included (503 after).
+    pub request_timeout_ms: u64,
+    /// Requests handled at once (503 beyond, so Meta retries later).
+    pub max_concurrent_requests: usize,
 }
 
 /// One business number and its org.
@@ -45,6 +49,8 @@ impl Default for IngestConfig {
             default_org: String::new(),
             numbers: Vec::new(),
             presence: Default::default(),
+            request_timeout_ms: 15_000,
+            max_concurrent_requests: 256,
         }
     }
 }

@@ -260,9 +260,8 @@ fn reader(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
 }
 
 fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = kafka.client();
     config
-        .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("{}-replay", kafka.client_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

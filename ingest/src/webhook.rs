@@ -65,6 +65,12 @@ pub fn router(config: IngestConfig, publisher: Publisher, numbers: NumberSource)
             Owners::build(&directory.get(), sealer, &config)
         }
     };
+    let edge = Edge {
+        timeout: std::time::Duration::from_millis(config.request_timeout_ms.max(1)),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_requests.max(1),
+        )),
+    };
     let shared = Arc::new(Shared {
         owners: std::sync::RwLock::new(Arc::new(owners)),
         config,
@@ -91,9 +97,38 @@ pub fn router(config: IngestConfig, publisher: Publisher, numbers: NumberSource)
     Router::new()
         .route("/webhooks/whatsapp", get(verify_subscription).post(receive))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(observe::readyz))
+        .route("/readyz", get(observe::readyz_public))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(edge, bounded))
         .with_state(shared)
+}
+
+/// What bounds each request at the edge.
+#[derive(Clone)]
+struct Edge {
+    timeout: std::time::Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// At most `max_concurrent_requests` requests at once (503 beyond: Meta retries),
+/// and each, body included, within `request_timeout_ms` (503 after it), so slow or
+/// stalled senders cannot hold 4 MiB buffers and tasks without end.
+async fn bounded(
+    State(edge): State<Edge>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_slot) = edge.slots.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many concurrent requests",
+        )
+            .into_response();
+    };
+    tokio::time::timeout(edge.timeout, next.run(req))
+        .await
+        .unwrap_or_else(|_| (StatusCode::SERVICE_UNAVAILABLE, "request timed out").into_response())
 }
 
 #[derive(Deserialize)]

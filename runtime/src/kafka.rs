@@ -61,6 +61,16 @@ pub struct KafkaConfig {
     /// read (librdkafka already knows watermarks and commits: no extra requests).
     /// 0 turns the lag metric off.
     pub statistics_interval_ms: u32,
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or
+    /// `sasl_ssl`. `ssl`, `sasl_ssl` and SCRAM need rdkafka built with its `ssl`
+    /// feature (not in this build); SASL PLAIN over `sasl_plaintext` works as is.
+    pub security_protocol: String,
+    /// `sasl.mechanism` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`); empty: none.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    pub sasl_password: crate::Secret,
+    /// `ssl.ca.location`: the CA bundle that signs the brokers' certificates.
+    pub ssl_ca_location: String,
 }
 
 impl Default for KafkaConfig {
@@ -77,6 +87,11 @@ impl Default for KafkaConfig {
             librdkafka_debug: String::new(),
             new_group_start: "earliest".into(),
             statistics_interval_ms: 5000,
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: String::new(),
+            sasl_username: String::new(),
+            sasl_password: crate::Secret::default(),
+            ssl_ca_location: String::new(),
         }
     }
 }
@@ -150,11 +165,28 @@ pub fn start_offset(at_ms: i64, p: FreshPartition) -> i64 {
 }
 
 impl KafkaConfig {
-    fn base(&self, role: &str) -> ClientConfig {
+    /// A client config with the brokers and the connection's security settings:
+    /// every Kafka client starts from this.
+    pub fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
-            .set("client.id", format!("{}-{role}", self.client_id));
+            .set("security.protocol", &self.security_protocol);
+        if !self.sasl_mechanism.is_empty() {
+            config
+                .set("sasl.mechanism", &self.sasl_mechanism)
+                .set("sasl.username", &self.sasl_username)
+                .set("sasl.password", self.sasl_password.expose());
+        }
+        if !self.ssl_ca_location.is_empty() {
+            config.set("ssl.ca.location", &self.ssl_ca_location);
+        }
+        config
+    }
+
+    fn base(&self, role: &str) -> ClientConfig {
+        let mut config = self.client();
+        config.set("client.id", format!("{}-{role}", self.client_id));
         if !self.librdkafka_debug.is_empty() {
             config
                 .set("debug", &self.librdkafka_debug)
@@ -652,6 +684,28 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_settings_reach_librdkafka() {
+        let plain = KafkaConfig::default().client();
+        assert_eq!(plain.get("security.protocol"), Some("plaintext"));
+        assert_eq!(plain.get("sasl.mechanism"), None);
+        let config = KafkaConfig {
+            security_protocol: "sasl_ssl".into(),
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: "coexist".into(),
+            sasl_password: crate::Secret::new("pw"),
+            ssl_ca_location: "/etc/ssl/kafka-ca.pem".into(),
+            ..KafkaConfig::default()
+        };
+        let client = config.base("ingest");
+        assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("coexist"));
+        assert_eq!(client.get("sasl.password"), Some("pw"));
+        assert_eq!(client.get("ssl.ca.location"), Some("/etc/ssl/kafka-ca.pem"));
+        assert_eq!(client.get("client.id"), Some("coexist-ingest"));
+    }
 
     #[test]
     fn a_group_starts_at_either_end_or_at_a_time() {

@@ -413,6 +413,27 @@ pub async fn readyz() -> Response {
     (status, axum::Json(report)).into_response()
 }
 
+/// [`readyz`] for listeners the public can reach (the API's, ingest's): the same
+/// status and check names, but not why a check fails (backend error text names
+/// hosts, users and versions).
+pub async fn readyz_public() -> Response {
+    let report = public_report(global().readiness.report());
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+/// A report with every reason replaced by `not ready`.
+pub fn public_report(mut report: ReadinessReport) -> ReadinessReport {
+    for why in report.not_ready.values_mut() {
+        *why = "not ready".into();
+    }
+    report
+}
+
 /// Binds `listen` (nothing when empty) and serves [`router`] until `shutdown`.
 /// Binding happens before this returns, so a taken port fails the start.
 pub async fn serve(
@@ -465,6 +486,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_report_names_checks_but_not_why() {
+        let report = ReadinessReport {
+            ready: false,
+            not_ready: [(
+                "api.mongodb".to_string(),
+                "connection refused: mongo-0.internal:27017 user coexist".to_string(),
+            )]
+            .into(),
+            ready_checks: vec!["ingest.kafka".into()],
+        };
+        let public = public_report(report.clone());
+        assert_eq!(public.not_ready["api.mongodb"], "not ready");
+        assert_eq!(public.ready_checks, report.ready_checks);
+        assert!(!public.ready);
+    }
 
     #[test]
     fn lag_is_watermark_minus_committed_then_position() {

@@ -2,9 +2,12 @@
 //!
 //! A refresh token is `{session_id}.{generation}.{secret}`; the session stores only
 //! the SHA-256 of the current one. Every use rotates it (generation + 1) with a
-//! compare-and-swap on the stored hash, so a token works once. Presenting an older
-//! generation means a copy of a spent token is in someone's hands: the whole session
-//! (the token family) is revoked, the thief's and the owner's copies alike.
+//! compare-and-swap on the stored hash, so a token works once. Presenting a spent
+//! token means a copy of it is in someone's hands: the whole session (the token
+//! family) is revoked, the thief's and the owner's copies alike. "Spent" is checked
+//! on the secret, not on the generation number: the session keeps the hashes of its
+//! last [`SPENT_KEPT`] tokens, and a token that matches none of them (a guess, any
+//! generation) is merely invalid; it cannot revoke anyone's session.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,6 +39,21 @@ pub struct Session {
     pub revoked_at_ms: Option<i64>,
     #[serde(default)]
     pub revoked_reason: Option<String>,
+    /// Hashes of the last [`SPENT_KEPT`] tokens of this session, newest last.
+    #[serde(default)]
+    pub spent_hashes: Vec<String>,
+}
+
+/// How many spent tokens a session remembers for reuse detection.
+pub const SPENT_KEPT: usize = 16;
+
+/// The spent hashes after rotating away from `current`.
+pub fn spend(spent: &[String], current: &str) -> Vec<String> {
+    let mut next: Vec<String> = spent.to_vec();
+    next.push(current.to_string());
+    let drop = next.len().saturating_sub(SPENT_KEPT);
+    next.drain(..drop);
+    next
 }
 
 /// A refresh token taken apart.
@@ -99,10 +117,12 @@ pub fn on_refresh(session: Option<&Session>, token: &RefreshToken, now_ms: i64) 
     if session.expires_at_ms <= now_ms {
         return RefreshDecision::Expired;
     }
-    if token.generation == session.generation && token.hash() == session.refresh_hash {
+    let hash = token.hash();
+    if token.generation == session.generation && hash == session.refresh_hash {
         return RefreshDecision::Rotate;
     }
-    if token.generation < session.generation {
+    // Only a token this session really issued (its secret checks out) is reuse.
+    if session.spent_hashes.contains(&hash) {
         return RefreshDecision::Reuse;
     }
     RefreshDecision::Invalid
@@ -135,6 +155,7 @@ mod tests {
             expires_at_ms: 1_000,
             revoked_at_ms: None,
             revoked_reason: None,
+            spent_hashes: Vec::new(),
         }
     }
 
@@ -142,7 +163,10 @@ mod tests {
     fn current_rotates_spent_is_reuse_forged_is_invalid() {
         let t0 = RefreshToken::new("s", 0);
         let t1 = RefreshToken::new("s", 1);
-        let session = session_with(&t1);
+        let session = Session {
+            spent_hashes: spend(&[], &t0.hash()),
+            ..session_with(&t1)
+        };
         assert_eq!(on_refresh(Some(&session), &t1, 10), RefreshDecision::Rotate);
         assert_eq!(on_refresh(Some(&session), &t0, 10), RefreshDecision::Reuse);
         let forged = RefreshToken {
@@ -166,6 +190,29 @@ mod tests {
             RefreshDecision::Revoked
         );
         assert_eq!(on_refresh(None, &t1, 10), RefreshDecision::Invalid);
+    }
+
+    #[test]
+    fn a_guessed_older_generation_is_invalid_not_reuse() {
+        let t1 = RefreshToken::new("s", 1);
+        let session = session_with(&t1);
+        for generation in [-1, 0] {
+            let guess = RefreshToken::new("s", generation);
+            assert_eq!(
+                on_refresh(Some(&session), &guess, 10),
+                RefreshDecision::Invalid
+            );
+        }
+    }
+
+    #[test]
+    fn spent_hashes_keep_the_newest() {
+        let mut spent = Vec::new();
+        for i in 0..40 {
+            spent = spend(&spent, &i.to_string());
+        }
+        assert_eq!(spent.len(), SPENT_KEPT);
+        assert_eq!(spent.last().map(String::as_str), Some("39"));
     }
 
     proptest! {

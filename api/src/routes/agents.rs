@@ -32,7 +32,7 @@ pub struct Agent {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Invite {
     /// Chosen by the admin (letters, digits, - _ .).
-    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
     pub agent_id: String,
     #[schema(pattern = r"\S", max_length = 100)]
     pub name: String,
@@ -100,7 +100,7 @@ pub async fn list_agents(
 
 /// One agent.
 #[utoipa::path(get, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = [])),
-    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 200, body = Agent), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_agent(
     State(state): State<AppState>,
@@ -169,7 +169,7 @@ pub async fn invite_agent(
 
 /// Change an agent's name, role or capacity.
 #[utoipa::path(patch, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = ["admin"])),
-    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = AgentPatch,
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = AgentPatch,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn update_agent(
     State(state): State<AppState>,
@@ -178,9 +178,9 @@ pub async fn update_agent(
     Body(patch): Body<AgentPatch>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     valid_id("agent_id", &agent_id)?;
-    if find(&state, &caller.org, &agent_id).await?.is_none() {
+    let Some(current) = find(&state, &caller.org, &agent_id).await? else {
         return Err(ApiError::not_found("agent"));
-    }
+    };
     if patch
         .name
         .as_ref()
@@ -191,19 +191,26 @@ pub async fn update_agent(
     if patch.capacity.is_some_and(|c| c > 1000) {
         return Err(ApiError::invalid("capacity is at most 1000"));
     }
+    // A demoted admin's tokens would stay admin tokens until they expire: their
+    // sessions (and broker logins) end now; they log in again as an agent.
+    let demoted = text(&current, "role").as_deref() == Some(Role::Admin.as_str())
+        && patch.role.is_some_and(|r| r != Role::Admin);
     let change = Change::AgentUpdated {
-        agent_id,
+        agent_id: agent_id.clone(),
         name: patch.name,
         role: patch.role,
         capacity: patch.capacity,
     };
     let id = crate::directory::publish(&state, &caller.org, &caller.user_id, change).await?;
+    if demoted {
+        super::auth::revoke_user(&state, &caller.org, &agent_id, "demoted").await?;
+    }
     Ok(accepted(id))
 }
 
 /// Deactivate an agent: they can no longer log in, and their sessions end now.
 #[utoipa::path(delete, path = "/v1/agents/{agent_id}", tag = "agents", security(("bearer" = ["admin"])),
-    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    params(("agent_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn deactivate_agent(
     State(state): State<AppState>,

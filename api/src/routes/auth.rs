@@ -26,7 +26,7 @@ pub struct OtpRequest {
     #[schema(pattern = r"^\+?[0-9]{6,20}$")]
     pub phone: Option<String>,
     /// Needed only when the same email or phone belongs to users of several orgs.
-    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
     pub org: Option<String>,
 }
 
@@ -44,7 +44,7 @@ pub struct OtpVerify {
     #[schema(pattern = r"^[0-9]{6}$")]
     pub code: String,
     /// A stable id of the device: one session per device.
-    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
     pub device_id: String,
     pub device_name: Option<String>,
 }
@@ -101,10 +101,12 @@ pub fn phone_is_valid(phone: &str) -> bool {
     (6..=20).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-/// Ask for a one-time code. Always 202 for an unknown user (no account enumeration);
-/// 429 while the user is locked out or within the resend cooldown.
+/// Ask for a one-time code. Always `202` with a challenge id, whether or not the user
+/// exists, is within the resend cooldown or is locked out: the answer says nothing
+/// about the account (no enumeration), and a code is sent only when the policy
+/// allows, so the endpoint cannot be used to pump paid messages.
 #[utoipa::path(post, path = "/v1/auth/otp/request", tag = "auth", request_body = OtpRequest,
-    responses((status = 202, body = OtpChallenge), (status = 429, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = OtpChallenge), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn request_otp(
     State(state): State<AppState>,
     Body(req): Body<OtpRequest>,
@@ -131,13 +133,12 @@ pub async fn request_otp(
         crate::routes::valid_id("org", org)?;
         filter.insert("org", org);
     }
-    let policy = state.config.otp;
     let challenge_id = sessions::random_id(16);
     let answer = (
         StatusCode::ACCEPTED,
         Json(OtpChallenge {
             challenge_id: challenge_id.clone(),
-            expires_in_secs: policy.ttl_secs,
+            expires_in_secs: state.config.otp.ttl_secs,
         }),
     );
     let agents: Vec<Document> = {
@@ -162,54 +163,98 @@ pub async fn request_otp(
     else {
         return Ok(answer);
     };
+    let phone = super::text(agent, "phone");
+    // The rest happens after the answer, so a known user's answer takes no longer
+    // than an unknown one's (the lookup above is the same for both).
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Err(err) = issue_code(&state, &org, &agent_id, phone, &challenge_id).await {
+            tracing::warn!(%org, %agent_id, error = %err.message, "one-time code not issued");
+        }
+    });
+    Ok(answer)
+}
+
+/// Stores a new challenge for a known user and sends its code, if the policy allows
+/// one now (not locked out, not within the resend cooldown). Two requests at once
+/// send one code: the new state replaces the previous one only if it is unchanged.
+async fn issue_code(
+    state: &AppState,
+    org: &str,
+    agent_id: &str,
+    phone: Option<String>,
+    challenge_id: &str,
+) -> ApiResult<()> {
+    let policy = state.config.otp;
     let key = format!("{org}:{agent_id}");
     let otps = state.db.collection::<Document>(sessions::OTPS);
-    let previous = otps
-        .find_one(doc! { "_id": &key })
-        .await?
-        .and_then(|d| bson::from_document::<OtpState>(d).ok());
+    let previous_doc = otps.find_one(doc! { "_id": &key }).await?;
+    let previous = previous_doc
+        .as_ref()
+        .and_then(|d| bson::from_document::<OtpState>(d.clone()).ok());
     let now = now_ms();
-    match otp::on_request(previous.as_ref(), now, &policy) {
-        RequestDecision::Send => {}
-        RequestDecision::Cooldown { retry_after_ms } => {
-            return Err(ApiError::too_many(
-                "otp_cooldown",
-                "a code was sent moments ago; wait before asking again",
-                (retry_after_ms as u64).div_ceil(1000),
-            ));
+    let attempts = match otp::on_request(previous.as_ref(), now, &policy) {
+        RequestDecision::Send { attempts } => attempts,
+        RequestDecision::Cooldown { .. } => {
+            tracing::info!(%org, %agent_id, "otp within the resend cooldown: no code sent");
+            return Ok(());
         }
-        RequestDecision::Locked { retry_after_ms } => {
-            return Err(locked(retry_after_ms));
+        RequestDecision::Locked { .. } => {
+            tracing::info!(%org, %agent_id, "otp requested while locked out: no code sent");
+            return Ok(());
         }
-    }
+    };
     let code = otp::new_code();
     let fresh = OtpState {
-        challenge_id: challenge_id.clone(),
-        code_hash: otp::hash(&state.pepper, &challenge_id, &code),
+        challenge_id: challenge_id.to_string(),
+        code_hash: otp::hash(&state.pepper, challenge_id, &code),
         expires_at_ms: now + (policy.ttl_secs as i64) * 1000,
-        attempts: 0,
+        attempts,
+        last_attempt_at_ms: previous.as_ref().map_or(0, |p| p.last_attempt_at_ms),
         last_sent_at_ms: now,
-        locked_until_ms: previous.map_or(0, |p| p.locked_until_ms),
         used: false,
     };
     let mut stored = bson::to_document(&fresh).map_err(ApiError::unavailable)?;
-    stored.insert("org", &org);
-    stored.insert("agent_id", &agent_id);
-    otps.replace_one(doc! { "_id": &key }, stored)
-        .upsert(true)
-        .await?;
+    stored.insert("_id", &key);
+    stored.insert("org", org);
+    stored.insert("agent_id", agent_id);
+    let swapped = match (&previous_doc, &previous) {
+        (Some(_), Some(p)) => {
+            otps.replace_one(
+                doc! { "_id": &key, "challenge_id": &p.challenge_id,
+                "last_sent_at_ms": p.last_sent_at_ms, "attempts": i64::from(p.attempts) },
+                stored,
+            )
+            .await?
+            .matched_count
+                == 1
+        }
+        // A state this version cannot read: replaced (it holds no lock we can see).
+        (Some(_), None) => {
+            otps.replace_one(doc! { "_id": &key }, stored)
+                .await?
+                .matched_count
+                == 1
+        }
+        (None, _) => match otps.insert_one(stored).await {
+            Ok(_) => true,
+            Err(err) if is_duplicate(&err) => false,
+            Err(err) => return Err(err.into()),
+        },
+    };
+    if !swapped {
+        tracing::info!(%org, %agent_id, "another otp request or attempt won the race: no code sent");
+        return Ok(());
+    }
     if state.config.dev_mode {
         tracing::info!(%org, %agent_id, %code, "one-time code (dev mode)");
     }
-    deliver_code(
-        &state,
-        &org,
-        super::text(agent, "phone"),
-        &challenge_id,
-        &code,
-    )
-    .await?;
-    Ok(answer)
+    deliver_code(state, org, phone, challenge_id, &code).await
+}
+
+fn is_duplicate(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    matches!(&*err.kind, ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == 11000)
 }
 
 /// Sends the code as a WhatsApp authentication template from the org's first
@@ -292,6 +337,10 @@ fn locked(retry_after_ms: i64) -> ApiError {
 }
 
 /// Exchange a code for tokens; opens a session for the device (replacing its last).
+///
+/// Each attempt is paid for before the code is compared: one atomic update reserves
+/// it (`otp::reservable`), so concurrent guesses cannot share one count. Wrong codes
+/// count across the user's codes; `max_attempts` of them lock the user out.
 #[utoipa::path(post, path = "/v1/auth/otp/verify", tag = "auth", request_body = OtpVerify,
     responses((status = 200, body = TokenPair), (status = 401, body = crate::error::ErrorBody),
               (status = 429, body = crate::error::ErrorBody)))]
@@ -306,6 +355,7 @@ pub async fn verify_otp(
     if req.challenge_id.chars().count() > 64 {
         return Err(ApiError::invalid("challenge_id is too long"));
     }
+    let policy = state.config.otp;
     let otps = state.db.collection::<Document>(sessions::OTPS);
     let Some(stored) = otps
         .find_one(doc! { "challenge_id": &req.challenge_id })
@@ -318,74 +368,75 @@ pub async fn verify_otp(
         super::text(&stored, "org").unwrap_or_default(),
         super::text(&stored, "agent_id").unwrap_or_default(),
     );
-    let Ok(otp_state) = bson::from_document::<OtpState>(stored) else {
-        return Err(invalid_code());
-    };
+    state.limit_verify(&key)?;
+    let read = |d: Option<Document>| d.and_then(|d| bson::from_document::<OtpState>(d).ok());
     let now = now_ms();
-    let right = otp::matches(
-        &state.pepper,
-        &req.challenge_id,
-        &req.code,
-        &otp_state.code_hash,
-    );
-    match otp::on_verify(
-        Some(&otp_state),
-        &req.challenge_id,
-        right,
-        now,
-        &state.config.otp,
-    ) {
-        VerifyDecision::Accept => {
-            // Compare-and-swap: one code, one session, even under a race.
-            let spent = otps
-                .update_one(
-                    doc! { "_id": &key, "challenge_id": &req.challenge_id, "used": false },
-                    doc! { "$set": { "used": true } },
-                )
-                .await?;
-            if spent.modified_count != 1 {
-                return Err(invalid_code());
-            }
-            let agent = active_agent(&state, &org, &agent_id)
-                .await?
-                .ok_or_else(invalid_code)?;
-            let role = super::text(&agent, "role").unwrap_or_else(|| "agent".into());
-            open_session(
-                &state,
-                &org,
-                &agent_id,
-                &role,
-                &req.device_id,
-                req.device_name,
-            )
-            .await
-        }
-        VerifyDecision::Wrong {
-            attempts,
-            locked_until_ms,
-        } => {
-            let mut set = doc! { "attempts": attempts as i64 };
-            if let Some(until) = locked_until_ms {
-                set.insert("locked_until_ms", until);
-            }
-            otps.update_one(
-                doc! { "_id": &key, "challenge_id": &req.challenge_id, "attempts": otp_state.attempts as i64 },
-                doc! { "$set": set },
-            )
-            .await?;
-            match locked_until_ms {
-                Some(until) => Err(locked(until - now)),
-                None => Err(invalid_code()),
-            }
-        }
-        VerifyDecision::Expired => Err(ApiError::new(
+    let refused = |decision: VerifyDecision| match decision {
+        VerifyDecision::Expired => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "otp_expired",
             "the code has expired; ask for a new one",
-        )),
-        VerifyDecision::Locked { retry_after_ms } => Err(locked(retry_after_ms)),
-        VerifyDecision::Unknown => Err(invalid_code()),
+        ),
+        VerifyDecision::Locked { retry_after_ms } => locked(retry_after_ms),
+        VerifyDecision::Reserve | VerifyDecision::Unknown => invalid_code(),
+    };
+    let decision = otp::on_verify(read(Some(stored)).as_ref(), &req.challenge_id, now, &policy);
+    if decision != VerifyDecision::Reserve {
+        return Err(refused(decision));
     }
+    // Pay for the attempt before looking at the code.
+    let reserved = otps
+        .find_one_and_update(
+            otp::reservable(&key, &req.challenge_id, now, &policy),
+            otp::reservation_update(now),
+        )
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await?;
+    let Some(reserved) = read(reserved) else {
+        // Other attempts took the last ones (or the code expired) meanwhile.
+        let current = read(otps.find_one(doc! { "_id": &key }).await?);
+        return Err(refused(otp::on_verify(
+            current.as_ref(),
+            &req.challenge_id,
+            now,
+            &policy,
+        )));
+    };
+    if !otp::matches(
+        &state.pepper,
+        &req.challenge_id,
+        &req.code,
+        &reserved.code_hash,
+    ) {
+        return Err(match otp::after_wrong(reserved.attempts, now, &policy) {
+            Some(until) => locked(until - now),
+            None => invalid_code(),
+        });
+    }
+    // Compare-and-swap: one code, one session, even under a race; a login clears the
+    // count of wrong codes.
+    let spent = otps
+        .update_one(
+            doc! { "_id": &key, "challenge_id": &req.challenge_id, "used": false },
+            doc! { "$set": { "used": true, "attempts": 0 } },
+        )
+        .await?;
+    if spent.modified_count != 1 {
+        return Err(invalid_code());
+    }
+    let agent = active_agent(&state, &org, &agent_id)
+        .await?
+        .ok_or_else(invalid_code)?;
+    let role = super::text(&agent, "role").unwrap_or_else(|| "agent".into());
+    open_session(
+        &state,
+        &org,
+        &agent_id,
+        &role,
+        &req.device_id,
+        req.device_name,
+    )
+    .await
 }
 
 fn invalid_code() -> ApiError {
@@ -414,13 +465,15 @@ async fn open_session(
 ) -> ApiResult<Json<TokenPair>> {
     let sessions_coll = state.db.collection::<Document>(sessions::SESSIONS);
     let now = now_ms();
-    // One session per device: logging in again on it ends the old one.
-    sessions_coll
-        .update_many(
-            doc! { "org": org, "agent_id": agent_id, "device_id": device_id, "revoked_at_ms": null },
-            doc! { "$set": { "revoked_at_ms": now, "revoked_reason": "replaced by a new login" } },
-        )
-        .await?;
+    // One session per device: logging in again on it ends the old one, broker
+    // login included.
+    revoke(
+        state,
+        doc! { "org": org, "agent_id": agent_id, "device_id": device_id },
+        "replaced by a new login",
+        Clients::OfEnded,
+    )
+    .await?;
     let session_id = sessions::random_id(16);
     let refresh = RefreshToken::new(&session_id, 0);
     let session = Session {
@@ -437,6 +490,7 @@ async fn open_session(
         expires_at_ms: now + (state.config.refresh_ttl_secs as i64) * 1000,
         revoked_at_ms: None,
         revoked_reason: None,
+        spent_hashes: Vec::new(),
     };
     let document = bson::to_document(&session).map_err(ApiError::unavailable)?;
     sessions_coll.insert_one(document).await?;
@@ -470,59 +524,85 @@ fn tokens(
     }))
 }
 
-async fn revoke(state: &AppState, filter: Document, reason: &str) -> ApiResult<u64> {
+/// Which sessions' broker clients a revocation deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// Those of the sessions it ends.
+    OfEnded,
+    /// Those of every matching session, also ones that ended earlier (an agent who
+    /// is deactivated or demoted keeps no broker login, whatever happened before).
+    All,
+}
+
+/// The one path every revocation takes (logout, logout everywhere, a revoked
+/// device, refresh-token reuse, a new login on the same device, deactivation,
+/// demotion): the matching live sessions are marked revoked, which kills their
+/// access tokens at once, and their devices' MQTT clients are deleted from the
+/// broker. A broker that is down must not keep a user from logging out, so the
+/// deletion is best effort; the periodic reconcile (`mqtt_access::reconcile`)
+/// deletes whatever it missed.
+pub async fn revoke(
+    state: &AppState,
+    filter: Document,
+    reason: &str,
+    clients: Clients,
+) -> ApiResult<u64> {
     use futures::TryStreamExt;
-    let mut filter = filter;
-    filter.insert("revoked_at_ms", bson::Bson::Null);
+    let mut live = filter.clone();
+    live.insert("revoked_at_ms", bson::Bson::Null);
     let sessions_coll = state.db.collection::<Document>(sessions::SESSIONS);
     let ending: Vec<Document> = sessions_coll
-        .find(filter.clone())
+        .find(match clients {
+            Clients::OfEnded => live.clone(),
+            Clients::All => filter,
+        })
         .projection(doc! { "_id": 1, "org": 1, "agent_id": 1 })
         .await?
         .try_collect()
         .await?;
     let result = sessions_coll
         .update_many(
-            filter,
+            live,
             doc! { "$set": { "revoked_at_ms": now_ms(), "revoked_reason": reason } },
         )
         .await?;
-    // The devices' MQTT logins end with their sessions (best effort: a broker that is
-    // down must not keep a user from logging out).
     let usernames: Vec<String> = ending
         .iter()
         .filter_map(|d| {
-            Some(format!(
-                "{}:{}:{}",
-                super::text(d, "org")?,
-                super::text(d, "agent_id")?,
-                d.get_str("_id").ok()?
+            Some(crate::mqtt_access::username(
+                &super::text(d, "org")?,
+                &super::text(d, "agent_id")?,
+                d.get_str("_id").ok()?,
             ))
         })
         .collect();
     if !usernames.is_empty() {
         let mqtt = state.mqtt.clone();
         tokio::spawn(async move {
-            for username in usernames {
-                let correlation = sessions::random_id(8);
-                let commands = crate::mqtt_access::revoke_commands(&username, &correlation);
-                if let Err(err) = crate::mqtt_access::run(&mqtt, &commands, &correlation).await {
-                    tracing::debug!(%username, error = %err, "mqtt client not removed");
-                }
+            if let Err(err) = crate::mqtt_access::delete_clients(&mqtt, &usernames).await {
+                tracing::warn!(clients = usernames.len(), error = %err,
+                    "mqtt clients not removed; the reconcile will retry");
             }
         });
     }
     Ok(result.modified_count)
 }
 
-/// Revokes every session of a user (deactivation, logout everywhere).
+/// Revokes every session of a user and deletes all their broker clients
+/// (deactivation, demotion, logout everywhere).
 pub async fn revoke_user(
     state: &AppState,
     org: &str,
     agent_id: &str,
     reason: &str,
 ) -> ApiResult<u64> {
-    revoke(state, doc! { "org": org, "agent_id": agent_id }, reason).await
+    revoke(
+        state,
+        doc! { "org": org, "agent_id": agent_id },
+        reason,
+        Clients::All,
+    )
+    .await
 }
 
 /// Trade a refresh token for new tokens. Each refresh token works once; using a
@@ -548,6 +628,7 @@ pub async fn refresh(
             &state,
             doc! { "_id": &presented.session_id },
             "refresh token reused",
+            Clients::OfEnded,
         )
         .await?;
         Err::<Json<TokenPair>, _>(ApiError::new(
@@ -569,7 +650,7 @@ pub async fn refresh(
         return Err(ApiError::unauthorized("not a valid refresh token"));
     };
     let Some(agent) = active_agent(&state, &session.org, &session.agent_id).await? else {
-        revoke(&state, doc! { "_id": &session.id }, "agent deactivated").await?;
+        revoke_user(&state, &session.org, &session.agent_id, "agent deactivated").await?;
         return Err(ApiError::unauthorized("the account is deactivated"));
     };
     let role = super::text(&agent, "role").unwrap_or_else(|| "agent".into());
@@ -579,7 +660,8 @@ pub async fn refresh(
             doc! { "_id": &session.id, "refresh_hash": &session.refresh_hash,
             "generation": session.generation, "revoked_at_ms": null },
             doc! { "$set": { "refresh_hash": next.hash(), "generation": next.generation,
-            "last_used_at_ms": now, "role": &role } },
+            "last_used_at_ms": now, "role": &role,
+            "spent_hashes": sessions::spend(&session.spent_hashes, &session.refresh_hash) } },
         )
         .await?;
     if swapped.modified_count != 1 {
@@ -599,6 +681,7 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<
         &state,
         doc! { "_id": &caller.session_id, "org": &caller.org },
         "logout",
+        Clients::OfEnded,
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -647,7 +730,7 @@ pub async fn list_sessions(
 
 /// End one of the caller's sessions.
 #[utoipa::path(delete, path = "/v1/auth/sessions/{session_id}", tag = "auth",
-    security(("bearer" = [])), params(("session_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    security(("bearer" = [])), params(("session_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn revoke_session(
     State(state): State<AppState>,
@@ -659,6 +742,7 @@ pub async fn revoke_session(
         &state,
         doc! { "_id": &session_id, "org": &caller.org, "agent_id": &caller.user_id },
         "revoked by the user",
+        Clients::OfEnded,
     )
     .await?;
     if n == 0 {

@@ -160,7 +160,7 @@ pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
 
 /// Send a message in a conversation.
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/messages", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = SendRequest,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = SendRequest,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn send_message(
     State(state): State<AppState>,
@@ -177,13 +177,13 @@ pub async fn send_message(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MarkRead {
     /// The newest inbound message read.
-    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9._@=+-]{1,128}$")]
     pub message_id: String,
 }
 
 /// Mark a conversation read up to a message (blue ticks for the customer).
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/read", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = MarkRead,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = MarkRead,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn mark_read(
     State(state): State<AppState>,
@@ -192,7 +192,7 @@ pub async fn mark_read(
     Body(req): Body<MarkRead>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
-    valid_id("message_id", &req.message_id)?;
+    super::valid_wamid("message_id", &req.message_id)?;
     let message = state
         .db
         .collection::<Document>(sinks::mongo::mapping::collections::MESSAGES)
@@ -273,7 +273,7 @@ enum ActionName {
 
 /// Claim, transfer, resolve, reopen, force-assign or annotate a conversation.
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/commands", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")), request_body = CommandRequest,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = CommandRequest,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn conversation_command(
     State(state): State<AppState>,
@@ -340,7 +340,7 @@ pub struct CommandResult {
 
 /// The outcome of a command (the same as arrives on MQTT). 404 until it is known.
 #[utoipa::path(get, path = "/v1/commands/{command_id}", tag = "commands",
-    security(("bearer" = [])), params(("command_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    security(("bearer" = [])), params(("command_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 200, body = CommandResult), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn command_result(
     State(state): State<AppState>,

@@ -44,7 +44,7 @@ pub struct ConversationQuery {
     #[param(pattern = r"^(open|assigned|resolved)$")]
     pub state: Option<String>,
     /// An agent id, or `me`.
-    #[param(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[param(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
     pub assignee: Option<String>,
     /// From the last page's `next`.
     #[param(pattern = r"^[A-Za-z0-9_-]+$")]
@@ -240,7 +240,7 @@ fn next_cursor(found: &[Document], limit: i64, field: &str) -> Option<String> {
 
 /// One conversation.
 #[utoipa::path(get, path = "/v1/conversations/{conversation_id}", tag = "conversations",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 200, body = Conversation), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_conversation(
     State(state): State<AppState>,
@@ -254,7 +254,7 @@ pub async fn get_conversation(
 /// A conversation's messages, newest first; `next` pages to older ones and stays
 /// stable while new messages arrive.
 #[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages", tag = "conversations",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$"), PageQuery),
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), PageQuery),
     responses((status = 200, body = MessagePage), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn list_messages(
     State(state): State<AppState>,
@@ -286,14 +286,14 @@ pub async fn list_messages(
 
 /// Every status a message reached, in order.
 #[utoipa::path(get, path = "/v1/messages/{wamid}/statuses", tag = "conversations",
-    security(("bearer" = [])), params(("wamid" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    security(("bearer" = [])), params(("wamid" = String, Path, pattern = r"^[A-Za-z0-9._@=+-]{1,128}$")),
     responses((status = 200, body = Vec<StatusChange>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn message_statuses(
     State(state): State<AppState>,
     caller: Caller,
     Path(wamid): Path<String>,
 ) -> ApiResult<Json<Vec<StatusChange>>> {
-    valid_id("wamid", &wamid)?;
+    super::valid_wamid("wamid", &wamid)?;
     let exists = state
         .db
         .collection::<Document>(collections::MESSAGES)
@@ -326,7 +326,7 @@ pub async fn message_statuses(
 /// A short-lived URL to download a media file the media sink stored (a message's
 /// `stored_media`), by its Meta media id. Served as an attachment, never inline.
 #[utoipa::path(get, path = "/v1/media/{media_id}", tag = "conversations",
-    security(("bearer" = [])), params(("media_id" = String, Path, pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")),
+    security(("bearer" = [])), params(("media_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")),
     responses((status = 200, body = MediaUrl), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn media_url(
     State(state): State<AppState>,

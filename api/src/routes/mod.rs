@@ -133,19 +133,31 @@ pub fn page_size(state: &AppState, asked: Option<u32>) -> ApiResult<i64> {
     Ok(i64::from(asked.min(state.config.max_page.max(1))))
 }
 
-/// Ids in paths and bodies: short, printable, no separators that would let one id
-/// reach into another's key space (`:`), a Mongo operator (`$`) or an MQTT level.
+/// Ids in paths and bodies: the one rule of [`events::ids::is_valid_id`] (no MQTT
+/// wildcards or levels, no `$`, no `:`), as a 400.
 pub fn valid_id(what: &str, id: &str) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '+' | '='));
-    if ok {
+    if events::ids::is_valid_id(id) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!(
-            "{what} must be 1-128 characters of letters, digits and - _ . @ + ="
+            "{what} must be 1-{} characters of {}",
+            events::ids::ID_MAX_LEN,
+            events::ids::ID_CHARS
+        )))
+    }
+}
+
+/// Meta's message ids (`wamid.` + base64, which may hold `+`): never part of a topic
+/// or a composite key's first part, so `+` is allowed here and only here.
+pub fn valid_wamid(what: &str, id: &str) -> ApiResult<()> {
+    let plain = id.replace('+', "-");
+    if events::ids::is_valid_id(&plain) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} must be 1-{} characters of {} +",
+            events::ids::ID_MAX_LEN,
+            events::ids::ID_CHARS
         )))
     }
 }

@@ -33,6 +33,9 @@ pub async fn credentials(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<MqttCredentials>> {
+    // Both become topic levels of the ACL: never a wildcard, whatever the token says.
+    crate::routes::valid_id("org", &caller.org)?;
+    crate::routes::valid_id("agent_id", &caller.user_id)?;
     let prefix = &state.mqtt.topic_prefix;
     let username = format!("{}:{}:{}", caller.org, caller.user_id, caller.session_id);
     let password = crate::auth::sessions::random_id(24);

@@ -18,7 +18,7 @@ use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PushTokenRequest {
-    #[schema(pattern = r"^[A-Za-z0-9._@+=-]{1,128}$")]
+    #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
     pub device_id: String,
     /// `ExponentPushToken[...]`.
     #[schema(pattern = r"^Expo(nent)?PushToken\[[A-Za-z0-9_-]{1,200}\]$")]

@@ -90,31 +90,75 @@ pub async fn run(
     Ok(())
 }
 
-/// One MQTT message to Kafka: the event, or a dead letter saying why not.
+/// One MQTT message to Kafka: the event, or a dead letter saying why not. A message
+/// that can never be produced (refused by parse, or by the broker for its size or
+/// shape) is dead-lettered and acknowledged: redelivering it would stall presence
+/// for every org behind it. Only a transient Kafka failure returns `Err` (the
+/// caller reconnects without acking, so the broker redelivers).
 async fn forward(prefix: &str, publisher: &Publisher, publish: &Publish) -> Result<(), KafkaError> {
-    match parse::parse(prefix, &publish.topic, &publish.payload, now_ms()) {
+    let error = match parse::parse(prefix, &publish.topic, &publish.payload, now_ms()) {
         Ok(Some(event)) => {
-            publisher
+            match publisher
                 .send_json(topics::AGENTS_PRESENCE, &event.org, &event, vec![])
                 .await
+            {
+                Ok(()) => return Ok(()),
+                Err(err) if permanent(&err) => err.to_string(),
+                Err(err) => return Err(err),
+            }
         }
-        Ok(None) => Ok(()),
-        Err(err) => {
-            tracing::warn!(topic = %publish.topic, %err, "presence message dead-lettered");
-            publisher
-                .send(Outgoing {
-                    topic: topics::DEADLETTER,
-                    key: &publish.topic,
-                    value: publish.payload.to_vec(),
-                    headers: vec![
-                        (dlq_headers::ERROR, err.to_string()),
-                        (dlq_headers::STAGE, "ingest.presence".into()),
-                        (dlq_headers::SOURCE_TOPIC, format!("mqtt:{}", publish.topic)),
-                    ],
-                })
-                .await
-        }
+        Ok(None) => return Ok(()),
+        Err(err) => err.to_string(),
+    };
+    tracing::warn!(topic = %truncate(&publish.topic, 200), %error, "presence message dead-lettered");
+    let kept = publish.payload.len().min(parse::MAX_PAYLOAD_BYTES);
+    publisher
+        .send(Outgoing {
+            topic: topics::DEADLETTER,
+            key: truncate(&publish.topic, 512),
+            value: publish.payload[..kept].to_vec(),
+            headers: vec![
+                (dlq_headers::ERROR, error),
+                (dlq_headers::STAGE, "ingest.presence".into()),
+                (
+                    dlq_headers::SOURCE_TOPIC,
+                    format!("mqtt:{}", truncate(&publish.topic, 512)),
+                ),
+                (DEADLETTER_ORIGINAL_BYTES, publish.payload.len().to_string()),
+            ],
+        })
+        .await
+}
+
+/// The size of a dead-lettered MQTT payload before it was cut to
+/// `parse::MAX_PAYLOAD_BYTES`.
+pub const DEADLETTER_ORIGINAL_BYTES: &str = "coexist.original_bytes";
+
+/// Errors that producing the same record again cannot fix.
+fn permanent(err: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match err {
+        KafkaError::Encode { .. } => true,
+        KafkaError::Client(client) => matches!(
+            client.rdkafka_error_code(),
+            Some(
+                Code::MessageSizeTooLarge
+                    | Code::InvalidMessageSize
+                    | Code::InvalidMessage
+                    | Code::InvalidRecord
+            )
+        ),
+        _ => false,
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn now_ms() -> i64 {

@@ -25,7 +25,7 @@ use events::{WhatsAppEvent, codec, ids, topics};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
 
 pub use config::WhatsAppConfig;
@@ -495,8 +495,8 @@ fn read_topic(
     since_ms: Option<i64>,
     mut each: impl FnMut(&[u8]),
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<runtime::kafka::EndIsNews> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
+    let consumer: BaseConsumer<runtime::kafka::EndIsNews> = kafka
+        .client()
         .set(
             "group.id",
             format!("{}-sink-whatsapp-rebuild", kafka.client_id),
