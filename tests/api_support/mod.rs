@@ -64,6 +64,9 @@ impl ApiStack {
         let id = unique();
         let mut config = Config::load(None).expect("config from environment");
         config.kafka.client_id = format!("test-{name}-{id}");
+        // This stack's records only: a fresh group at the earliest record would first
+        // wade through every earlier test's backlog on the shared broker.
+        config.kafka.new_group_start = crate::support::now_ms().to_string();
         config.api.listen = format!("127.0.0.1:{}", free_port());
         config.api.dev_mode = true;
         config.api.jwt_keys = vec![api::config::JwtKey {
