@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use api_support::{ApiStack, Org};
-use coexist::simulate::graph::{NumberToken, SentRecord};
+use coexist::simulate::graph::NumberToken;
 use serde_json::{Value, json};
-use support::{MqttRecorder, free_port, now_ms, unique, wait_for};
+use support::{GraphSimulator, MqttRecorder, free_port, now_ms, unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
 /// One `coexist all` at a time: each reads every org's traffic (as in production),
@@ -32,57 +32,18 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const SEALING_KEY: &str = "ZGlyZWN0b3J5LXRlc3Qtc2VhbGluZy1rZXktMzJieXQ=";
 
 /// The Graph API simulator, accepting for each number only that number's token.
-struct GraphSim {
-    url: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl GraphSim {
-    async fn start(numbers: &[(&str, &str)]) -> Self {
-        let mut config = coexist::Config::default();
-        config.simulate.graph.callbacks = false;
-        config.simulate.graph.access_tokens = vec![runtime::Secret::new("no-such-token")];
-        config.simulate.graph.number_tokens = numbers
+async fn graph_sim(numbers: &[(&str, &str)]) -> GraphSimulator {
+    GraphSimulator::start(|c| {
+        c.simulate.graph.access_tokens = vec![runtime::Secret::new("no-such-token")];
+        c.simulate.graph.number_tokens = numbers
             .iter()
             .map(|(number, token)| NumberToken {
                 phone_number_id: number.to_string(),
                 token: runtime::Secret::new(*token),
             })
             .collect();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let app = coexist::simulate::graph::router(&config);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
-        Self {
-            url,
-            http: reqwest::Client::new(),
-            shutdown,
-        }
-    }
-
-    async fn sent(&self, phone_number_id: &str) -> Vec<SentRecord> {
-        let all: Vec<SentRecord> = self
-            .http
-            .get(format!("{}/_sim/graph/sent", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all.into_iter()
-            .filter(|r| r.phone_number_id == phone_number_id)
-            .collect()
-    }
+    })
+    .await
 }
 
 /// `coexist all` with nothing about orgs, numbers or agents in its config.
@@ -271,7 +232,7 @@ async fn an_admin_runs_the_pipeline_over_http_alone() {
     let (login_number, number) = (format!("50{id}"), format!("51{id}"));
     let (login_token, token, secret) =
         ("login-token", format!("token-{id}"), format!("secret-{id}"));
-    let sim = GraphSim::start(&[(&login_number, login_token), (&number, &token)]).await;
+    let sim = graph_sim(&[(&login_number, login_token), (&number, &token)]).await;
     let mut stack = start_all("directory", &sim.url).await;
     wait_ingest(&stack).await;
     // 1. The first admin, from `coexist admin bootstrap` (with the number codes go out on).
@@ -492,27 +453,35 @@ async fn an_admin_runs_the_pipeline_over_http_alone() {
         let body = customer_message(&number, &customer, &format!("wamid.dir{id}.{i}"));
         assert_eq!(post_signed(&stack, &body, &secret).await, 200);
         let conv = events::ids::conversation_id(&number, &customer);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        // Who got it, as their inbox was told (the real-time path, ahead of MongoDB).
+        let inbox_of = |topic: &str| {
+            topic
+                .strip_suffix("/inbox")
+                .and_then(|t| t.rsplit('/').next())
+                .map(str::to_string)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         let owner = loop {
-            let owner = conversations(&stack, &admin, &number)
-                .await
-                .get(&conv)
-                .and_then(|(_, o)| o.clone());
-            if let Some(owner) = owner {
+            let told = inboxes
+                .messages()
+                .into_iter()
+                .find(|(_, payload)| payload.contains(conv.as_str()))
+                .and_then(|(topic, _)| inbox_of(&topic));
+            if let Some(owner) = told {
                 break owner;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{conv} never routed"
             );
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         owners.push(owner);
     }
     assert_eq!(owners, ["cy", "bob", "cy"], "round robin after bob");
     // 5. Nothing was restarted: the one `coexist all` task is still running.
     stack.stop().await;
-    sim.shutdown.cancel();
+    drop(sim);
 }
 
 /// A message of `org`'s number is in MongoDB (the mongo sink wrote it).
@@ -530,7 +499,7 @@ async fn message_stored(stack: &ApiStack, org: &str, wamid: &str) -> bool {
 async fn a_secret_speaks_only_for_its_own_numbers() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let id = unique();
-    let sim = GraphSim::start(&[]).await;
+    let sim = graph_sim(&[]).await;
     let mut stack = start_all("secrets", &sim.url).await;
     wait_ingest(&stack).await;
     let (secret_a, secret_b) = (format!("secret-a-{id}"), format!("secret-b-{id}"));
@@ -586,14 +555,14 @@ async fn a_secret_speaks_only_for_its_own_numbers() {
         "the forged body reached the raw topic"
     );
     stack.stop().await;
-    sim.shutdown.cancel();
+    drop(sim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_number_is_dead_lettered_and_replayed_once_added() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let id = unique();
-    let sim = GraphSim::start(&[]).await;
+    let sim = graph_sim(&[]).await;
     let mut stack = start_all("unknown", &sim.url).await;
     wait_ingest(&stack).await;
     let secret = format!("secret-{id}");
@@ -671,5 +640,5 @@ async fn an_unknown_number_is_dead_lettered_and_replayed_once_added() {
     )
     .await;
     stack.stop().await;
-    sim.shutdown.cancel();
+    drop(sim);
 }

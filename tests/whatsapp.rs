@@ -29,69 +29,15 @@ static ONE_SINK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_ne
 const TOKEN: &str = "sim-token";
 const CUSTOMER: &str = "16505551234";
 
-/// The Graph API simulator, served in-process.
-struct Simulator {
-    url: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
+/// The Graph API simulator, accepting this file's token.
+type Simulator = support::GraphSimulator;
 
-impl Simulator {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::load(None).unwrap();
-        config.simulate.graph.access_tokens = vec![runtime::Secret::new(TOKEN)];
-        config.simulate.graph.callbacks = false;
-        configure(&mut config);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let app = coexist::simulate::graph::router(&config);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
-        Self {
-            url,
-            http: reqwest::Client::new(),
-            shutdown,
-        }
-    }
-
-    async fn sent(&self, phone_number_id: &str) -> Vec<SentRecord> {
-        let all: Vec<SentRecord> = self
-            .http
-            .get(format!("{}/_sim/graph/sent", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all.into_iter()
-            .filter(|s| s.phone_number_id == phone_number_id)
-            .collect()
-    }
-
-    async fn fail_next(&self, count: u32, status: u16, code: i64) {
-        let response = self
-            .http
-            .post(format!("{}/_sim/graph/fail_next", self.url))
-            .json(&json!({"count": count, "status": status, "code": code}))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+async fn simulator(configure: impl FnOnce(&mut Config)) -> Simulator {
+    support::GraphSimulator::start(|c| {
+        c.simulate.graph.access_tokens = vec![runtime::Secret::new(TOKEN)];
+        configure(c);
+    })
+    .await
 }
 
 /// A business number of this test, its config, and a producer.
@@ -262,7 +208,7 @@ async fn replies_are_sent_once_and_their_statuses_reach_messages_status_in_any_o
         ..Default::default()
     };
     let seed = 7;
-    let sim = Simulator::start(|c| {
+    let sim = simulator(|c| {
         c.simulate.graph.callbacks = true;
         c.simulate.graph.status_delay_ms = 50;
         c.simulate.graph.webhook_url = format!("http://{ingest}/webhooks/whatsapp");
@@ -420,7 +366,7 @@ async fn replies_are_sent_once_and_their_statuses_reach_messages_status_in_any_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_one_number_never_exceeds_its_rate() {
     let _turn = ONE_SINK_AT_A_TIME.lock().await;
-    let sim = Simulator::start(|_| {}).await;
+    let sim = simulator(|_| {}).await;
     let s = Scenario::new("rate", &sim.url).await;
     let rate = s.config.sinks.whatsapp.messages_per_second as usize; // 80, burst 1
     let burst = 4 * rate;
@@ -470,7 +416,7 @@ async fn a_burst_to_one_number_never_exceeds_its_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_and_the_message_goes_out_once() {
     let _turn = ONE_SINK_AT_A_TIME.lock().await;
-    let sim = Simulator::start(|_| {}).await;
+    let sim = simulator(|_| {}).await;
     let s = Scenario::new("throttle", &sim.url).await;
     sim.fail_next(2, 429, 130429).await;
     sim.fail_next(1, 429, 131056).await;
@@ -518,7 +464,7 @@ async fn throttling_is_retried_and_the_message_goes_out_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_form_outside_the_window_is_refused_while_templates_go_out() {
     let _turn = ONE_SINK_AT_A_TIME.lock().await;
-    let sim = Simulator::start(|_| {}).await;
+    let sim = simulator(|_| {}).await;
     let s = Scenario::new("window", &sim.url).await;
     let (recent, stale, stranger) = ("16505550001", "16505550002", "16505550003");
     s.customer_writes(recent, now_ms() / 1000 - 3600).await;
@@ -584,7 +530,7 @@ async fn free_form_outside_the_window_is_refused_while_templates_go_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_in_s3_is_uploaded_and_sent_by_id() {
     let _turn = ONE_SINK_AT_A_TIME.lock().await;
-    let sim = Simulator::start(|_| {}).await;
+    let sim = simulator(|_| {}).await;
     let s = Scenario::new("upload", &sim.url).await;
     let s3 = s.config.s3.client();
     s.config.s3.ensure_bucket(&s3).await.unwrap();
@@ -656,7 +602,7 @@ impl Drop for SinkProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_killed_mid_burst_never_sends_a_command_twice() {
     let _turn = ONE_SINK_AT_A_TIME.lock().await;
-    let sim = Simulator::start(|_| {}).await;
+    let sim = simulator(|_| {}).await;
     let mut s = Scenario::new("sigkill", &sim.url).await;
     s.config.sinks.whatsapp.messages_per_second = 40;
     const BURST: usize = 200;

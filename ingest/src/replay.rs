@@ -194,6 +194,19 @@ pub async fn run(
         };
         let was_unowned = header(raw_headers::OWNER).as_deref() == Some("unknown");
         let signature = header(raw_headers::SIGNATURE);
+        let dead_letter = |reason: String, code: &'static str| Outgoing {
+            topic: topics::DEADLETTER,
+            key: &key,
+            value: body.to_vec(),
+            headers: vec![
+                (dlq_headers::ERROR, reason),
+                ("coexist.reason", code.into()),
+                (dlq_headers::STAGE, "replay".into()),
+                (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
+                (dlq_headers::SOURCE_PARTITION, partition.to_string()),
+                (dlq_headers::SOURCE_OFFSET, message.offset().to_string()),
+            ],
+        };
         match serde_json::from_slice::<Webhook>(events::codec::json_part(body)) {
             Ok(webhook)
                 if was_unowned
@@ -201,23 +214,9 @@ pub async fn run(
                         .authorize(signature.as_deref(), body, &webhook)
                         .is_err() =>
             {
+                let reason = "invalid_signature: not signed by the app secret of the number that now owns it";
                 publisher
-                    .send(Outgoing {
-                        topic: topics::DEADLETTER,
-                        key: &key,
-                        value: body.to_vec(),
-                        headers: vec![
-                            (
-                                dlq_headers::ERROR,
-                                "invalid_signature: not signed by the app secret of the number that now owns it".into(),
-                            ),
-                            ("coexist.reason", "invalid_signature".into()),
-                            (dlq_headers::STAGE, "replay".into()),
-                            (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
-                            (dlq_headers::SOURCE_PARTITION, partition.to_string()),
-                            (dlq_headers::SOURCE_OFFSET, message.offset().to_string()),
-                        ],
-                    })
+                    .send(dead_letter(reason.into(), "invalid_signature"))
                     .await?;
                 summary.dead_lettered += 1;
             }
@@ -228,19 +227,9 @@ pub async fn run(
                 summary.rejected += rejected as u64;
             }
             Err(err) => {
+                let reason = format!("not a WhatsApp webhook: {err}");
                 publisher
-                    .send(Outgoing {
-                        topic: topics::DEADLETTER,
-                        key: &key,
-                        value: body.to_vec(),
-                        headers: vec![
-                            (dlq_headers::ERROR, format!("not a WhatsApp webhook: {err}")),
-                            (dlq_headers::STAGE, "replay".into()),
-                            (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
-                            (dlq_headers::SOURCE_PARTITION, partition.to_string()),
-                            (dlq_headers::SOURCE_OFFSET, message.offset().to_string()),
-                        ],
-                    })
+                    .send(dead_letter(reason, "malformed_body"))
                     .await?;
                 summary.dead_lettered += 1;
             }

@@ -422,3 +422,70 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+/// The Graph API simulator (`coexist simulate serve`'s Graph half), served
+/// in-process on a free port, without status callbacks unless `configure` asks.
+pub struct GraphSimulator {
+    pub url: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl GraphSimulator {
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::load(None).unwrap();
+        config.simulate.graph.callbacks = false;
+        configure(&mut config);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", free_port()))
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let app = coexist::simulate::graph::router(&config);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    /// Every call it accepted for `phone_number_id`.
+    pub async fn sent(&self, phone_number_id: &str) -> Vec<coexist::simulate::graph::SentRecord> {
+        let all: Vec<coexist::simulate::graph::SentRecord> = self
+            .http
+            .get(format!("{}/_sim/graph/sent", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all.into_iter()
+            .filter(|s| s.phone_number_id == phone_number_id)
+            .collect()
+    }
+
+    /// The next `count` sends fail with `status` and Meta's `code`.
+    pub async fn fail_next(&self, count: u32, status: u16, code: i64) {
+        let response = self
+            .http
+            .post(format!("{}/_sim/graph/fail_next", self.url))
+            .json(&serde_json::json!({"count": count, "status": status, "code": code}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+}
+
+impl Drop for GraphSimulator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
