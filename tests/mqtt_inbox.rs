@@ -124,6 +124,7 @@ impl Scenario {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: serde_json::Value::Null,
             }),
         };

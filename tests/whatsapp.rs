@@ -174,6 +174,7 @@ impl Scenario {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: json!({}),
             }),
         };

@@ -57,6 +57,7 @@ pub fn plan_record(
                 filter,
                 update,
                 collision_means_done,
+                upsert: true,
                 source,
             },
         )
@@ -183,7 +184,9 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
             "at_ms": r.at_ms,
         },
     )];
-    if kind == "read" {
+    // A read receipt is no message; an OTP code or a sync request belongs to no
+    // conversation (`OutboundResult::in_conversation`): none shows in the inbox.
+    if kind == "read" || !r.in_conversation() {
         return out;
     }
     let at = DateTime::from_millis(r.at_ms);
