@@ -256,3 +256,95 @@ async fn reactions_keep_the_newest_per_reactor_in_any_order() {
         .clone();
     assert_eq!(reaction.get("emoji"), Some(&Bson::Null), "taken off");
 }
+
+/// Pablo (12125557890) writes once; then Business-app changes for him: two adds and
+/// a remove, at the item's own times 1739321024 < 1739321100 < 1739321500.
+fn contact_bodies() -> BTreeMap<&'static str, Value> {
+    let add = |name: &str, ts: &str| {
+        let mut body = fixture("smb_app_state_sync");
+        let items = &mut body["entry"][0]["changes"][0]["value"]["state_sync"];
+        let pablo = items[1].clone();
+        *items = Value::Array(vec![pablo]);
+        items[0]["contact"]["full_name"] = name.into();
+        items[0]["metadata"]["timestamp"] = ts.into();
+        body
+    };
+    let wrote: Value = serde_json::from_str(
+        &serde_json::to_string(&fixture("msg_text"))
+            .unwrap()
+            .replace("16505551234", "12125557890"),
+    )
+    .unwrap();
+    BTreeMap::from([
+        ("wrote", wrote),
+        ("add1", add("Pablo Morales", "1739321024")),
+        ("add2", add("Pablo M.", "1739321100")),
+        ("remove", fixture("smb_app_state_sync_remove")),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_changes_apply_in_the_business_apps_order_and_a_remove_creates_nothing() {
+    let mut store = Store::new().await;
+    let bodies = contact_bodies();
+    let contacts = store.db.collection::<Document>("contacts");
+
+    // A remove for a number nobody knows creates no contact.
+    let org = format!("o{}", unique());
+    store.write(&org, &["remove"], &bodies).await;
+    assert_eq!(
+        contacts
+            .count_documents(doc! { "org": &org })
+            .await
+            .unwrap(),
+        0
+    );
+
+    // For a contact we know (Pablo wrote once), in any order: the newest change
+    // (the remove) wins. (A remove for a number unknown then is not kept: an older
+    // add arriving after it creates the contact.)
+    let mut results = Vec::new();
+    for order in permutations(&["add1", "add2", "remove"]) {
+        let org = format!("o{}", unique());
+        store.write(&org, &["wrote"], &bodies).await;
+        store.write(&org, &order, &bodies).await;
+        let contact = contacts
+            .find_one(doc! { "_id": format!("{org}:12125557890") })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{order:?}: no contact"));
+        results.push((format!("{order:?}"), contact));
+    }
+    for (order, contact) in &results {
+        assert!(
+            !contact.get_bool("in_business_app").unwrap(),
+            "{order}: {contact}"
+        );
+        let change = contact.get_document("business_app").unwrap();
+        assert_eq!(change.get_str("action").unwrap(), "remove", "{order}");
+        assert_eq!(
+            change
+                .get_datetime("changed_at")
+                .unwrap()
+                .timestamp_millis(),
+            1_739_321_500_000,
+            "{order}"
+        );
+    }
+    // Without the remove: the newer add's name, whichever came last.
+    for order in permutations(&["add1", "add2"]) {
+        let org = format!("o{}", unique());
+        store.write(&org, &order, &bodies).await;
+        let contact = contacts
+            .find_one(doc! { "_id": format!("{org}:12125557890") })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            contact.get_str("full_name").unwrap(),
+            "Pablo M.",
+            "{order:?}"
+        );
+        assert!(contact.get_bool("in_business_app").unwrap());
+    }
+}
