@@ -234,10 +234,23 @@ async fn one_conversations_journey_is_what_happened_on_the_phone() {
     // 2. Routed: ana claims it; the router assigns it and her inbox hears it.
     let path = format!("/v1/conversations/{}/commands", j.conversation_id);
     assert_eq!(j.post(&path, json!({ "action": "claim" })).await, 202);
-    wait_for("the claim", Duration::from_secs(60), || async {
-        j.conversation().await["assignee"] == "ana"
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while j.conversation().await["assignee"] != "ana" {
+        if tokio::time::Instant::now() > deadline {
+            use futures::TryStreamExt;
+            let results: Vec<mongodb::bson::Document> = p
+                .mongo
+                .collection::<mongodb::bson::Document>("command_results")
+                .find(doc! { "org": &p.org })
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            panic!("the claim: {} {results:?}", j.conversation().await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let c = j.conversation().await;
     assert_eq!(
         (c["state"].as_str(), c["handled_by"].as_str()),
@@ -259,7 +272,7 @@ async fn one_conversations_journey_is_what_happened_on_the_phone() {
         conversation_id: j.conversation_id.clone(),
         wamid: Some(answer.clone()),
         error: None,
-        at_ms: now_ms(),
+        at_ms: 1_750_090_720_000, // after the customer wrote, in the story's time
         to: CONTACT.into(),
         sent_by: "ana".into(),
         message_type: "text".into(),
@@ -276,6 +289,10 @@ async fn one_conversations_journey_is_what_happened_on_the_phone() {
         .unwrap();
     j.until_message(&answer, "the answer", |m| m["status"] == "accepted")
         .await;
+    assert_eq!(
+        j.conversation().await["last_message_preview"],
+        "On its way!"
+    );
 
     // 4. Statuses of the answer, out of order and twice.
     for status in ["read", "delivered", "sent", "read", "delivered"] {

@@ -238,6 +238,23 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         },
         false,
     ));
+    // The conversation's last message (its preview), if not older than the one it
+    // shows; after the statement above, which creates the conversation, so an older
+    // reply collides on `_id` and is done.
+    out.push((
+        collections::CONVERSATIONS,
+        doc! {
+            "_id": key(&r.org, &r.conversation_id),
+            "$or": [ { "last_message.at": { "$exists": false } }, { "last_message.at": { "$lte": at } } ],
+        },
+        doc! { "$set": { "last_message": {
+            "id": &id,
+            "at": at,
+            "preview": r.preview.clone().unwrap_or_else(|| format!("[{}]", r.message_type)),
+            "version_at": at,
+        } } },
+        true,
+    ));
     out
 }
 
