@@ -289,31 +289,34 @@ async fn contact_changes_apply_in_the_business_apps_order_and_a_remove_creates_n
     let bodies = contact_bodies();
     let contacts = store.db.collection::<Document>("contacts");
 
-    // A remove for a number nobody knows creates no contact.
+    // A remove for a number nobody knows creates no contact: only the sync's record,
+    // which the API does not show.
     let org = format!("o{}", unique());
     store.write(&org, &["remove"], &bodies).await;
-    assert_eq!(
-        contacts
-            .count_documents(doc! { "org": &org })
-            .await
-            .unwrap(),
-        0
-    );
+    let visible = doc! { "org": &org, sinks::mongo::mapping::SYNC_ONLY: { "$ne": true } };
+    assert_eq!(contacts.count_documents(visible.clone()).await.unwrap(), 0);
+    // Once they write, they are a contact.
+    store.write(&org, &["wrote"], &bodies).await;
+    assert_eq!(contacts.count_documents(visible).await.unwrap(), 1);
 
-    // For a contact we know (Pablo wrote once), in any order: the newest change
-    // (the remove) wins. (A remove for a number unknown then is not kept: an older
-    // add arriving after it creates the contact.)
+    // In any order, known contact (Pablo wrote first) or not: the newest change (the
+    // remove) wins; an older add arriving after it does not undo it.
     let mut results = Vec::new();
-    for order in permutations(&["add1", "add2", "remove"]) {
+    for (known, order) in permutations(&["add1", "add2", "remove"])
+        .into_iter()
+        .flat_map(|o| [(true, o.clone()), (false, o)])
+    {
         let org = format!("o{}", unique());
-        store.write(&org, &["wrote"], &bodies).await;
+        if known {
+            store.write(&org, &["wrote"], &bodies).await;
+        }
         store.write(&org, &order, &bodies).await;
         let contact = contacts
             .find_one(doc! { "_id": format!("{org}:12125557890") })
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("{order:?}: no contact"));
-        results.push((format!("{order:?}"), contact));
+        results.push((format!("{order:?} known={known}"), contact));
     }
     for (order, contact) in &results {
         assert!(

@@ -134,13 +134,14 @@ pub fn plan<'a>(events: impl IntoIterator<Item = (usize, &'a WhatsAppEvent)>) ->
                     "_id": key(event, &c.wa_id),
                     "$or": [ { field: { "$exists": false } }, { field: { "$lt": seconds(c.changed_at) } } ],
                 };
-                let upsert = c.action == ContactAction::Upsert;
-                statement(
+                // A remove for a number never seen leaves a record only the sync
+                // reads (`SYNC_ONLY`), so an older add arriving later cannot undo it,
+                // and no contact appears.
+                push(
                     collections::CONTACTS,
                     filter,
                     contact_sync_update(event, c),
-                    upsert,
-                    upsert,
+                    true,
                 )
             }
             EventBody::HistoryProgress(h) => push(
@@ -350,8 +351,10 @@ pub fn current_content(message: &Document) -> Option<(Option<String>, Option<Str
 
 fn contact_from_message(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
     let mut update = doc! {
-        "$setOnInsert": { "org": &event.org, "wa_id": &m.contact_wa_id, "created_at": seconds(m.sent_at) },
+        "$setOnInsert": { "org": &event.org, "wa_id": &m.contact_wa_id },
+        "$min": { "created_at": seconds(m.sent_at) },
         "$max": { "last_message_at": seconds(m.sent_at) },
+        "$unset": { SYNC_ONLY: "" },
     };
     if let Some(name) = &m.contact_name {
         update.insert("$set", doc! { "profile_name": name });
@@ -437,9 +440,20 @@ fn contact_sync_update(event: &WhatsAppEvent, c: &ContactSyncEvent) -> Document 
             "$setOnInsert",
             doc! { "org": &event.org, "wa_id": &c.wa_id, "created_at": seconds(c.changed_at) },
         );
+        update.insert("$unset", doc! { SYNC_ONLY: "" });
+    } else {
+        update.insert(
+            "$setOnInsert",
+            doc! { "org": &event.org, "wa_id": &c.wa_id, SYNC_ONLY: true },
+        );
     }
     update
 }
+
+/// Marks a contacts document that only records a Business-app remove of a number
+/// that never wrote: not a contact (the API does not show it) until the customer
+/// writes or the Business app adds them again.
+pub const SYNC_ONLY: &str = "sync_only";
 
 /// Meta's code for "the business declined sharing its chat history".
 pub const HISTORY_DECLINED: i64 = 2_593_109;
@@ -543,13 +557,14 @@ mod tests {
     }
 
     #[test]
-    fn a_contact_remove_never_creates_a_contact_and_changes_apply_in_meta_order() {
+    fn a_contact_remove_creates_no_contact_and_changes_apply_in_meta_order() {
         for name in ["smb_app_state_sync_remove", "smb_app_state_sync"] {
             let events = fixture(name);
             for u in plan(events.iter().enumerate()) {
                 assert_eq!(u.collection, collections::CONTACTS);
                 let removing = name.ends_with("remove");
-                assert_eq!(u.upsert, !removing, "{name}");
+                let on_insert = u.update.get_document("$setOnInsert").unwrap();
+                assert_eq!(on_insert.get_bool(SYNC_ONLY).is_ok(), removing, "{name}");
                 let or = u.filter.get_array("$or").unwrap();
                 let older = or[1]
                     .as_document()
