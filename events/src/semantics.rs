@@ -68,7 +68,21 @@ pub fn is_customer_writing(event: &WhatsAppEvent) -> bool {
 
 /// The customer's new live message, when [`is_customer_writing`].
 pub fn customer_wrote(event: &WhatsAppEvent) -> Option<&MessageEvent> {
-    new_message(event).filter(|m| m.origin == Origin::Customer)
+    new_message(event).filter(|m| m.origin == Origin::Customer && !is_unsupported_change(m))
+}
+
+/// A change to an earlier message that Meta cannot deliver to the Cloud API and
+/// sends as `type: unsupported` with `unsupported.type` `edit` (how a customer's edit
+/// arrives today; it names no original, so it is stored as is): not the customer
+/// writing something new.
+fn is_unsupported_change(m: &MessageEvent) -> bool {
+    m.message_type == "unsupported"
+        && matches!(
+            m.raw
+                .pointer("/unsupported/type")
+                .and_then(serde_json::Value::as_str),
+            Some("edit" | "revoke" | "reaction")
+        )
 }
 
 /// Is this the business answering from the WhatsApp Business app (a new echo)?
@@ -207,6 +221,21 @@ mod tests {
     }
 
     #[test]
+    fn a_customers_edit_meta_sends_as_unsupported_is_not_the_customer_writing() {
+        let text = include_str!("../tests/fixtures/msg_unsupported.json");
+        let webhook: crate::Webhook = serde_json::from_str(text).unwrap();
+        let events = crate::normalize(&webhook, 0, &crate::OrgDirectory::new("o", [])).events;
+        assert_eq!(events.len(), 1);
+        assert!(adds_to_timeline(&events[0]), "stored, as Meta sent it");
+        assert!(!is_customer_writing(&events[0]));
+        // Any other unsupported message is still the customer writing.
+        let other = text.replace(r#""type": "edit""#, r#""type": "poll""#);
+        let webhook: crate::Webhook = serde_json::from_str(&other).unwrap();
+        let events = crate::normalize(&webhook, 0, &crate::OrgDirectory::new("o", [])).events;
+        assert!(is_customer_writing(&events[0]));
+    }
+
+    #[test]
     fn kind_names_match_the_serialized_tags() {
         for body in [
             EventBody::Edit(change(Origin::BusinessApp)),
@@ -264,7 +293,8 @@ pub mod samples {
     }
 
     /// Everything about customer `contact` that is not the customer writing: history
-    /// from either side, an echo, our own send, and edits, revokes and reactions (put
+    /// from either side, an echo, our own send, a customer's edit Meta sends as
+    /// `unsupported`, and edits, revokes and reactions (put
     /// on and taken off) by either side, live or imported, all at `sent_at`.
     pub fn not_customer_writing(
         org: &str,
@@ -273,10 +303,16 @@ pub mod samples {
         sent_at: i64,
     ) -> Vec<WhatsAppEvent> {
         let conversation_id = ids::conversation_id(pn, contact);
+        let mut unsupported_edit = message(org, pn, contact, "u1", Origin::Customer, sent_at);
+        if let EventBody::Message(m) = &mut unsupported_edit.body {
+            m.message_type = "unsupported".into();
+            m.raw = serde_json::json!({ "type": "unsupported", "unsupported": { "type": "edit" } });
+        }
         let mut out = vec![
             message(org, pn, contact, "h1", Origin::History, sent_at),
             message(org, pn, contact, "e1", Origin::BusinessApp, sent_at),
             message(org, pn, contact, "a1", Origin::Api, sent_at),
+            unsupported_edit,
         ];
         for (i, origin) in [
             Origin::Customer,
@@ -353,7 +389,7 @@ pub mod samples {
     #[test]
     fn none_of_the_samples_is_the_customer_writing() {
         let all = not_customer_writing("o", "p", "c", 1);
-        assert_eq!(all.len(), 3 + 4 * 4);
+        assert_eq!(all.len(), 4 + 4 * 4);
         assert!(all.iter().all(|e| !super::is_customer_writing(e)));
         assert!(super::is_customer_writing(&message(
             "o",

@@ -377,7 +377,7 @@ mod tests {
             (0..3usize, 0..2usize, any::<bool>()).prop_map(|(a, d, on)| Step::Presence(a, d, on)),
             (0..4usize, 0..3usize).prop_map(|(c, a)| Step::Assign(c, a)),
             (0..4usize, any::<bool>()).prop_map(|(c, history)| Step::Message(c, history)),
-            (0..4usize, 0..19usize).prop_map(|(c, k)| Step::Other(c, k)),
+            (0..4usize, 0..20usize).prop_map(|(c, k)| Step::Other(c, k)),
         ]
     }
 

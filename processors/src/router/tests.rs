@@ -1000,7 +1000,7 @@ proptest! {
     #[test]
     fn only_the_customer_writing_opens_reopens_or_routes(
         setup in proptest::collection::vec((0..3usize, 0..3u8), 0..12),
-        pick in 0..19usize,
+        pick in 0..20usize,
     ) {
         let mut r = Router::new(config(Policy::LeastLoaded));
         r.handle(online("ana", 0), 0);

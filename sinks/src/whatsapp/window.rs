@@ -213,7 +213,7 @@ mod tests {
 
         /// No history, echo, send, edit, revoke or reaction opens or extends the window.
         #[test]
-        fn only_the_customer_writing_opens_the_window(picks in proptest::collection::vec(0..19usize, 1..10), wrote in any::<bool>()) {
+        fn only_the_customer_writing_opens_the_window(picks in proptest::collection::vec(0..20usize, 1..10), wrote in any::<bool>()) {
             let mut book = WindowBook::default();
             if wrote {
                 book.observe(&inbound("111", "222", T0, Origin::Customer));
