@@ -542,6 +542,34 @@ mod tests {
     }
 
     #[test]
+    fn nothing_but_the_customer_writing_moves_the_window() {
+        let samples = events::semantics::samples::not_customer_writing("o", "p", "c", 1);
+        for event in &samples {
+            for u in plan([(0, event)]) {
+                assert!(
+                    !format!("{:?}", u.update).contains("last_inbound_at"),
+                    "{:?}: {:?}",
+                    event.body,
+                    u.update
+                );
+            }
+        }
+        let wrote = events::semantics::samples::message(
+            "o",
+            "p",
+            "c",
+            "m",
+            events::event::Origin::Customer,
+            1,
+        );
+        assert!(
+            plan([(0, &wrote)])
+                .iter()
+                .any(|u| format!("{:?}", u.update).contains("last_inbound_at"))
+        );
+    }
+
+    #[test]
     fn a_history_media_follow_up_writes_no_contact_or_conversation() {
         let events = fixture("history_media");
         let plan = plan(events.iter().enumerate());

@@ -189,6 +189,44 @@ mod tests {
     }
 
     #[test]
+    fn only_the_customer_writing_reaches_the_owners_inbox() {
+        let mut owners = Owners::default();
+        let mut owned = assignment(Some("ann"), ConversationState::Assigned);
+        owned.conversation_id = "p-c".into();
+        owners.apply(&owned);
+        for event in events::semantics::samples::not_customer_writing("o", "p", "c", 1) {
+            let topics = event_topics("x", &event, &owners);
+            assert!(
+                topics.iter().all(|t| !t.ends_with("/inbox")),
+                "{:?} reached {topics:?}",
+                event.body
+            );
+            // Live changes reach the conversation (an update of the message they
+            // name); history never.
+            let history = matches!(
+                events::semantics::classify(&event),
+                events::semantics::Kind::NewMessage(events::event::Origin::History)
+                    | events::semantics::Kind::Edit(events::event::Origin::History)
+                    | events::semantics::Kind::Revoke(events::event::Origin::History)
+                    | events::semantics::Kind::Reaction(events::event::Origin::History)
+            );
+            assert_eq!(topics.is_empty(), history, "{:?}", event.body);
+        }
+        let wrote = events::semantics::samples::message(
+            "o",
+            "p",
+            "c",
+            "m",
+            events::event::Origin::Customer,
+            1,
+        );
+        assert_eq!(
+            event_topics("x", &wrote, &owners),
+            ["x/o/conversations/p-c", "x/o/agents/ann/inbox"]
+        );
+    }
+
+    #[test]
     fn an_assignment_reaches_the_new_owner_only() {
         let a = assignment(Some("ann"), ConversationState::Assigned);
         assert_eq!(assignment_topics("x", &a), ["x/o/agents/ann/inbox"]);
