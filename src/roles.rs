@@ -200,6 +200,8 @@ pub async fn sink(
                 &[
                     topics::WHATSAPP_EVENTS,
                     topics::CONVERSATION_ASSIGNMENTS,
+                    // Statuses reach devices from here, forward only.
+                    topics::MESSAGES_STATUS,
                     topics::OUTBOUND_RESULTS,
                 ],
             )?;

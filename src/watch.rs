@@ -36,6 +36,20 @@ pub fn describe(topic: &str, payload: &[u8]) -> Option<String> {
         ),
         ("message", _) => format!("→ business app ({}): {}", text("origin"), text("preview")),
         ("status", _) => format!("  {} is {}", short(text("wamid")), text("status")),
+        ("edit", _) => format!("  {} edited: {}", short(text("wamid")), text("preview")),
+        ("revoke", _) => format!("  {} deleted", short(text("wamid"))),
+        ("reaction", _) => match v["emoji"].as_str() {
+            Some(emoji) => format!(
+                "  {} reacted {emoji} to {}",
+                text("reactor"),
+                short(text("wamid"))
+            ),
+            None => format!(
+                "  {} took a reaction off {}",
+                text("reactor"),
+                short(text("wamid"))
+            ),
+        },
         ("", _) if !text("sent_by").is_empty() && !text("wamid").is_empty() => format!(
             "→ {} sent {}: {}",
             text("sent_by"),

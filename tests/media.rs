@@ -48,6 +48,7 @@ fn image_event(org: &str, number: &str, wamid: &str, media_id: &str) -> WhatsApp
                 filename: None,
             }),
             history_status: None,
+            errors: vec![],
             raw: json!({}),
         }),
     }

@@ -173,6 +173,7 @@ fn message(org: &str, number: &str, i: usize) -> WhatsAppEvent {
             reply_to: None,
             media: None,
             history_status: None,
+            errors: vec![],
             raw: serde_json::Value::Null,
         }),
     }

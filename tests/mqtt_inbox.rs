@@ -125,6 +125,7 @@ impl Scenario {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: serde_json::Value::Null,
             }),
         };
@@ -224,7 +225,8 @@ async fn inboxes_get_assignments_command_outcomes_and_new_messages_on_every_devi
         "the message and the outbound result",
         Duration::from_secs(30),
         || async {
-            conversation.count_containing("out1") == 1 && bob.count_containing("wamid.m1") == 1
+            conversation.count_containing("\"id\":\"out1\"") == 1
+                && bob.count_containing("wamid.m1") == 1
         },
     )
     .await;
@@ -250,6 +252,10 @@ async fn inboxes_get_assignments_command_outcomes_and_new_messages_on_every_devi
     let got = ids_by_topic(&[&conversation]);
     let mut on_conversation = got.get(&s.conversation("c1")).unwrap().clone();
     on_conversation.sort(); // two topics: no order between them
+    // A status processor running elsewhere on the shared topics (another test's)
+    // turns the result into an `accepted` transition (`wamid:status`), which the
+    // sink rightly publishes too; statuses are end_to_end's and journey's business.
+    on_conversation.retain(|id| !id.ends_with(":accepted"));
     assert_eq!(on_conversation, ["out1", "wamid.m1"], "{got:?}");
     s.stop().await;
 }

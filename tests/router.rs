@@ -108,6 +108,7 @@ impl Scenario {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: serde_json::Value::Null,
             }),
         }

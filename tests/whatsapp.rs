@@ -120,6 +120,7 @@ impl Scenario {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: json!({}),
             }),
         };

@@ -49,6 +49,18 @@ pub struct OutboundResult {
     pub preview: Option<String>,
 }
 
+/// `sent_by` of the login codes the API sends: not a message of any conversation.
+pub const SENT_BY_AUTH: &str = "auth";
+
+impl OutboundResult {
+    /// Is this a message of a conversation, to show in the inbox? Not a login code
+    /// (sent to an agent, not a customer) nor a request with no recipient (a
+    /// coexistence sync request).
+    pub fn in_conversation(&self) -> bool {
+        !self.conversation_id.is_empty() && self.sent_by != SENT_BY_AUTH
+    }
+}
+
 impl OutboundMessage {
     /// The Graph API `type` of the payload (`text`, `template`, `image`, ...), or
     /// `read` for a mark-as-read.

@@ -38,11 +38,27 @@ impl WhatsAppEvent {
         format!("{}:{}", self.org, self.id)
     }
 
+    /// The conversation this event belongs to, if any (never empty).
+    pub fn conversation_id(&self) -> Option<&str> {
+        let id = match &self.body {
+            EventBody::Message(m) => &m.conversation_id,
+            EventBody::Edit(c) | EventBody::Revoke(c) => &c.conversation_id,
+            EventBody::Reaction(r) => &r.conversation_id,
+            EventBody::Status(s) => &s.conversation_id,
+            EventBody::ContactSync(_) | EventBody::HistoryProgress(_) | EventBody::Unhandled(_) => {
+                return None;
+            }
+        };
+        Some(id.as_str()).filter(|id| !id.is_empty())
+    }
+
     /// The customer this event is about, if any.
     pub fn contact_wa_id(&self) -> Option<&str> {
         match &self.body {
             EventBody::Message(m) => Some(&m.contact_wa_id),
             EventBody::Status(s) => Some(&s.recipient_id),
+            EventBody::Edit(c) | EventBody::Revoke(c) => Some(&c.contact_wa_id),
+            EventBody::Reaction(r) => Some(&r.contact_wa_id),
             EventBody::ContactSync(c) => Some(&c.wa_id),
             EventBody::HistoryProgress(_) | EventBody::Unhandled(_) => None,
         }
@@ -54,6 +70,12 @@ impl WhatsAppEvent {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventBody {
     Message(MessageEvent),
+    /// An earlier message's content replaced (Meta's `edit`): not a new message.
+    Edit(MessageChangeEvent),
+    /// An earlier message deleted for everyone (Meta's `revoke`): not a new message.
+    Revoke(MessageChangeEvent),
+    /// A reaction put on (or, with no emoji, taken off) an earlier message.
+    Reaction(ReactionEvent),
     Status(StatusEvent),
     ContactSync(ContactSyncEvent),
     HistoryProgress(HistoryProgressEvent),
@@ -65,6 +87,9 @@ impl EventBody {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Message(_) => "message",
+            Self::Edit(_) => "edit",
+            Self::Revoke(_) => "revoke",
+            Self::Reaction(_) => "reaction",
             Self::Status(_) => "status",
             Self::ContactSync(_) => "contact_sync",
             Self::HistoryProgress(_) => "history_progress",
@@ -127,9 +152,65 @@ pub struct MessageEvent {
     /// For history items: the status the message had in the Business app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_status: Option<String>,
+    /// Errors Meta reported next to the message (the change value's `errors` and the
+    /// message's own), kept with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ApiError>,
     /// The message object exactly as Meta sent it, unknown fields included.
     pub raw: Value,
 }
+
+/// An edit or a revoke of an earlier message. It changes that message (`wamid`), so
+/// every reader applies it to the original instead of showing a new message; one that
+/// arrives before its original is held until the original lands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageChangeEvent {
+    /// The message changed: Meta's `original_message_id`.
+    pub wamid: String,
+    /// The wamid of the edit or revoke itself (the event's id).
+    pub change_wamid: String,
+    /// As on [`MessageEvent`]: the original's conversation.
+    pub conversation_id: String,
+    pub contact_wa_id: String,
+    /// Who changed it: the customer (inbound) or the business (outbound).
+    pub direction: Direction,
+    pub origin: Origin,
+    /// Unix seconds, from Meta's `timestamp`: orders the versions of a message.
+    pub sent_at: i64,
+    /// An edit's new content: its type, preview and media (`None` on a revoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaRef>,
+    /// The edit or revoke exactly as Meta sent it.
+    pub raw: Value,
+}
+
+/// A reaction to an earlier message: one per reactor per message, the newest wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReactionEvent {
+    /// The message reacted to.
+    pub wamid: String,
+    /// The wamid of the reaction message itself (the event's id).
+    pub change_wamid: String,
+    pub conversation_id: String,
+    pub contact_wa_id: String,
+    pub direction: Direction,
+    pub origin: Origin,
+    /// Who reacted: the customer's wa_id, or [`BUSINESS_REACTOR`].
+    pub reactor: String,
+    /// The emoji; `None` when the reaction was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// Unix seconds, from Meta's `timestamp`: the newest reaction of a reactor wins.
+    pub sent_at: i64,
+    pub raw: Value,
+}
+
+/// The reactor of reactions the business sent (from the Business app or the API).
+pub const BUSINESS_REACTOR: &str = "business";
 
 /// Meta's handle on a media file; the bytes are fetched by the media sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -171,6 +252,11 @@ pub struct ContactSyncEvent {
     pub full_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_name: Option<String>,
+    /// When the Business app made the change (Unix seconds, the item's own
+    /// `metadata.timestamp`; 0 when absent): a change older than the contact's last
+    /// one is stale, whatever order the webhooks arrive in.
+    #[serde(default)]
+    pub changed_at: i64,
     pub raw: Value,
 }
 

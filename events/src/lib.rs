@@ -12,6 +12,7 @@ pub mod ids;
 pub mod inbox;
 pub mod normalize;
 pub mod schema;
+pub mod semantics;
 pub mod status;
 pub mod topics;
 pub mod webhook;

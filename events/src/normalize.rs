@@ -142,9 +142,9 @@ impl Builder<'_> {
             ChangeValue::MessageEchoes(v) => {
                 for echo in &v.message_echoes {
                     let customer = echo.to.clone().unwrap_or_default();
-                    let event =
-                        message_event(&v.metadata, echo, &customer, None, Origin::BusinessApp);
-                    self.push(&v.metadata, echo.id.clone(), EventBody::Message(event));
+                    let body =
+                        message_body(&v.metadata, echo, &customer, None, Origin::BusinessApp);
+                    self.push(&v.metadata, echo.id.clone(), body);
                 }
             }
             ChangeValue::AppStateSync(v) => {
@@ -158,9 +158,8 @@ impl Builder<'_> {
                 }
                 for message in &v.messages {
                     let customer = history_customer(&v.metadata, message);
-                    let event =
-                        message_event(&v.metadata, message, &customer, None, Origin::History);
-                    self.push(&v.metadata, message.id.clone(), EventBody::Message(event));
+                    let body = message_body(&v.metadata, message, &customer, None, Origin::History);
+                    self.push(&v.metadata, message.id.clone(), body);
                 }
             }
             ChangeValue::Other => {
@@ -184,8 +183,14 @@ impl Builder<'_> {
             .collect();
         for message in &v.messages {
             let name = names.get(message.from.as_str()).map(|n| n.to_string());
-            let event = message_event(&v.metadata, message, &message.from, name, Origin::Customer);
-            self.push(&v.metadata, message.id.clone(), EventBody::Message(event));
+            let mut body =
+                message_body(&v.metadata, message, &message.from, name, Origin::Customer);
+            // Errors next to the messages (not inside one) are about them: keep them
+            // with each message rather than apart.
+            if let EventBody::Message(m) = &mut body {
+                m.errors.extend(v.errors.iter().cloned());
+            }
+            self.push(&v.metadata, message.id.clone(), body);
         }
         for status in &v.statuses {
             let event = StatusEvent {
@@ -206,7 +211,7 @@ impl Builder<'_> {
                 EventBody::Status(event),
             );
         }
-        if !v.errors.is_empty() {
+        if !v.errors.is_empty() && v.messages.is_empty() {
             // Errors about the number itself (not a message): carried for operators.
             let raw = serde_json::json!({ "errors": v.errors });
             let id = ids::content_id("chg", &[&Value::from("messages.errors"), &raw]);
@@ -236,6 +241,11 @@ impl Builder<'_> {
                     wa_id: ids::digits(&contact.phone_number),
                     full_name: contact.full_name.clone(),
                     first_name: contact.first_name.clone(),
+                    changed_at: item
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.get("timestamp"))
+                        .map_or(0, timestamp_value),
                     raw,
                 })
             }
@@ -253,8 +263,8 @@ impl Builder<'_> {
             let customer = ids::digits(&thread.id);
             for message in &thread.messages {
                 messages += 1;
-                let event = message_event(metadata, message, &customer, None, Origin::History);
-                self.push(metadata, message.id.clone(), EventBody::Message(event));
+                let body = message_body(metadata, message, &customer, None, Origin::History);
+                self.push(metadata, message.id.clone(), body);
             }
         }
         let progress_raw =
@@ -291,6 +301,101 @@ impl Builder<'_> {
             received_at_ms: self.received_at_ms,
             body,
         });
+    }
+}
+
+/// The event of one message: a new message, or an edit, revoke or reaction that
+/// changes an earlier one. `customer` is the other party's wa_id, whoever wrote.
+fn message_body(
+    metadata: &Metadata,
+    message: &Message,
+    customer: &str,
+    contact_name: Option<String>,
+    origin: Origin,
+) -> EventBody {
+    let m = message_event(metadata, message, customer, contact_name, origin);
+    let original = |kind: &str| {
+        message
+            .extra
+            .get(kind)
+            .and_then(|c| c.get("original_message_id"))
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+    };
+    let change = |wamid: String| MessageChangeEvent {
+        wamid,
+        change_wamid: m.wamid.clone(),
+        conversation_id: m.conversation_id.clone(),
+        contact_wa_id: m.contact_wa_id.clone(),
+        direction: m.direction,
+        origin: m.origin,
+        sent_at: m.sent_at,
+        message_type: None,
+        preview: None,
+        media: None,
+        raw: m.raw.clone(),
+    };
+    match message.kind.as_str() {
+        "edit" => match original("edit") {
+            Some(wamid) => {
+                let mut edit = change(wamid.clone());
+                // The new content is a message object without an id: read it as one.
+                let content = message
+                    .extra
+                    .get("edit")
+                    .and_then(|e| e.get("message"))
+                    .cloned()
+                    .and_then(|mut v| {
+                        v.as_object_mut()?.insert("id".into(), Value::from(wamid));
+                        serde_json::from_value::<Message>(v).ok()
+                    });
+                if let Some(content) = content {
+                    edit.message_type = Some(content.kind.clone());
+                    edit.preview = content.preview();
+                    edit.media = content.media().map(media_ref);
+                }
+                EventBody::Edit(edit)
+            }
+            None => EventBody::Message(m),
+        },
+        "revoke" => match original("revoke") {
+            Some(wamid) => EventBody::Revoke(change(wamid)),
+            None => EventBody::Message(m),
+        },
+        "reaction" => match message
+            .reaction
+            .as_ref()
+            .filter(|r| !r.message_id.is_empty())
+        {
+            Some(reaction) => EventBody::Reaction(ReactionEvent {
+                wamid: reaction.message_id.clone(),
+                change_wamid: m.wamid.clone(),
+                reactor: match m.direction {
+                    Direction::Inbound => m.contact_wa_id.clone(),
+                    Direction::Outbound => BUSINESS_REACTOR.to_string(),
+                },
+                // Meta sends no emoji, or an empty one, when a reaction is removed.
+                emoji: reaction.emoji.clone().filter(|e| !e.is_empty()),
+                conversation_id: m.conversation_id,
+                contact_wa_id: m.contact_wa_id,
+                direction: m.direction,
+                origin: m.origin,
+                sent_at: m.sent_at,
+                raw: m.raw,
+            }),
+            None => EventBody::Message(m),
+        },
+        _ => EventBody::Message(m),
+    }
+}
+
+fn media_ref(m: &Media) -> MediaRef {
+    MediaRef {
+        id: m.id.clone(),
+        mime_type: m.mime_type.clone(),
+        sha256: m.sha256.clone(),
+        filename: m.filename.clone(),
     }
 }
 
@@ -337,13 +442,9 @@ fn message_event(
         message_type: message.kind.clone(),
         preview: message.preview(),
         reply_to,
-        media: message.media().map(|m| MediaRef {
-            id: m.id.clone(),
-            mime_type: m.mime_type.clone(),
-            sha256: m.sha256.clone(),
-            filename: m.filename.clone(),
-        }),
+        media: message.media().map(media_ref),
         history_status,
+        errors: message.errors.clone(),
         raw: to_value(message),
     }
 }
@@ -378,6 +479,15 @@ fn other_metadata(value: &Value) -> Metadata {
         .get("metadata")
         .and_then(|m| serde_json::from_value(m.clone()).ok())
         .unwrap_or_default()
+}
+
+/// A timestamp Meta sent as a JSON string or number.
+fn timestamp_value(value: &Value) -> i64 {
+    match value {
+        Value::String(s) => unix_seconds(s),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Meta's decimal-string timestamps; 0 when absent or garbled (the raw keeps it).

@@ -45,8 +45,29 @@ fn summary(webhook: &Webhook) -> Vec<String> {
                 m.contact_wa_id,
                 m.history_status.clone().unwrap_or_default()
             ),
+            EventBody::Edit(c) | EventBody::Revoke(c) => format!(
+                "{} {:?} {:?} of={} contact={} {}",
+                e.body.kind(),
+                c.origin,
+                c.direction,
+                c.wamid,
+                c.contact_wa_id,
+                c.preview.clone().unwrap_or_default()
+            ),
+            EventBody::Reaction(r) => format!(
+                "reaction {:?} to={} by={} emoji={}",
+                r.origin,
+                r.wamid,
+                r.reactor,
+                r.emoji.clone().unwrap_or_default()
+            ),
             EventBody::Status(s) => format!("status {} {}", s.status, s.recipient_id),
-            EventBody::ContactSync(c) => format!("contact_sync {:?} {}", c.action, c.wa_id),
+            EventBody::ContactSync(c) => {
+                format!(
+                    "contact_sync {:?} {} at={}",
+                    c.action, c.wa_id, c.changed_at
+                )
+            }
             EventBody::HistoryProgress(h) => {
                 format!(
                     "history_progress phase={} chunk={} progress={} errors={}",
@@ -154,7 +175,15 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "msg_reaction",
-        &["message Customer Inbound reaction contact=16505551234 "],
+        &[
+            "reaction Customer to=wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI0QUQ2MjA4NEYyRkExNjMyREUA by=16505551234 emoji=👍",
+        ],
+    ),
+    (
+        "msg_reaction_removed",
+        &[
+            "reaction Customer to=wamid.HBgLMTY1MDU1NTEyMzQVAgARGBI0QUQ2MjA4NEYyRkExNjMyREUA by=16505551234 emoji=",
+        ],
     ),
     (
         "msg_referral",
@@ -162,7 +191,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "msg_revoke",
-        &["message Customer Inbound revoke contact=16505551234 "],
+        &[
+            "revoke Customer Inbound of=wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQTdCNTg5RjY4MEQxRDFGQjQ5MwA= contact=16505551234 ",
+        ],
     ),
     (
         "msg_sticker",
@@ -211,13 +242,13 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "smb_app_state_sync",
         &[
-            "contact_sync Upsert 16505551234",
-            "contact_sync Upsert 12125557890",
+            "contact_sync Upsert 16505551234 at=1739321024",
+            "contact_sync Upsert 12125557890 at=1739321024",
         ],
     ),
     (
         "smb_app_state_sync_remove",
-        &["contact_sync Remove 12125557890"],
+        &["contact_sync Remove 12125557890 at=1739321500"],
     ),
     (
         "smb_message_echoes",
@@ -225,7 +256,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "smb_message_echoes_edit",
-        &["message BusinessApp Outbound edit contact=16505551234 "],
+        &[
+            "edit BusinessApp Outbound of=wamid.HBgLMTY1MDU1NTEyMzQVAgARGBQyQTlEM0Y3RTFCNUM4QTBENEU2RgA= contact=16505551234 Here's the info you requested (updated link): https://www.meta.com/quest/",
+        ],
     ),
     (
         "smb_message_echoes_image",
@@ -233,7 +266,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ),
     (
         "smb_message_echoes_revoke",
-        &["message BusinessApp Outbound revoke contact=16505551234 "],
+        &[
+            "revoke BusinessApp Outbound of=wamid.HBgLMTY1MDU1NTEyMzQVAgARGBQyQTlEM0Y3RTFCNUM4QTBENEU2RgA= contact=16505551234 ",
+        ],
     ),
     (
         "status_batch_out_of_order",
@@ -323,6 +358,6 @@ fn a_change_that_does_not_fit_is_rejected_and_the_rest_kept() {
     );
     assert_eq!(
         summary(&webhook),
-        vec!["contact_sync Upsert 15550100", "rejected messages"]
+        vec!["contact_sync Upsert 15550100 at=0", "rejected messages"]
     );
 }

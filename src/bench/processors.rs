@@ -317,6 +317,7 @@ fn inbound(org: &str, number: &str, contact: &str, i: usize) -> WhatsAppEvent {
             reply_to: None,
             media: None,
             history_status: None,
+            errors: vec![],
             raw: serde_json::Value::Null,
         }),
     }

@@ -238,6 +238,7 @@ impl Generator<'_> {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: json!({}),
             }),
         };

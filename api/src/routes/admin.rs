@@ -72,6 +72,16 @@ pub struct SyncProgress {
     /// Chunks received, as `phase:chunk_order`.
     pub chunks: Vec<String>,
     pub updated_at_ms: Option<i64>,
+    /// `in_progress`, `completed`, `declined` (the business declined sharing its
+    /// history, Meta's 2593109) or `failed`; absent: not started.
+    pub status: Option<String>,
+    /// The latest phase Meta reported (0, 1, 2: the day ranges).
+    pub phase: Option<i64>,
+    /// Meta's error when declined or failed: `{code, title, message}`.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
+    /// When it completed, was declined or failed.
+    pub finished_at_ms: Option<i64>,
 }
 
 /// The business number `phone_number_id` of `org` (404 for another org's).
@@ -264,5 +274,9 @@ pub async fn sync_progress(
             })
             .unwrap_or_default(),
         updated_at_ms: super::millis(&sync, "updated_at"),
+        status: super::text(&sync, "status"),
+        phase: super::int(&sync, "phase"),
+        error: super::json(&sync, "error"),
+        finished_at_ms: super::millis(&sync, "finished_at"),
     }))
 }

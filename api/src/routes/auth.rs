@@ -287,7 +287,7 @@ async fn deliver_code(
         conversation_id: events::ids::conversation_id(&phone_number_id, &to),
         phone_number_id: phone_number_id.clone(),
         to: to.clone(),
-        sent_by: "auth".into(),
+        sent_by: events::delivery::SENT_BY_AUTH.into(),
         at_ms: now_ms(),
         payload: auth_template(
             &state.config.otp_template,

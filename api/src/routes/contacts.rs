@@ -5,7 +5,7 @@ use axum::extract::State;
 use futures::TryStreamExt;
 use mongodb::bson::{Document, Regex, doc};
 use serde::{Deserialize, Serialize};
-use sinks::mongo::mapping::collections;
+use sinks::mongo::mapping::{SYNC_ONLY, collections};
 use utoipa::{IntoParams, ToSchema};
 
 use super::conversations::{Conversation, conversation_of};
@@ -74,7 +74,8 @@ pub async fn list_contacts(
     caller: Caller,
     Query(query): Query<ContactQuery>,
 ) -> ApiResult<Json<ContactPage>> {
-    let mut filter = doc! { "org": &caller.org };
+    // A remove for a number that never wrote leaves only the sync's record of it.
+    let mut filter = doc! { "org": &caller.org, SYNC_ONLY: { "$ne": true } };
     if let Some(q) = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         if q.chars().count() > 100 {
             return Err(ApiError::invalid("q is at most 100 characters"));
@@ -141,7 +142,7 @@ pub async fn get_contact(
     let contact = state
         .db
         .collection::<Document>(collections::CONTACTS)
-        .find_one(doc! { "_id": format!("{}:{wa_id}", caller.org) })
+        .find_one(doc! { "_id": format!("{}:{wa_id}", caller.org), SYNC_ONLY: { "$ne": true } })
         .await?
         .ok_or_else(|| ApiError::not_found("contact"))?;
     Ok(Json(contact_of(&contact)))

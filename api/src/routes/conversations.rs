@@ -29,6 +29,36 @@ pub struct Conversation {
     pub assignee: Option<String>,
     pub unread_count: i64,
     pub last_message_at_ms: Option<i64>,
+    /// The last message's text (or `[type]`), as edited; `null` once it was deleted.
+    pub last_message_preview: Option<String>,
+    /// When the 24-hour customer service window closes: 24 h after the customer's
+    /// last live message (history, echoes, edits and reactions do not count). Absent:
+    /// the customer never wrote, so only templates can be sent.
+    pub window_expires_at_ms: Option<i64>,
+    /// Who answers it now: `agent` (see `assignee`), `business_app` (someone
+    /// replies from the WhatsApp Business app) or `nobody` (waiting or resolved).
+    pub handled_by: HandledBy,
+}
+
+/// Who handles a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandledBy {
+    Agent,
+    BusinessApp,
+    Nobody,
+}
+
+/// The 24-hour customer service window.
+pub const WINDOW_MS: i64 = 24 * 3_600_000;
+
+/// Who handles a conversation in `state` with `assignee`.
+pub fn handled_by(state: Option<&str>, assignee: Option<&str>) -> HandledBy {
+    match (state, assignee) {
+        (Some("assigned"), Some(sinks::mqtt::mapping::BUSINESS_APP)) => HandledBy::BusinessApp,
+        (Some("assigned"), Some(a)) if !a.is_empty() => HandledBy::Agent,
+        _ => HandledBy::Nobody,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -60,12 +90,15 @@ pub struct Message {
     /// `inbound`, `outbound`, or `internal` for a note (seen by the org's agents
     /// only, never sent to the customer).
     pub direction: Option<String>,
-    /// `cloud_api`, `business_app` or `history`.
+    /// Who wrote it: `customer`, `business_app` (the WhatsApp Business app), `api`
+    /// (sent through Coexist) or `history` (imported from the Business app).
     pub origin: Option<String>,
-    /// WhatsApp's message type (`text`, `image`, ...), or `note`.
+    /// WhatsApp's message type (`text`, `image`, ...) of the current content (an
+    /// edit may change it), or `note`.
     #[serde(rename = "type")]
     pub message_type: Option<String>,
-    /// The text (a note's whole text).
+    /// The current text: the newest edit's, else the original's (a note's whole
+    /// text); `null` once deleted.
     pub preview: Option<String>,
     /// The agent who sent it through the API, or wrote the note.
     pub sent_by: Option<String>,
@@ -74,6 +107,36 @@ pub struct Message {
     pub media: Option<serde_json::Value>,
     pub status: Option<String>,
     pub sent_at_ms: Option<i64>,
+    /// When it was last edited; the earlier versions are in `versions`.
+    pub edited_at_ms: Option<i64>,
+    /// When it was deleted (revoked) for everyone: its content is no longer shown.
+    pub deleted_at_ms: Option<i64>,
+    /// Earlier versions, oldest first (empty when never edited or deleted).
+    pub versions: Vec<MessageVersion>,
+    /// One reaction per reactor (removed ones are left out).
+    pub reactions: Vec<MessageReaction>,
+    /// Errors Meta reported with the message.
+    #[schema(value_type = Option<Object>)]
+    pub errors: Option<serde_json::Value>,
+}
+
+/// An earlier version of an edited message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageVersion {
+    pub preview: Option<String>,
+    #[serde(rename = "type")]
+    pub message_type: Option<String>,
+    /// When it was written (the original) or edited.
+    pub at_ms: Option<i64>,
+}
+
+/// A reaction on a message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageReaction {
+    /// The customer's wa_id, or `business`.
+    pub reactor: String,
+    pub emoji: String,
+    pub at_ms: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -109,29 +172,87 @@ pub struct MediaUrl {
 }
 
 pub fn conversation_of(d: &Document) -> Conversation {
+    let state = text(d, "state");
+    let assignee = text(d, "assignee");
+    let last = d.get_document("last_message").ok();
     Conversation {
         conversation_id: text(d, "id").unwrap_or_default(),
         phone_number_id: text(d, "phone_number_id"),
         contact_wa_id: text(d, "contact_wa_id"),
-        state: text(d, "state"),
-        assignee: text(d, "assignee"),
+        handled_by: handled_by(state.as_deref(), assignee.as_deref()),
+        state,
+        assignee,
         unread_count: super::int(d, "unread_count").unwrap_or(0),
         last_message_at_ms: millis(d, "last_message_at"),
+        last_message_preview: last.and_then(|l| text(l, "preview")),
+        window_expires_at_ms: millis(d, "last_inbound_at").map(|at| at.saturating_add(WINDOW_MS)),
     }
 }
 
 fn message_of(d: &Document) -> Message {
+    let deleted = millis(d, "deleted_at");
+    let current = sinks::mongo::mapping::current_content(d);
+    let (preview, message_type) = current.clone().unwrap_or((None, text(d, "type")));
+    let mut versions = Vec::new();
+    if deleted.is_none() {
+        let mut edits: Vec<&Document> = d
+            .get_array("edits")
+            .map(|a| a.iter().filter_map(|b| b.as_document()).collect())
+            .unwrap_or_default();
+        edits.sort_by_key(|e| (millis(e, "at"), text(e, "id")));
+        if !edits.is_empty() {
+            versions.push(MessageVersion {
+                preview: text(d, "preview"),
+                message_type: text(d, "type"),
+                at_ms: millis(d, "sent_at"),
+            });
+            // Every edit but the newest (the current content) is an earlier version.
+            for e in &edits[..edits.len() - 1] {
+                versions.push(MessageVersion {
+                    preview: text(e, "preview"),
+                    message_type: text(e, "type"),
+                    at_ms: millis(e, "at"),
+                });
+            }
+        }
+    }
+    let mut reactions: Vec<MessageReaction> = d
+        .get_document("reactions")
+        .map(|r| {
+            r.iter()
+                .filter_map(|(reactor, v)| {
+                    let v = v.as_document()?;
+                    Some(MessageReaction {
+                        reactor: reactor.clone(),
+                        emoji: text(v, "emoji")?,
+                        at_ms: millis(v, "at"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    reactions.sort_by(|a, b| a.reactor.cmp(&b.reactor));
     Message {
         wamid: text(d, "id").unwrap_or_default(),
         direction: text(d, "direction"),
         origin: text(d, "origin"),
-        message_type: text(d, "type"),
-        preview: text(d, "preview"),
+        message_type,
+        preview,
         sent_by: text(d, "sent_by"),
         reply_to: text(d, "reply_to"),
-        media: json(d, "media"),
+        // A deleted message shows no content (the raw webhook keeps it for audit).
+        media: if deleted.is_some() {
+            None
+        } else {
+            json(d, "media")
+        },
         status: text(d, "status"),
         sent_at_ms: millis(d, "sent_at"),
+        edited_at_ms: millis(d, "edited_at"),
+        deleted_at_ms: deleted,
+        versions,
+        reactions,
+        errors: json(d, "errors"),
     }
 }
 
@@ -366,4 +487,68 @@ pub async fn media_url(
         expires_in_secs: ttl,
         mime_type: text(stored, "mime_type"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_schema_describes_the_read_model_fields() {
+        let spec = serde_json::to_value(crate::openapi()).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let conversation = &schemas["Conversation"]["properties"];
+        for field in ["window_expires_at_ms", "handled_by", "last_message_preview"] {
+            assert!(conversation.get(field).is_some(), "{field}: {conversation}");
+        }
+        let message = &schemas["Message"]["properties"];
+        for field in ["edited_at_ms", "deleted_at_ms", "versions", "reactions"] {
+            assert!(message.get(field).is_some(), "{field}: {message}");
+        }
+        let origin = message["origin"]["description"].as_str().unwrap();
+        assert!(!origin.contains("cloud_api"), "{origin}");
+    }
+
+    #[test]
+    fn handled_by_follows_state_and_assignee() {
+        assert_eq!(handled_by(Some("assigned"), Some("ann")), HandledBy::Agent);
+        assert_eq!(
+            handled_by(Some("assigned"), Some("business_app")),
+            HandledBy::BusinessApp
+        );
+        assert_eq!(handled_by(Some("open"), None), HandledBy::Nobody);
+        assert_eq!(handled_by(Some("resolved"), Some("ann")), HandledBy::Nobody);
+        assert_eq!(handled_by(None, None), HandledBy::Nobody);
+    }
+
+    #[test]
+    fn a_deleted_message_shows_no_content_and_an_edited_one_its_newest_version() {
+        use mongodb::bson::{Bson, DateTime};
+        let at = |s: i64| DateTime::from_millis(s * 1000);
+        let mut d = doc! {
+            "id": "w", "type": "text", "preview": "first", "sent_at": at(10), "media": { "id": "m" },
+            "edits": [
+                { "id": "e2", "at": at(30), "type": "text", "preview": "third" },
+                { "id": "e1", "at": at(20), "type": "text", "preview": "second" },
+            ],
+            "edited_at": at(30),
+            "reactions": { "222": { "emoji": "👍", "at": at(40) }, "business": { "emoji": Bson::Null, "at": at(41) } },
+        };
+        let m = message_of(&d);
+        assert_eq!(m.preview.as_deref(), Some("third"));
+        let earlier: Vec<_> = m
+            .versions
+            .iter()
+            .map(|v| v.preview.clone().unwrap())
+            .collect();
+        assert_eq!(earlier, ["first", "second"]);
+        assert_eq!(m.edited_at_ms, Some(30_000));
+        assert_eq!(m.reactions.len(), 1, "a removed reaction is not shown");
+        assert_eq!(m.reactions[0].reactor, "222");
+        d.insert("deleted_at", at(50));
+        let m = message_of(&d);
+        assert_eq!((m.preview, m.media), (None, None));
+        assert!(m.versions.is_empty());
+        assert_eq!(m.deleted_at_ms, Some(50_000));
+    }
 }

@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use events::WhatsAppEvent;
 use events::delivery::PushNotification;
-use events::event::{EventBody, Origin};
 use events::inbox::{AssignmentEvent, ConversationState, PresenceEvent, PresenceState};
+use events::semantics;
 use serde::{Deserialize, Serialize};
 
 /// `[processors.notifier]`.
@@ -119,12 +119,9 @@ impl Notifier {
                 )
             }
             NotifierInput::Event(e) => {
-                let EventBody::Message(m) = &e.body else {
-                    return None;
-                };
-                if m.origin != Origin::Customer {
-                    return None; // history, echoes and our own sends are not news
-                }
+                // Only the customer writing is news: not history, echoes, our own
+                // sends, edits, revokes or reactions (`events::semantics`).
+                let m = semantics::customer_wrote(e)?;
                 let agent = self
                     .owners
                     .get(&format!("{}:{}", e.org, m.conversation_id))?
@@ -204,7 +201,7 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::event::{Direction, MessageEvent};
+    use events::event::{Direction, EventBody, MessageEvent, Origin};
     use proptest::prelude::*;
 
     fn assign(conversation: &str, agent: &str) -> AssignmentEvent {
@@ -244,6 +241,7 @@ mod tests {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: serde_json::Value::Null,
             }),
         }
@@ -371,6 +369,8 @@ mod tests {
         Presence(usize, usize, bool),
         Assign(usize, usize),
         Message(usize, bool),
+        /// Anything that is not the customer writing (history, echo, edit, ...).
+        Other(usize, usize),
     }
 
     fn any_step() -> impl Strategy<Value = Step> {
@@ -378,11 +378,23 @@ mod tests {
             (0..3usize, 0..2usize, any::<bool>()).prop_map(|(a, d, on)| Step::Presence(a, d, on)),
             (0..4usize, 0..3usize).prop_map(|(c, a)| Step::Assign(c, a)),
             (0..4usize, any::<bool>()).prop_map(|(c, history)| Step::Message(c, history)),
+            (0..4usize, 0..20usize).prop_map(|(c, k)| Step::Other(c, k)),
         ]
     }
 
+    /// Points a sample event at conversation `c` (the tests' conversation ids).
+    fn retarget(event: &mut WhatsAppEvent, c: &str) {
+        match &mut event.body {
+            EventBody::Message(m) => m.conversation_id = c.into(),
+            EventBody::Edit(x) | EventBody::Revoke(x) => x.conversation_id = c.into(),
+            EventBody::Reaction(x) => x.conversation_id = c.into(),
+            _ => {}
+        }
+    }
+
     proptest! {
-        /// Whatever happens, nobody with an online device is pushed, and history never is.
+        /// Whatever happens, nobody with an online device is pushed, and nothing that
+        /// is not the customer writing (history, echoes, edits, ...) ever is.
         #[test]
         fn never_pushes_online_agents_or_history(steps in proptest::collection::vec(any_step(), 1..60)) {
             let mut n = Notifier::new(NotifierConfig::default());
@@ -400,6 +412,14 @@ mod tests {
                         let origin = if *history { Origin::History } else { Origin::Customer };
                         let pushed = n.handle(NotifierInput::Event(&message(&format!("m{t}"), &format!("c{c}"), origin)), now);
                         prop_assert!(!(*history && pushed.is_some()), "pushed a history item");
+                        pushed
+                    }
+                    Step::Other(c, k) => {
+                        let samples = events::semantics::samples::not_customer_writing("acme", "1", &format!("x{c}"), 1);
+                        let mut event = samples[k % samples.len()].clone();
+                        retarget(&mut event, &format!("c{c}"));
+                        let pushed = n.handle(NotifierInput::Event(&event), now);
+                        prop_assert!(pushed.is_none(), "pushed {:?}", event.body);
                         pushed
                     }
                 };

@@ -27,11 +27,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use events::WhatsAppEvent;
 use events::directory::{Change, Directory, DirectoryChange, Stamp};
-use events::event::{EventBody, Origin};
 use events::inbox::{
     AssignmentEvent, CommandAction, ConversationCommand, ConversationState, PresenceEvent,
     PresenceState,
 };
+use events::semantics;
 
 use super::config::{Policy, RouterConfig};
 
@@ -450,23 +450,20 @@ impl Router {
         now_ms: i64,
         out: &mut Vec<AssignmentEvent>,
     ) {
-        let EventBody::Message(m) = &ev.body else {
+        // Edits, revokes, reactions and statuses are not new messages (one rule,
+        // in `events::semantics`).
+        let Some(m) = semantics::new_message(ev) else {
             return;
         };
-        if m.conversation_id.is_empty() {
-            return;
-        }
         let existing = self.conversations.get(&m.conversation_id);
         let newer = existing.is_none_or(|c| self.is_newer(m.sent_at, c.changed_at_ms));
-        let target = match (m.origin, existing.map(|c| &c.status)) {
-            (Origin::History | Origin::Api, _) | (_, Some(Status::Assigned(_))) => None,
-            (Origin::Customer, None) => Some((ConversationState::Open, None)),
-            (Origin::Customer, Some(Status::Resolved)) if newer => {
-                Some((ConversationState::Open, None))
-            }
-            (Origin::BusinessApp, None | Some(Status::Open { .. })) if newer => {
-                Some(assigned(BUSINESS_APP))
-            }
+        let customer = semantics::is_customer_writing(ev);
+        let business_app = semantics::is_business_app_writing(ev);
+        let target = match (customer, business_app, existing.map(|c| &c.status)) {
+            (_, _, Some(Status::Assigned(_))) => None,
+            (true, _, None) => Some((ConversationState::Open, None)),
+            (true, _, Some(Status::Resolved)) if newer => Some((ConversationState::Open, None)),
+            (_, true, None | Some(Status::Open { .. })) if newer => Some(assigned(BUSINESS_APP)),
             _ => None,
         };
         let Some(target) = target else {

@@ -67,6 +67,7 @@ fn message_on(pn: &str, id: &str, contact: &str, origin: Origin, now_ms: i64) ->
             reply_to: None,
             media: None,
             history_status: None,
+            errors: vec![],
             raw: Value::Null,
         }),
     }))
@@ -1175,4 +1176,40 @@ fn a_policy_change_applies_to_the_next_decision() {
         })
         .collect();
     assert_eq!(owners, ["bob", "ann", "bob", "ann"], "round robin");
+}
+// ---- what does not count as the customer writing ------------------------------
+
+proptest! {
+    /// Whatever state a conversation is in, no history, edit, revoke, reaction, echo
+    /// or API send opens it, reopens it or routes it to an agent; an echo may only
+    /// hand a new or queued one to the Business app.
+    #[test]
+    fn only_the_customer_writing_opens_reopens_or_routes(
+        setup in proptest::collection::vec((0..3usize, 0..3u8), 0..12),
+        pick in 0..20usize,
+    ) {
+        let mut r = Router::new(config(Policy::LeastLoaded));
+        r.handle(online("ana", 0), 0);
+        let mut now = 1_000;
+        for (contact, step) in setup {
+            let c = format!("c{contact}");
+            let input = match step {
+                0 => message(&format!("m{now}"), &c, Origin::Customer, now),
+                1 => command(&format!("k{now}"), &c, "ana", CommandAction::Resolve),
+                _ => command(&format!("k{now}"), &c, "ana", CommandAction::Claim),
+            };
+            r.handle(input, now);
+            now += 1_000;
+        }
+        for contact in ["c0", "c1", "c2", "c9"] {
+            let samples = events::semantics::samples::not_customer_writing(ORG, PN, contact, now / 1000 + 60);
+            let event = samples[pick % samples.len()].clone();
+            let echo = events::semantics::is_business_app_writing(&event);
+            let out = r.handle(Input::Event(Box::new(event)), now);
+            for ev in &out {
+                prop_assert!(ev.state != Open, "{contact}: opened or reopened by {out:?}");
+                prop_assert!(echo && ev.assignee.as_deref() == Some(BUSINESS_APP), "{contact}: routed by {out:?}");
+            }
+        }
+    }
 }

@@ -37,7 +37,8 @@ macro_rules! keyed {
     };
 }
 
-/// `message_events`: messages and Meta's raw statuses from `whatsapp.events`.
+/// `message_events`: messages, edits, revokes, reactions and Meta's raw statuses from
+/// `whatsapp.events` (`kind` tells them apart).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct MessageEventRow {
     pub event_id: String,
@@ -119,7 +120,8 @@ pub struct OutboundRow {
 }
 keyed!(OutboundRow, "outbound_messages");
 
-/// One row per message or status event; other kinds are not message analytics.
+/// One row per message, edit, revoke, reaction or status event; other kinds are not
+/// message analytics.
 pub fn row(event: &WhatsAppEvent) -> Option<MessageEventRow> {
     let mut row = MessageEventRow {
         event_id: event.id.clone(),
@@ -148,6 +150,29 @@ pub fn row(event: &WhatsAppEvent) -> Option<MessageEventRow> {
             row.origin = label(&m.origin);
             row.message_type = m.message_type.clone();
             row.event_time = u32::try_from(m.sent_at).unwrap_or_default();
+        }
+        // Changes to an earlier message are events of their own kind, about that
+        // message (`wamid`), never counted as messages.
+        EventBody::Edit(c) | EventBody::Revoke(c) => {
+            row.kind = event.body.kind().into();
+            row.conversation_id = c.conversation_id.clone();
+            row.contact_wa_id = c.contact_wa_id.clone();
+            row.wamid = c.wamid.clone();
+            row.direction = label(&c.direction);
+            row.origin = label(&c.origin);
+            row.message_type = c.message_type.clone().unwrap_or_default();
+            row.event_time = u32::try_from(c.sent_at).unwrap_or_default();
+        }
+        EventBody::Reaction(r) => {
+            row.kind = "reaction".into();
+            row.conversation_id = r.conversation_id.clone();
+            row.contact_wa_id = r.contact_wa_id.clone();
+            row.wamid = r.wamid.clone();
+            row.direction = label(&r.direction);
+            row.origin = label(&r.origin);
+            // The emoji, empty when the reaction was taken off.
+            row.message_type = r.emoji.clone().unwrap_or_default();
+            row.event_time = u32::try_from(r.sent_at).unwrap_or_default();
         }
         EventBody::Status(s) => {
             row.kind = "status".into();

@@ -51,6 +51,7 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 filter: doc! { "_id": id },
                 update,
                 collision_means_done: false,
+                upsert: true,
                 source,
             })
         };

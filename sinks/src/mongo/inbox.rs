@@ -57,6 +57,7 @@ pub fn plan_record(
                 filter,
                 update,
                 collision_means_done,
+                upsert: true,
                 source,
             },
         )
@@ -216,7 +217,9 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
             "at_ms": r.at_ms,
         },
     )];
-    if kind == "read" {
+    // A read receipt is no message; an OTP code or a sync request belongs to no
+    // conversation (`OutboundResult::in_conversation`): none shows in the inbox.
+    if kind == "read" || !r.in_conversation() {
         return out;
     }
     let at = DateTime::from_millis(r.at_ms);
@@ -267,6 +270,23 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
             "$max": { "last_message_at": at },
         },
         false,
+    ));
+    // The conversation's last message (its preview), if not older than the one it
+    // shows; after the statement above, which creates the conversation, so an older
+    // reply collides on `_id` and is done.
+    out.push((
+        collections::CONVERSATIONS,
+        doc! {
+            "_id": key(&r.org, &r.conversation_id),
+            "$or": [ { "last_message.at": { "$exists": false } }, { "last_message.at": { "$lte": at } } ],
+        },
+        doc! { "$set": { "last_message": {
+            "id": &id,
+            "at": at,
+            "preview": r.preview.clone().unwrap_or_else(|| format!("[{}]", r.message_type)),
+            "version_at": at,
+        } } },
+        true,
     ));
     out
 }

@@ -142,7 +142,7 @@ async fn execute(db: &Database, plan: Vec<Upsert>) -> anyhow::Result<Vec<Reject>
     for (collection, statements) in by_collection {
         let updates: Vec<Document> = statements
             .iter()
-            .map(|u| doc! { "q": u.filter.clone(), "u": u.update.clone(), "upsert": true })
+            .map(|u| doc! { "q": u.filter.clone(), "u": u.update.clone(), "upsert": u.upsert })
             .collect();
         // Unordered: one refused statement must not hold back the others.
         let reply = db

@@ -1,7 +1,8 @@
 //! Records → MQTT publishes (pure): the topic scheme of DESIGN.md.
 //!
-//! - `{prefix}/{org}/conversations/{conversation_id}`: new messages, status changes
-//!   and the Graph API's answers to outbound messages.
+//! - `{prefix}/{org}/conversations/{conversation_id}`: new messages, edits, revokes
+//!   and reactions (updates of an earlier message), status transitions (forward
+//!   only, from `messages.status`) and the Graph API's answers to outbound messages.
 //! - `{prefix}/{org}/agents/{agent_id}/inbox`: what one agent must see: assignments
 //!   (to the new owner), the outcome of a command (to whoever issued it, so a
 //!   transfer also reaches the agent who gave the conversation away), and new
@@ -11,9 +12,9 @@
 use std::collections::HashMap;
 
 use events::WhatsAppEvent;
-use events::delivery::OutboundResult;
-use events::event::{EventBody, Origin};
+use events::delivery::{OutboundResult, StatusTransition};
 use events::inbox::{AssignmentEvent, ConversationState};
+use events::semantics;
 
 /// The owner of conversations answered from the WhatsApp Business app: not an agent
 /// with an inbox.
@@ -89,24 +90,47 @@ fn is_agent(id: &str) -> bool {
     !id.is_empty() && id != BUSINESS_APP
 }
 
-/// Where an event of `whatsapp.events` goes: new messages and status changes to
-/// their conversation (history imports are not news: they are read over REST), and
-/// a customer's new message also to the inbox of the conversation's owner.
+/// Where an event of `whatsapp.events` goes: new messages, and edits, revokes and
+/// reactions (updates of the message they name by `wamid`), to their conversation
+/// (history imports are not news: they are read over REST); the customer writing
+/// also to the inbox of the conversation's owner. Meta's raw statuses go nowhere:
+/// devices get statuses from `messages.status` ([`status_topics`]), where they only
+/// move forward.
 pub fn event_topics(prefix: &str, event: &WhatsAppEvent, owners: &Owners) -> Vec<String> {
-    match &event.body {
-        EventBody::Message(m) if m.origin != Origin::History => {
-            let mut topics = vec![conversation_topic(prefix, &event.org, &m.conversation_id)];
-            if m.origin == Origin::Customer
-                && let Some(agent) = owners.get(&event.org, &m.conversation_id)
-                && is_agent(agent)
-            {
-                topics.push(inbox_topic(prefix, &event.org, agent));
-            }
-            topics
-        }
-        EventBody::Status(s) => vec![conversation_topic(prefix, &event.org, &s.conversation_id)],
-        _ => Vec::new(),
+    let Some(conversation_id) = event.conversation_id() else {
+        return Vec::new();
+    };
+    if !semantics::is_live_conversation_news(event) {
+        return Vec::new();
     }
+    let mut topics = vec![conversation_topic(prefix, &event.org, conversation_id)];
+    if semantics::is_customer_writing(event)
+        && let Some(agent) = owners.get(&event.org, conversation_id)
+        && is_agent(agent)
+    {
+        topics.push(inbox_topic(prefix, &event.org, agent));
+    }
+    topics
+}
+
+/// A status transition (`messages.status`) goes to its message's conversation.
+pub fn status_topics(prefix: &str, t: &StatusTransition) -> Vec<String> {
+    if t.conversation_id.is_empty() {
+        return Vec::new();
+    }
+    vec![conversation_topic(prefix, &t.org, &t.conversation_id)]
+}
+
+/// What a device receives for a status transition: the transition, with the
+/// `kind: "status"`, `wamid` and `status` fields a status event has, so one reader
+/// handles both.
+pub fn status_payload(t: &StatusTransition) -> Vec<u8> {
+    let mut value = serde_json::to_value(t).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("kind".into(), "status".into());
+        object.insert("status".into(), t.to.as_str().into());
+    }
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 /// Where an assignment goes: the new owner's inbox, and the issuer's when it
@@ -141,7 +165,11 @@ pub fn assignment_topics(prefix: &str, a: &AssignmentEvent) -> Vec<String> {
 }
 
 /// An outbound message's result goes to its conversation.
+/// Login codes and sync requests belong to no conversation and go nowhere.
 pub fn outbound_result_topics(prefix: &str, r: &OutboundResult) -> Vec<String> {
+    if !r.in_conversation() {
+        return Vec::new();
+    }
     vec![conversation_topic(prefix, &r.org, &r.conversation_id)]
 }
 
@@ -163,6 +191,44 @@ mod tests {
             note: None,
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn only_the_customer_writing_reaches_the_owners_inbox() {
+        let mut owners = Owners::default();
+        let mut owned = assignment(Some("ann"), ConversationState::Assigned);
+        owned.conversation_id = "p-c".into();
+        owners.apply(&owned);
+        for event in events::semantics::samples::not_customer_writing("o", "p", "c", 1) {
+            let topics = event_topics("x", &event, &owners);
+            assert!(
+                topics.iter().all(|t| !t.ends_with("/inbox")),
+                "{:?} reached {topics:?}",
+                event.body
+            );
+            // Live changes reach the conversation (an update of the message they
+            // name); history never.
+            let history = matches!(
+                events::semantics::classify(&event),
+                events::semantics::Kind::NewMessage(events::event::Origin::History)
+                    | events::semantics::Kind::Edit(events::event::Origin::History)
+                    | events::semantics::Kind::Revoke(events::event::Origin::History)
+                    | events::semantics::Kind::Reaction(events::event::Origin::History)
+            );
+            assert_eq!(topics.is_empty(), history, "{:?}", event.body);
+        }
+        let wrote = events::semantics::samples::message(
+            "o",
+            "p",
+            "c",
+            "m",
+            events::event::Origin::Customer,
+            1,
+        );
+        assert_eq!(
+            event_topics("x", &wrote, &owners),
+            ["x/o/conversations/p-c", "x/o/agents/ann/inbox"]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! agents' inboxes (see [`mapping`]), QoS 1; a batch counts as written only when the
 //! broker has acknowledged every publish (PUBACK).
 //!
-//! It reads `whatsapp.events`, `conversations.assignments` and
+//! It reads `whatsapp.events`, `conversations.assignments`, `messages.status` and
 //! `messages.outbound.results` in one group. The first two are keyed by
 //! `phone_number_id` with equal partition counts, so one member owns a number's
 //! events and its assignments, and keeps who owns each conversation as a table.
@@ -14,7 +14,7 @@ pub mod recent;
 
 use std::time::Duration;
 
-use events::delivery::OutboundResult;
+use events::delivery::{OutboundResult, StatusTransition};
 use events::inbox::AssignmentEvent;
 use events::{WhatsAppEvent, topics};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -96,7 +96,7 @@ impl MqttSink {
         record: &Record,
         published: &[String],
         undo: &mut Vec<Undo>,
-    ) -> Result<(String, Vec<String>), String> {
+    ) -> Result<Routed, String> {
         let prefix = &self.prefix;
         match record.topic.as_str() {
             topics::CONVERSATION_ASSIGNMENTS => {
@@ -105,27 +105,37 @@ impl MqttSink {
                 let key = format!("assignment:{}:{}", a.org, a.id);
                 if self.recent.contains(&key) || published.contains(&key) {
                     // A late copy must not move the owner back either.
-                    return Ok((key, Vec::new()));
+                    return Ok((key, Vec::new(), None));
                 }
                 undo.extend(self.owners.apply(&a));
                 let topics = mapping::assignment_topics(prefix, &a);
-                Ok((key, topics))
+                Ok((key, topics, None))
             }
             topics::OUTBOUND_RESULTS => {
                 let r = events::codec::decode::<OutboundResult>(&record.value)
                     .map_err(|e| format!("not an outbound result: {e}"))?;
                 let topics = mapping::outbound_result_topics(prefix, &r);
-                Ok((format!("result:{}:{}", r.org, r.id), topics))
+                Ok((format!("result:{}:{}", r.org, r.id), topics, None))
+            }
+            topics::MESSAGES_STATUS => {
+                let t = events::codec::decode::<StatusTransition>(&record.value)
+                    .map_err(|e| format!("not a status transition: {e}"))?;
+                let topics = mapping::status_topics(prefix, &t);
+                let payload = mapping::status_payload(&t);
+                Ok((format!("status:{}:{}", t.org, t.id), topics, Some(payload)))
             }
             _ => {
                 let event = events::codec::decode::<WhatsAppEvent>(&record.value)
                     .map_err(|e| format!("not a whatsapp event: {e}"))?;
                 let topics = mapping::event_topics(prefix, &event, &self.owners);
-                Ok((event.scoped_id(), topics))
+                Ok((event.scoped_id(), topics, None))
             }
         }
     }
 }
+
+/// A record's dedup key, its topics, and its payload when not the record's own JSON.
+type Routed = (String, Vec<String>, Option<Vec<u8>>);
 
 impl Stage for MqttSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
@@ -150,7 +160,7 @@ impl MqttSink {
         let mut published = Vec::new();
         let mut publishes = 0;
         for (index, record) in batch.iter().enumerate() {
-            let (key, topics) = match self.route(record, &published, undo) {
+            let (key, topics, payload) = match self.route(record, &published, undo) {
                 Ok(routed) => routed,
                 Err(reason) => {
                     rejects.push(Reject { index, reason });
@@ -160,7 +170,8 @@ impl MqttSink {
             if topics.is_empty() || self.recent.contains(&key) || published.contains(&key) {
                 continue;
             }
-            let payload = events::codec::json_part(&record.value).to_vec();
+            let payload =
+                payload.unwrap_or_else(|| events::codec::json_part(&record.value).to_vec());
             for topic in topics {
                 self.client
                     .publish(topic, QoS::AtLeastOnce, false, payload.clone())

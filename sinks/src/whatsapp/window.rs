@@ -5,8 +5,7 @@
 
 use std::collections::HashMap;
 
-use events::event::{Direction, EventBody, Origin};
-use events::{WhatsAppEvent, ids};
+use events::{WhatsAppEvent, ids, semantics};
 use serde_json::Value;
 
 /// The last message of each customer, per conversation.
@@ -22,17 +21,13 @@ pub struct Closed {
 }
 
 impl WindowBook {
-    /// Takes note of a customer's message (any other event is ignored).
+    /// Takes note of the customer writing (any other event is ignored: history is the
+    /// past, and echoes, edits, revokes and reactions are not the customer writing;
+    /// the rule is `events::semantics`).
     pub fn observe(&mut self, event: &WhatsAppEvent) {
-        let EventBody::Message(m) = &event.body else {
+        let Some(m) = semantics::customer_wrote(event) else {
             return;
         };
-        // History items are the customer's too, but old; their timestamps say so.
-        let from_customer = m.direction == Direction::Inbound
-            && matches!(m.origin, Origin::Customer | Origin::History);
-        if !from_customer || m.contact_wa_id.is_empty() {
-            return;
-        }
         let key = ids::conversation_id(&event.phone_number_id, &m.contact_wa_id);
         let last = self.last_inbound_s.entry(key).or_insert(m.sent_at);
         *last = (*last).max(m.sent_at);
@@ -102,7 +97,7 @@ pub fn needs_window(payload: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::event::MessageEvent;
+    use events::event::{Direction, EventBody, MessageEvent, Origin};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -131,6 +126,7 @@ mod tests {
                 reply_to: None,
                 media: None,
                 history_status: None,
+                errors: vec![],
                 raw: Value::Null,
             }),
         }
@@ -174,6 +170,20 @@ mod tests {
     }
 
     #[test]
+    fn history_does_not_open_the_window() {
+        let mut book = WindowBook::default();
+        // Imported an hour ago, written by the customer a minute before: the past.
+        book.observe(&inbound("111", "222", T0 - 60, Origin::History));
+        let text = json!({"type": "text", "text": {"body": "hi"}});
+        let refused = book.check("111", "222", &text, T0 * 1000, 24).unwrap_err();
+        assert!(
+            refused.reason.contains("has not written"),
+            "{}",
+            refused.reason
+        );
+    }
+
+    #[test]
     fn read_receipts_and_sync_requests_need_no_window() {
         assert!(!needs_window(
             &json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.A"})
@@ -199,6 +209,23 @@ mod tests {
             let text = json!({"type": "text"});
             prop_assert!(book.check("111", "222", &text, (latest + 24 * 3600 - 1) * 1000, 24).is_ok());
             prop_assert!(book.check("111", "222", &text, (latest + 24 * 3600) * 1000, 24).is_err());
+        }
+
+        /// No history, echo, send, edit, revoke or reaction opens or extends the window.
+        #[test]
+        fn only_the_customer_writing_opens_the_window(picks in proptest::collection::vec(0..20usize, 1..10), wrote in any::<bool>()) {
+            let mut book = WindowBook::default();
+            if wrote {
+                book.observe(&inbound("111", "222", T0, Origin::Customer));
+            }
+            let samples = events::semantics::samples::not_customer_writing("acme", "111", "222", T0 + 3600);
+            for pick in picks {
+                book.observe(&samples[pick % samples.len()]);
+            }
+            let text = json!({"type": "text"});
+            // Opened by the customer at T0 (or never): still closed 24 h after T0.
+            prop_assert!(book.check("111", "222", &text, (T0 + 24 * 3600) * 1000, 24).is_err());
+            prop_assert_eq!(book.check("111", "222", &text, T0 * 1000, 24).is_ok(), wrote);
         }
     }
 }
