@@ -523,18 +523,13 @@ impl Router {
                 Status::Resolved => Ok(Some((ConversationState::Open, None))),
                 _ => Ok(None),
             },
-            CommandAction::Claim => {
-                let agent = &cmd.issued_by;
-                match &conv.status {
-                    Status::Assigned(owner) if owner == agent => Ok(None),
-                    Status::Assigned(owner) => Err(format!("already assigned to {owner}")),
-                    Status::Resolved => Err("conversation is resolved: reopen it first".into()),
-                    Status::Open { .. } => {
-                        self.check_room(&conv.org, agent)?;
-                        Ok(Some(assigned(agent)))
-                    }
-                }
-            }
+            // Taking a conversation for oneself is a claim, whichever command asks:
+            // "transfer to me" must not take a colleague's conversation that a
+            // claim would refuse.
+            CommandAction::Claim => self.claim(conv, &cmd.issued_by),
+            CommandAction::Transfer {
+                to_agent: Some(agent),
+            } if *agent == cmd.issued_by => self.claim(conv, agent),
             CommandAction::Transfer { to_agent: None } => match conv.status {
                 Status::Resolved => Err("conversation is resolved: reopen it first".into()),
                 _ => same((ConversationState::Open, None)),
@@ -557,6 +552,20 @@ impl Router {
                     return Err(format!("unknown agent {to_agent} in org {}", conv.org));
                 }
                 same(assigned(to_agent))
+            }
+        }
+    }
+
+    /// `agent` takes the conversation for themself: only from the queue (their own
+    /// is a no-op; a colleague's is refused, naming the owner) and with room left.
+    fn claim(&self, conv: &Conversation, agent: &str) -> Result<Option<Target>, String> {
+        match &conv.status {
+            Status::Assigned(owner) if owner == agent => Ok(None),
+            Status::Assigned(owner) => Err(format!("already assigned to {owner}")),
+            Status::Resolved => Err("conversation is resolved: reopen it first".into()),
+            Status::Open { .. } => {
+                self.check_room(&conv.org, agent)?;
+                Ok(Some(assigned(agent)))
             }
         }
     }

@@ -439,6 +439,22 @@ fn transfer_to_an_agent_needs_room_and_presence() {
 }
 
 #[test]
+fn transfer_to_oneself_follows_the_claim_rule() {
+    let mut r = Router::new(config(Policy::Manual));
+    r.handle(online("bob", 0), 0);
+    r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
+    r.handle(command("k1", "c1", "ana", CommandAction::Claim), 2000);
+    // Bob cannot take Ana's conversation by "transferring" it to himself.
+    let out = r.handle(command("k2", "c1", "bob", to("bob")), 3000);
+    assert_eq!(rejection(&out), "already assigned to ana");
+    assert_eq!(moves(&out), [(Assigned, Some("ana"))]);
+    // From the queue it is a claim like any other.
+    r.handle(message("m2", "c2", Origin::Customer, 4000), 4000);
+    let out = r.handle(command("k3", "c2", "bob", to("bob")), 5000);
+    assert_eq!(moves(&out), [(Assigned, Some("bob"))]);
+}
+
+#[test]
 fn transfer_to_the_queue_is_not_routed_back_to_the_releaser() {
     let mut r = Router::new(config(Policy::Sticky { window_ms: 60_000 }));
     r.handle(online("ana", 0), 0);
