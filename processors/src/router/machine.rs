@@ -594,7 +594,21 @@ impl Router {
         {
             return;
         }
+        if !devices.contains_key(&p.device_id)
+            && devices.len() >= events::inbox::MAX_DEVICES_PER_AGENT
+            && let Some(oldest) = devices
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(d, _)| d.clone())
+        {
+            devices.remove(&oldest);
+        }
         devices.insert(p.device_id, (p.state, p.at_ms));
+    }
+
+    /// How many devices' states are held, over all agents.
+    pub fn tracked_devices(&self) -> usize {
+        self.presence.values().map(BTreeMap::len).sum()
     }
 
     /// Online: at least one device whose last state is not `Offline`.

@@ -1005,3 +1005,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn devices_per_agent_are_bounded_and_the_newest_state_counts() {
+    let mut r = Router::new(config(Policy::LeastLoaded));
+    // One agent's app inventing device ids cannot grow the router without end.
+    for i in 0..1000 {
+        r.handle(
+            presence("ana", &format!("d{i}"), PresenceState::Offline, i),
+            i,
+        );
+    }
+    r.handle(presence("ana", "real", PresenceState::Online, 2000), 2000);
+    assert!(r.is_online("acme", "ana"));
+    for i in 0..1000 {
+        r.handle(
+            presence("ana", &format!("e{i}"), PresenceState::Offline, 3000 + i),
+            3000 + i,
+        );
+    }
+    // The online device was forgotten with the oldest, so ana reads offline: the cap
+    // bounds memory, and a device that speaks again is tracked again.
+    assert!(!r.is_online("acme", "ana"));
+    r.handle(presence("ana", "real", PresenceState::Online, 5000), 5000);
+    assert!(r.is_online("acme", "ana"));
+    assert!(r.tracked_devices() <= events::inbox::MAX_DEVICES_PER_AGENT);
+}
