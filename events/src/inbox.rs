@@ -17,6 +17,12 @@ pub struct PresenceEvent {
     pub at_ms: i64,
 }
 
+/// The most devices per agent that the router and the notifier track. Device ids
+/// come from the devices themselves, so without a bound one agent's app could grow
+/// every processor's memory without end; beyond it, the device heard from longest
+/// ago is forgotten (router) or the new one is not tracked (notifier).
+pub const MAX_DEVICES_PER_AGENT: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceState {

@@ -74,6 +74,10 @@ impl ApiStack {
             secret: runtime::Secret::new(JWT_SECRET),
         }];
         config.sinks.mongo.database = format!("t_{name}_{id}").replace('-', "_");
+        // The sink's fresh groups read from this moment: everything this stack needs
+        // (its orgs' directory changes) comes later, and replaying the shared broker's
+        // backlog from the earliest record took minutes once several stacks ran.
+        config.kafka.new_group_start = crate::support::now_ms().to_string();
         config.sinks.batch.max_wait_ms = 5;
         if config.mqtt.password.is_empty() {
             config.mqtt.password = runtime::Secret::new("coexist-dev");

@@ -247,7 +247,7 @@ async fn issue_code(
         return Ok(());
     }
     if state.config.dev_mode {
-        tracing::info!(%org, %agent_id, %code, "one-time code (dev mode)");
+        tracing::info!(%org, %agent_id, challenge = %challenge_id, %code, "one-time code (dev mode)");
     }
     deliver_code(state, org, phone, challenge_id, &code).await
 }

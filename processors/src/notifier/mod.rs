@@ -89,6 +89,9 @@ impl Notifier {
                     .or_default();
                 match p.state {
                     PresenceState::Offline => devices.remove(&p.device_id),
+                    // Bounded: a device beyond the cap is not tracked (at worst,
+                    // one push too many).
+                    _ if devices.len() >= events::inbox::MAX_DEVICES_PER_AGENT => false,
                     _ => devices.insert(p.device_id.clone()),
                 };
                 None

@@ -552,18 +552,13 @@ impl Router {
                 Status::Resolved => Ok(Some((ConversationState::Open, None))),
                 _ => Ok(None),
             },
-            CommandAction::Claim => {
-                let agent = &cmd.issued_by;
-                match &conv.status {
-                    Status::Assigned(owner) if owner == agent => Ok(None),
-                    Status::Assigned(owner) => Err(format!("already assigned to {owner}")),
-                    Status::Resolved => Err("conversation is resolved: reopen it first".into()),
-                    Status::Open { .. } => {
-                        self.check_room(&conv.org, agent)?;
-                        Ok(Some(assigned(agent)))
-                    }
-                }
-            }
+            // Taking a conversation for oneself is a claim, whichever command asks:
+            // "transfer to me" must not take a colleague's conversation that a
+            // claim would refuse.
+            CommandAction::Claim => self.claim(conv, &cmd.issued_by),
+            CommandAction::Transfer {
+                to_agent: Some(agent),
+            } if *agent == cmd.issued_by => self.claim(conv, agent),
             CommandAction::Transfer { to_agent: None } => match conv.status {
                 Status::Resolved => Err("conversation is resolved: reopen it first".into()),
                 _ => same((ConversationState::Open, None)),
@@ -584,6 +579,20 @@ impl Router {
             CommandAction::ForceAssign { to_agent } => {
                 self.usable_agent(&conv.org, to_agent)?;
                 same(assigned(to_agent))
+            }
+        }
+    }
+
+    /// `agent` takes the conversation for themself: only from the queue (their own
+    /// is a no-op; a colleague's is refused, naming the owner) and with room left.
+    fn claim(&self, conv: &Conversation, agent: &str) -> Result<Option<Target>, String> {
+        match &conv.status {
+            Status::Assigned(owner) if owner == agent => Ok(None),
+            Status::Assigned(owner) => Err(format!("already assigned to {owner}")),
+            Status::Resolved => Err("conversation is resolved: reopen it first".into()),
+            Status::Open { .. } => {
+                self.check_room(&conv.org, agent)?;
+                Ok(Some(assigned(agent)))
             }
         }
     }
@@ -642,7 +651,21 @@ impl Router {
         {
             return;
         }
+        if !devices.contains_key(&p.device_id)
+            && devices.len() >= events::inbox::MAX_DEVICES_PER_AGENT
+            && let Some(oldest) = devices
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(d, _)| d.clone())
+        {
+            devices.remove(&oldest);
+        }
         devices.insert(p.device_id, (p.state, p.at_ms));
+    }
+
+    /// How many devices' states are held, over all agents.
+    pub fn tracked_devices(&self) -> usize {
+        self.presence.values().map(BTreeMap::len).sum()
     }
 
     /// Online: at least one device whose last state is not `Offline`.

@@ -440,6 +440,22 @@ fn transfer_to_an_agent_needs_room_and_presence() {
 }
 
 #[test]
+fn transfer_to_oneself_follows_the_claim_rule() {
+    let mut r = Router::new(config(Policy::Manual));
+    r.handle(online("bob", 0), 0);
+    r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
+    r.handle(command("k1", "c1", "ana", CommandAction::Claim), 2000);
+    // Bob cannot take Ana's conversation by "transferring" it to himself.
+    let out = r.handle(command("k2", "c1", "bob", to("bob")), 3000);
+    assert_eq!(rejection(&out), "already assigned to ana");
+    assert_eq!(moves(&out), [(Assigned, Some("ana"))]);
+    // From the queue it is a claim like any other.
+    r.handle(message("m2", "c2", Origin::Customer, 4000), 4000);
+    let out = r.handle(command("k3", "c2", "bob", to("bob")), 5000);
+    assert_eq!(moves(&out), [(Assigned, Some("bob"))]);
+}
+
+#[test]
 fn transfer_to_the_queue_is_not_routed_back_to_the_releaser() {
     let mut r = Router::new(config(Policy::Sticky { window_ms: 60_000 }));
     r.handle(online("ana", 0), 0);
@@ -1177,6 +1193,7 @@ fn a_policy_change_applies_to_the_next_decision() {
         .collect();
     assert_eq!(owners, ["bob", "ann", "bob", "ann"], "round robin");
 }
+
 // ---- what does not count as the customer writing ------------------------------
 
 proptest! {
@@ -1212,4 +1229,30 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn devices_per_agent_are_bounded_and_the_newest_state_counts() {
+    let mut r = Router::new(config(Policy::LeastLoaded));
+    // One agent's app inventing device ids cannot grow the router without end.
+    for i in 0..1000 {
+        r.handle(
+            presence("ana", &format!("d{i}"), PresenceState::Offline, i),
+            i,
+        );
+    }
+    r.handle(presence("ana", "real", PresenceState::Online, 2000), 2000);
+    assert!(r.is_online("acme", "ana"));
+    for i in 0..1000 {
+        r.handle(
+            presence("ana", &format!("e{i}"), PresenceState::Offline, 3000 + i),
+            3000 + i,
+        );
+    }
+    // The online device was forgotten with the oldest, so ana reads offline: the cap
+    // bounds memory, and a device that speaks again is tracked again.
+    assert!(!r.is_online("acme", "ana"));
+    r.handle(presence("ana", "real", PresenceState::Online, 5000), 5000);
+    assert!(r.is_online("acme", "ana"));
+    assert!(r.tracked_devices() <= events::inbox::MAX_DEVICES_PER_AGENT);
 }
