@@ -61,16 +61,7 @@ impl Timeline {
             stack.spawn_role(move |c, s| async move { roles::sink(&c, sink, s).await });
         }
         let webhook_url = format!("http://{}/webhooks/whatsapp", stack.config.ingest.listen);
-        let health = format!("http://{}/healthz", stack.config.ingest.listen);
-        wait_for("ingest to answer", Duration::from_secs(60), || async {
-            stack
-                .http
-                .get(&health)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
+        stack.wait_ingest().await;
         // The number, its token and its app secret come from the directory.
         stack.credentials = (GRAPH_TOKEN.into(), APP_SECRET.into());
         let org = stack.org_with(&org, &number).await;

@@ -76,19 +76,6 @@ fn webhook_url(stack: &ApiStack) -> String {
     format!("http://{}/webhooks/whatsapp", stack.config.ingest.listen)
 }
 
-async fn wait_ingest(stack: &ApiStack) {
-    let health = format!("http://{}/healthz", stack.config.ingest.listen);
-    wait_for("ingest to answer", Duration::from_secs(60), || async {
-        stack
-            .http
-            .get(&health)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-}
-
 /// A customer's text message to `number`, as Meta sends it.
 fn customer_message(number: &str, customer: &str, wamid: &str) -> String {
     json!({
@@ -180,6 +167,14 @@ async fn admin_call(
         .to_string()
 }
 
+/// The admin resolves `conversations`, in order.
+async fn resolve(stack: &ApiStack, token: &str, conversations: impl IntoIterator<Item = &String>) {
+    for conv in conversations {
+        let path = format!("/v1/conversations/{conv}/commands");
+        admin_call(stack, token, "POST", &path, json!({ "action": "resolve" })).await;
+    }
+}
+
 /// An agent's app comes online (what the MQTT presence bridge would produce).
 async fn online(stack: &ApiStack, publisher: &runtime::Publisher, org: &Org, agent: &str) {
     let event = events::inbox::PresenceEvent {
@@ -234,7 +229,7 @@ async fn an_admin_runs_the_pipeline_over_http_alone() {
         ("login-token", format!("token-{id}"), format!("secret-{id}"));
     let sim = graph_sim(&[(&login_number, login_token), (&number, &token)]).await;
     let mut stack = start_all("directory", &sim.url).await;
-    wait_ingest(&stack).await;
+    stack.wait_ingest().await;
     // 1. The first admin, from `coexist admin bootstrap` (with the number codes go out on).
     stack.credentials = (login_token.into(), format!("login-secret-{id}"));
     let org = stack.org_with(&format!("dir-{id}"), &login_number).await;
@@ -365,16 +360,7 @@ async fn an_admin_runs_the_pipeline_over_http_alone() {
             .map(|(c, _)| c.clone())
             .collect()
     };
-    for conv in of(&convs, "cy").iter().take(2) {
-        admin_call(
-            &stack,
-            &admin,
-            "POST",
-            &format!("/v1/conversations/{conv}/commands"),
-            json!({ "action": "resolve" }),
-        )
-        .await;
-    }
+    resolve(&stack, &admin, of(&convs, "cy").iter().take(2)).await;
     wait_loads(
         &stack,
         &admin,
@@ -428,16 +414,7 @@ async fn an_admin_runs_the_pipeline_over_http_alone() {
     let convs = conversations(&stack, &admin, &number).await;
     let mut to_resolve = of(&convs, "bob");
     to_resolve.extend(of(&convs, "cy").into_iter().take(2));
-    for conv in &to_resolve {
-        admin_call(
-            &stack,
-            &admin,
-            "POST",
-            &format!("/v1/conversations/{conv}/commands"),
-            json!({ "action": "resolve" }),
-        )
-        .await;
-    }
+    resolve(&stack, &admin, &to_resolve).await;
     // The queued tenth went to bob at his first free seat; then bob 1/2, cy 3/5.
     wait_loads(
         &stack,
@@ -501,7 +478,7 @@ async fn a_secret_speaks_only_for_its_own_numbers() {
     let id = unique();
     let sim = graph_sim(&[]).await;
     let mut stack = start_all("secrets", &sim.url).await;
-    wait_ingest(&stack).await;
+    stack.wait_ingest().await;
     let (secret_a, secret_b) = (format!("secret-a-{id}"), format!("secret-b-{id}"));
     stack.credentials = ("token-a".into(), secret_a.clone());
     let a = stack.org_with(&format!("a-{id}"), &format!("61{id}")).await;
@@ -564,7 +541,7 @@ async fn an_unknown_number_is_dead_lettered_and_replayed_once_added() {
     let id = unique();
     let sim = graph_sim(&[]).await;
     let mut stack = start_all("unknown", &sim.url).await;
-    wait_ingest(&stack).await;
+    stack.wait_ingest().await;
     let secret = format!("secret-{id}");
     stack.credentials = ("token".into(), secret.clone());
     let org = stack.org_with(&format!("u-{id}"), &format!("63{id}")).await;

@@ -182,6 +182,19 @@ impl ApiStack {
         }
     }
 
+    /// Waits until ingest (a role spawned beside the API) answers on its listener.
+    pub async fn wait_ingest(&self) {
+        let health = format!("http://{}/healthz", self.config.ingest.listen);
+        wait_for("ingest to answer", Duration::from_secs(60), || async {
+            self.http
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+    }
+
     /// Waits until the sink has written `_id` to `collection`.
     pub async fn wait_doc(&self, collection: &str, id: &str) -> Document {
         let coll = self.mongo.collection::<Document>(collection);
