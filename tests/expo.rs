@@ -23,6 +23,12 @@ use serde_json::{Value, json};
 use support::{APP_SECRET, Pipeline, unique, wait_for};
 use tokio_util::sync::CancellationToken;
 
+/// One expo sink at a time: every sink follows the one directory and reads every
+/// org's notifications (as in production), so two tests' sinks would both push a
+/// notification, and one's `DeviceNotRegistered` would remove the token before the
+/// other's ticket.
+static ONE_SINK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The Expo stand-in on a free port; returns its base URL.
 async fn start_simulator(config: &Config) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -264,6 +270,7 @@ async fn wait_delivered(s: &Scenario, what: &str, done: impl Fn(&[(String, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
+    let _turn = ONE_SINK_AT_A_TIME.lock().await;
     let s = Scenario::start("devices").await;
     let (phone, tablet) = (s.tok("ann-phone"), s.tok("ann-tablet"));
     s.register("ann", &phone).await;
@@ -316,6 +323,7 @@ async fn two_devices_of_one_agent_each_get_one_push_per_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_for_250_agents_go_out_in_chunks_of_at_most_100() {
+    let _turn = ONE_SINK_AT_A_TIME.lock().await;
     let s = Scenario::start("chunks").await;
     let agents: Vec<String> = (0..250).map(|i| format!("agent{i:03}")).collect();
     let tokens: Vec<String> = agents.iter().map(|a| s.tok(a)).collect();
@@ -346,6 +354,7 @@ async fn pushes_for_250_agents_go_out_in_chunks_of_at_most_100() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expo_reports_unregistered_are_removed_by_ticket_and_by_receipt() {
+    let _turn = ONE_SINK_AT_A_TIME.lock().await;
     let s = Scenario::start("unregistered").await;
     let live = &s.tok("bob-live");
     let gone_now = &s.tok("bob-unregistered-now");
@@ -390,6 +399,7 @@ async fn tokens_expo_reports_unregistered_are_removed_by_ticket_and_by_receipt()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_and_a_503_are_retried_and_each_message_arrives_once() {
+    let _turn = ONE_SINK_AT_A_TIME.lock().await;
     let s = Scenario::start("retry").await;
     s.register("dee", &s.tok("dee-phone")).await;
     s.register("dee", &s.tok("dee-watch")).await;
@@ -425,6 +435,7 @@ async fn a_429_and_a_503_are_retried_and_each_message_arrives_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_inbound_message_for_an_agent_with_no_online_device_ends_as_a_push() {
+    let _turn = ONE_SINK_AT_A_TIME.lock().await;
     let sim_config = Config::default();
     let sim = start_simulator(&sim_config).await;
     let agent = format!("ann-{}", unique());
