@@ -188,6 +188,11 @@ fn template() -> Value {
     json!({"type": "template", "template": {"name": "hello_world", "language": {"code": "en_US"}}})
 }
 
+/// The login-code template as the API builds it.
+fn coexist_api_template(code: &str) -> Value {
+    api::routes::auth::auth_template("coexist_login", "en_US", "", code)
+}
+
 fn sends_by_command(sent: &[SentRecord]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for s in sent {
@@ -472,7 +477,16 @@ async fn free_form_outside_the_window_is_refused_while_templates_go_out() {
     s.customer_writes(stale, now_ms() / 1000 - 25 * 3600).await;
     let (stop, task) = s.run_sink();
     let id = |name: &str| format!("{name}-{}", s.number);
+    // A login code, sealed as the API seals it: a template, so it goes out with the
+    // window closed, and it is opened only for the Graph API call.
+    let code_template = coexist_api_template("482913");
+    let sealer = runtime::seal::Sealer::from_config(&s.config.sealing).unwrap();
+    let sealed_code = events::delivery::sealed_payload(&sealer.seal(&code_template.to_string()));
+    let foreign = runtime::seal::Sealer::new(&[("other".into(), vec![9; 32])]).unwrap();
+    let foreign_code = events::delivery::sealed_payload(&foreign.seal(&code_template.to_string()));
     let commands = [
+        s.command(&id("sealed-code"), stranger, sealed_code),
+        s.command(&id("foreign-seal"), stranger, foreign_code),
         s.command(&id("recent-text"), recent, text("Sure, done")),
         s.command(&id("stale-text"), stale, text("Are you there?")),
         s.command(&id("stale-template"), stale, template()),
@@ -512,6 +526,12 @@ async fn free_form_outside_the_window_is_refused_while_templates_go_out() {
     }
     let bad = error("bad").expect("refused");
     assert_eq!(bad.code, 100);
+    assert_eq!(error("foreign-seal").expect("refused").code, 100);
+    assert!(error("sealed-code").is_none(), "{:?}", error("sealed-code"));
+    // The result says nothing of the code.
+    let sealed_result = &results[&id("sealed-code")][0];
+    assert_eq!(sealed_result.preview, None);
+    assert_eq!(sealed_result.message_type, events::delivery::SEALED_PAYLOAD);
     let sent = sim.sent(&s.number).await;
     let sent_ids: BTreeSet<String> = sent
         .iter()
@@ -519,7 +539,16 @@ async fn free_form_outside_the_window_is_refused_while_templates_go_out() {
         .collect();
     assert_eq!(
         sent_ids,
-        BTreeSet::from([id("recent-text"), id("stale-template")])
+        BTreeSet::from([id("recent-text"), id("stale-template"), id("sealed-code")])
+    );
+    let code_sent = sent
+        .iter()
+        .find(|r| r.biz_opaque_callback_data.as_deref() == Some(&id("sealed-code")))
+        .unwrap();
+    assert_eq!(code_sent.kind, "template");
+    assert_eq!(
+        code_sent.body["template"]["components"][0]["parameters"][0]["text"],
+        "482913"
     );
     let sync: Vec<&SentRecord> = sent.iter().filter(|s| s.edge == "smb_app_data").collect();
     assert_eq!(sync.len(), 1);

@@ -52,6 +52,18 @@ pub struct OutboundResult {
 /// `sent_by` of the login codes the API sends: not a message of any conversation.
 pub const SENT_BY_AUTH: &str = "auth";
 
+/// The `type` of a payload sealed by the API: `{"type":"sealed","sealed":{key_id,
+/// data}}` holds the real Graph API body, encrypted with the `[sealing] keys`. Login
+/// codes go out this way, so the code is never in clear on `messages.outbound` (kept
+/// for days and read by data teams) nor in any store or log; only the whatsapp sink
+/// opens it, just before the call.
+pub const SEALED_PAYLOAD: &str = "sealed";
+
+/// A sealed payload's body.
+pub fn sealed_payload(sealed: &crate::directory::Sealed) -> Value {
+    serde_json::json!({ "type": SEALED_PAYLOAD, SEALED_PAYLOAD: sealed })
+}
+
 impl OutboundResult {
     /// Is this a message of a conversation, to show in the inbox? Not a login code
     /// (sent to an agent, not a customer) nor a request with no recipient (a
@@ -62,6 +74,14 @@ impl OutboundResult {
 }
 
 impl OutboundMessage {
+    /// The sealed body, if the payload is sealed ([`SEALED_PAYLOAD`]).
+    pub fn sealed(&self) -> Option<crate::directory::Sealed> {
+        if self.payload.get("type").and_then(Value::as_str) != Some(SEALED_PAYLOAD) {
+            return None;
+        }
+        serde_json::from_value(self.payload.get(SEALED_PAYLOAD)?.clone()).ok()
+    }
+
     /// The Graph API `type` of the payload (`text`, `template`, `image`, ...), or
     /// `read` for a mark-as-read.
     pub fn message_type(&self) -> String {

@@ -250,7 +250,7 @@ impl KafkaConfig {
             .create_with_context(RebalanceLog {
                 role: role.to_string(),
                 owned: Mutex::new((0, Vec::new())),
-                brokers: self.brokers.clone(),
+                reader: self.client(),
                 start,
             })?;
         consumer.subscribe(topics)?;
@@ -307,8 +307,9 @@ pub struct RebalanceLog {
     owned: Mutex<(u64, Vec<(String, i32)>)>,
     /// Where assigned partitions without a committed offset start.
     start: GroupStart,
-    /// To read the newest records' timestamps when positioning at that time.
-    brokers: String,
+    /// To read the newest records' timestamps when positioning at that time: the
+    /// brokers and the connection's security settings.
+    reader: ClientConfig,
 }
 
 impl RebalanceLog {
@@ -458,8 +459,9 @@ impl RebalanceLog {
         if newest_offsets.count() == 0 {
             return Ok(found);
         }
-        let reader: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let reader: BaseConsumer = self
+            .reader
+            .clone()
             .set("group.id", format!("{}-position", self.role))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -29,9 +29,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of a group-less reader (the group id only names the client; nothing is
 /// committed).
 fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = kafka.client();
     config
-        .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("{}-{purpose}", kafka.client_id))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_uncommitted");

@@ -265,13 +265,26 @@ impl ApiStack {
             challenge_id,
         )
         .await;
-        let message: Value = serde_json::from_str(values.last().unwrap()).unwrap();
-        assert_eq!(message["payload"]["type"], "template");
-        assert_eq!(message["to"], phone);
-        message["payload"]["template"]["components"][0]["parameters"][0]["text"]
+        let message: events::delivery::OutboundMessage =
+            serde_json::from_str(values.last().unwrap()).unwrap();
+        assert_eq!(message.to, phone);
+        // On the topic the code is sealed: only the sealing keys open it (this test
+        // runs the API in-process, so its keys are this process's).
+        let sealed = message
+            .sealed()
+            .expect("the login code is sealed on the topic");
+        let sealer = runtime::seal::Sealer::from_config(&self.config.sealing).unwrap();
+        let payload: Value = serde_json::from_str(&sealer.open(&sealed).unwrap()).unwrap();
+        assert_eq!(payload["type"], "template");
+        let code = payload["template"]["components"][0]["parameters"][0]["text"]
             .as_str()
             .unwrap()
-            .to_string()
+            .to_string();
+        assert!(
+            !values.last().unwrap().contains(&code),
+            "the code is in clear on messages.outbound"
+        );
+        code
     }
 
     /// Logs in `phone` of `org` on `device`.

@@ -258,7 +258,8 @@ fn is_duplicate(err: &mongodb::error::Error) -> bool {
 }
 
 /// Sends the code as a WhatsApp authentication template from the org's first
-/// business number (`messages.outbound`, sent by the whatsapp sink).
+/// business number (`messages.outbound`, sealed, opened and sent by the whatsapp
+/// sink).
 async fn deliver_code(
     state: &AppState,
     org: &str,
@@ -289,11 +290,17 @@ async fn deliver_code(
         to: to.clone(),
         sent_by: events::delivery::SENT_BY_AUTH.into(),
         at_ms: now_ms(),
-        payload: auth_template(
-            &state.config.otp_template,
-            &state.config.otp_template_language,
-            &to,
-            code,
+        // Sealed: the code must not sit in clear on the topic (see SEALED_PAYLOAD).
+        payload: events::delivery::sealed_payload(
+            &state.sealer.seal(
+                &auth_template(
+                    &state.config.otp_template,
+                    &state.config.otp_template_language,
+                    &to,
+                    code,
+                )
+                .to_string(),
+            ),
         ),
     };
     state

@@ -56,7 +56,14 @@ pub struct Notifier {
     last_push: HashMap<String, i64>,
     /// `org:agent` → times of recent pushes (for the per-minute limit).
     recent: HashMap<String, VecDeque<i64>>,
+    /// `last_push` and `recent` are pruned of what no longer decides anything when
+    /// they reach this size (then twice what is left), so they stay bounded by the
+    /// pushes of the last collapse window, not by every conversation ever pushed.
+    prune_at: usize,
 }
+
+/// The smallest size at which the push books are pruned.
+const PRUNE_FROM: usize = 1024;
 
 impl Notifier {
     pub fn new(config: NotifierConfig) -> Self {
@@ -88,7 +95,13 @@ impl Notifier {
                     .entry(format!("{}:{}", p.org, p.agent_id))
                     .or_default();
                 match p.state {
-                    PresenceState::Offline => devices.remove(&p.device_id),
+                    PresenceState::Offline => {
+                        let removed = devices.remove(&p.device_id);
+                        if devices.is_empty() {
+                            self.online.remove(&format!("{}:{}", p.org, p.agent_id));
+                        }
+                        removed
+                    }
                     // Bounded: a device beyond the cap is not tracked (at worst,
                     // one push too many).
                     _ if devices.len() >= events::inbox::MAX_DEVICES_PER_AGENT => false,
@@ -189,6 +202,9 @@ impl Notifier {
         }
         recent.push_back(now_ms);
         self.last_push.insert(collapse_key, now_ms);
+        if self.last_push.len() + self.recent.len() >= self.prune_at.max(PRUNE_FROM) {
+            self.prune(now_ms);
+        }
         Some(PushNotification {
             id: format!("{cause}:{agent}"),
             org: org.to_string(),
@@ -198,6 +214,27 @@ impl Notifier {
             conversation_id: conversation_id.to_string(),
             at_ms: now_ms,
         })
+    }
+}
+
+impl Notifier {
+    /// Forgets collapse marks older than the collapse window and per-minute books
+    /// with nothing in the last minute: neither can refuse a push any more.
+    fn prune(&mut self, now_ms: i64) {
+        let window = self.config.collapse_window_ms;
+        self.last_push.retain(|_, at| now_ms - *at < window);
+        self.recent.retain(|_, times| {
+            while times.front().is_some_and(|at| now_ms - at >= 60_000) {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+        self.prune_at = 2 * (self.last_push.len() + self.recent.len());
+    }
+
+    /// How many entries the push books hold (the bound the pruning keeps).
+    pub fn booked(&self) -> usize {
+        self.last_push.len() + self.recent.len() + self.online.len()
     }
 }
 
@@ -342,6 +379,25 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    #[test]
+    fn the_push_books_stay_bounded_by_the_recent_pushes() {
+        let mut n = Notifier::new(NotifierConfig::default());
+        let mut pushed = 0;
+        // A push a second for half a day, each to a new conversation of one of 50
+        // agents: without pruning, 43,200 collapse marks.
+        for i in 0..43_200i64 {
+            let a = assign(&format!("c{i}"), &format!("agent{}", i % 50));
+            pushed += n.handle(NotifierInput::Assignment(&a), i * 1000).is_some() as usize;
+            n.remember(&AssignmentEvent {
+                state: ConversationState::Resolved,
+                assignee: None,
+                ..a
+            });
+        }
+        assert_eq!(pushed, 43_200, "none refused: each agent gets ~1 a minute");
+        assert!(n.booked() < 2 * PRUNE_FROM, "{} entries", n.booked());
     }
 
     #[test]

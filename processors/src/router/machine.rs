@@ -39,6 +39,9 @@ use super::config::{Policy, RouterConfig};
 /// conversation like an agent does but has no capacity and is never routed to.
 pub const BUSINESS_APP: &str = "business_app";
 
+/// How many agents the directory does not know may have presence tracked.
+pub const MAX_UNKNOWN_PRESENCE_AGENTS: usize = 256;
+
 /// One thing that happened, in partition order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -643,8 +646,24 @@ impl Router {
     }
 
     /// Records a device's state; an event older than the one recorded is ignored.
+    /// Agents are bounded by the directory: an agent it does not know (yet: the
+    /// directory and presence are read apart, so an invite can land after the new
+    /// agent's first presence) is kept only while fewer than
+    /// [`MAX_UNKNOWN_PRESENCE_AGENTS`] such agents are.
     fn on_presence(&mut self, p: PresenceEvent) {
-        let devices = self.presence.entry((p.org, p.agent_id)).or_default();
+        let key = (p.org, p.agent_id);
+        if !self.presence.contains_key(&key)
+            && self.directory.agent(&key.0, &key.1).is_none()
+            && self
+                .presence
+                .keys()
+                .filter(|(org, agent)| self.directory.agent(org, agent).is_none())
+                .count()
+                >= MAX_UNKNOWN_PRESENCE_AGENTS
+        {
+            return;
+        }
+        let devices = self.presence.entry(key).or_default();
         if devices
             .get(&p.device_id)
             .is_some_and(|&(_, at)| at > p.at_ms)

@@ -1232,6 +1232,26 @@ proptest! {
 }
 
 #[test]
+fn presence_of_agents_the_directory_does_not_know_is_bounded() {
+    let mut r = Router::new(config(Policy::LeastLoaded));
+    for i in 0..1000 {
+        r.handle(
+            presence(&format!("ghost{i}"), "d", PresenceState::Online, i),
+            i,
+        );
+    }
+    assert_eq!(r.tracked_devices(), machine::MAX_UNKNOWN_PRESENCE_AGENTS);
+    assert!(!r.is_online(ORG, "ghost999"));
+    // The org's own agents are always tracked.
+    r.handle(presence("ana", "d", PresenceState::Online, 2000), 2000);
+    assert!(r.is_online(ORG, "ana"));
+    assert_eq!(
+        r.tracked_devices(),
+        machine::MAX_UNKNOWN_PRESENCE_AGENTS + 1
+    );
+}
+
+#[test]
 fn devices_per_agent_are_bounded_and_the_newest_state_counts() {
     let mut r = Router::new(config(Policy::LeastLoaded));
     // One agent's app inventing device ids cannot grow the router without end.

@@ -242,6 +242,18 @@ impl GraphClient {
         )
     }
 
+    /// Opens a payload the API sealed (a login code) with the sealing keys.
+    pub fn open(&self, sealed: &events::directory::Sealed) -> Result<String, String> {
+        let credentials = self
+            .credentials
+            .as_ref()
+            .ok_or("this sink has no sealing keys")?;
+        credentials
+            .sealer
+            .open(sealed)
+            .map_err(|err| err.to_string())
+    }
+
     /// The number's token: its own from the directory, else `[graph]`'s.
     fn token(&self, phone_number_id: &str) -> Result<runtime::Secret, GraphError> {
         if let Some(credentials) = &self.credentials

@@ -219,7 +219,8 @@ impl Stage for WhatsAppSink {
                             &format!("the command is {} s old; older than {} ms is never sent", (now - command.at_ms) / 1000, self.config.max_command_age_ms)));
                         continue;
                     }
-                    let call = match payload::plan(&command) {
+                    let plain = opened(&self.graph, &command);
+                    let call = match plain.as_ref().map_err(Clone::clone).and_then(payload::plan) {
                         Ok(call) => call,
                         Err(reason) => {
                             answers.push(refused(&command, codes::INVALID_PARAMETER, "invalid payload", &reason));
@@ -229,7 +230,7 @@ impl Stage for WhatsAppSink {
                     if let Err(closed) = self.window.check(
                         &command.phone_number_id,
                         &command.to,
-                        &command.payload,
+                        plain.as_ref().map_or(&command.payload, |c| &c.payload),
                         now,
                         self.config.window_hours,
                     ) {
@@ -275,6 +276,22 @@ impl Stage for WhatsAppSink {
         }
         Ok(rejects)
     }
+}
+
+/// The command as it is sent: a sealed payload (a login code) opened, so only the
+/// Graph API call carries it in clear. The result and ledger keep the sealed one.
+fn opened(graph: &GraphClient, command: &OutboundMessage) -> Result<OutboundMessage, String> {
+    let Some(sealed) = command.sealed() else {
+        return Ok(command.clone());
+    };
+    let body = graph
+        .open(&sealed)
+        .map_err(|e| format!("sealed payload: {e}"))?;
+    let payload = serde_json::from_str(&body).map_err(|e| format!("sealed payload: {e}"))?;
+    Ok(OutboundMessage {
+        payload,
+        ..command.clone()
+    })
 }
 
 async fn publish_result(
