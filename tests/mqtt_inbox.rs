@@ -135,6 +135,34 @@ impl Scenario {
             .unwrap();
     }
 
+    async fn send_edit(&self, change_wamid: &str, original: &str, conversation: &str) {
+        let event = WhatsAppEvent {
+            id: change_wamid.into(),
+            org: self.org.clone(),
+            phone_number_id: self.number.clone(),
+            display_phone_number: String::new(),
+            waba_id: String::new(),
+            received_at_ms: now_ms(),
+            body: EventBody::Edit(events::event::MessageChangeEvent {
+                wamid: original.into(),
+                change_wamid: change_wamid.into(),
+                conversation_id: conversation.into(),
+                contact_wa_id: "15550001111".into(),
+                direction: Direction::Outbound,
+                origin: Origin::BusinessApp,
+                sent_at: now_ms() / 1000,
+                message_type: Some("text".into()),
+                preview: Some("edited".into()),
+                media: None,
+                raw: serde_json::Value::Null,
+            }),
+        };
+        self.publisher
+            .send_json(topics::WHATSAPP_EVENTS, &self.number, &event, vec![])
+            .await
+            .unwrap();
+    }
+
     async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(sink) = self.sink.take() {
@@ -364,5 +392,31 @@ async fn a_device_that_was_offline_catches_up_when_it_reconnects() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(device.received(), ["a0", "a1", "a2"]);
     device.disconnect().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_that_overtakes_its_message_reaches_devices_again_after_it() {
+    let mut s = Scenario::start("overtake").await;
+    let conversation = MqttRecorder::subscribe(&s.config, &s.conversation("c5")).await;
+    s.run_sink();
+    // Reversed: the edit of m5 first, then m5. In order: m6, then its edit.
+    s.send_edit("wamid.e5", "wamid.m5", "c5").await;
+    s.send_customer_message("wamid.m5", "c5").await;
+    s.send_customer_message("wamid.m6", "c5").await;
+    s.send_edit("wamid.e6", "wamid.m6", "c5").await;
+    wait_for("five publishes", Duration::from_secs(90), || async {
+        conversation.messages().len() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids = ids_by_topic(&[&conversation]);
+    // The overtaking edit goes out at once (never held back from the commit), and
+    // again right after its message, so a device that could not apply it first ends
+    // with the edit; the edit that came in order goes out once.
+    assert_eq!(
+        ids[&s.conversation("c5")],
+        ["wamid.e5", "wamid.m5", "wamid.e5", "wamid.m6", "wamid.e6"]
+    );
     s.stop().await;
 }

@@ -9,6 +9,7 @@
 //! events and its assignments, and keeps who owns each conversation as a table.
 
 pub mod config;
+pub mod followups;
 pub mod mapping;
 pub mod recent;
 
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use config::MqttConfig;
+use followups::Followups;
 use mapping::{Owners, Undo};
 use recent::RecentIds;
 
@@ -32,6 +34,7 @@ pub struct MqttSink {
     acks: mpsc::UnboundedReceiver<()>,
     event_loop: JoinHandle<()>,
     recent: RecentIds,
+    followups: Followups,
     owners: Owners,
     config: MqttConfig,
     prefix: String,
@@ -70,6 +73,7 @@ impl MqttSink {
             acks,
             event_loop,
             recent: RecentIds::new(config.dedup_capacity),
+            followups: Followups::new(config.dedup_capacity),
             owners: Owners::default(),
             config,
             prefix: connection.topic_prefix.clone(),
@@ -105,37 +109,62 @@ impl MqttSink {
                 let key = format!("assignment:{}:{}", a.org, a.id);
                 if self.recent.contains(&key) || published.contains(&key) {
                     // A late copy must not move the owner back either.
-                    return Ok((key, Vec::new(), None));
+                    return Ok((key, Vec::new(), None, Follow::No));
                 }
                 undo.extend(self.owners.apply(&a));
                 let topics = mapping::assignment_topics(prefix, &a);
-                Ok((key, topics, None))
+                Ok((key, topics, None, Follow::No))
             }
             topics::OUTBOUND_RESULTS => {
                 let r = events::codec::decode::<OutboundResult>(&record.value)
                     .map_err(|e| format!("not an outbound result: {e}"))?;
                 let topics = mapping::outbound_result_topics(prefix, &r);
-                Ok((format!("result:{}:{}", r.org, r.id), topics, None))
+                Ok((
+                    format!("result:{}:{}", r.org, r.id),
+                    topics,
+                    None,
+                    Follow::No,
+                ))
             }
             topics::MESSAGES_STATUS => {
                 let t = events::codec::decode::<StatusTransition>(&record.value)
                     .map_err(|e| format!("not a status transition: {e}"))?;
                 let topics = mapping::status_topics(prefix, &t);
                 let payload = mapping::status_payload(&t);
-                Ok((format!("status:{}:{}", t.org, t.id), topics, Some(payload)))
+                let key = format!("status:{}:{}", t.org, t.id);
+                Ok((key, topics, Some(payload), Follow::No))
             }
             _ => {
                 let event = events::codec::decode::<WhatsAppEvent>(&record.value)
                     .map_err(|e| format!("not a whatsapp event: {e}"))?;
                 let topics = mapping::event_topics(prefix, &event, &self.owners);
-                Ok((event.scoped_id(), topics, None))
+                let follow = match followups::original_of(&event) {
+                    Some(original)
+                        if !self.recent.contains(&original) && !published.contains(&original) =>
+                    {
+                        Follow::Change(original)
+                    }
+                    Some(_) => Follow::No,
+                    None => Follow::Original,
+                };
+                Ok((event.scoped_id(), topics, None, follow))
             }
         }
     }
 }
 
-/// A record's dedup key, its topics, and its payload when not the record's own JSON.
-type Routed = (String, Vec<String>, Option<Vec<u8>>);
+/// A record's dedup key, its topics, its payload when not the record's own JSON, and
+/// what it means for [`Followups`].
+type Routed = (String, Vec<String>, Option<Vec<u8>>, Follow);
+
+/// A record's part in changes that overtake their original.
+enum Follow {
+    No,
+    /// A change whose original (`org:wamid`) this sink has not published (yet).
+    Change(String),
+    /// Possibly an original that changes are waiting for.
+    Original,
+}
 
 impl Stage for MqttSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
@@ -160,7 +189,7 @@ impl MqttSink {
         let mut published = Vec::new();
         let mut publishes = 0;
         for (index, record) in batch.iter().enumerate() {
-            let (key, topics, payload) = match self.route(record, &published, undo) {
+            let (key, topics, payload, follow) = match self.route(record, &published, undo) {
                 Ok(routed) => routed,
                 Err(reason) => {
                     rejects.push(Reject { index, reason });
@@ -172,11 +201,19 @@ impl MqttSink {
             }
             let payload =
                 payload.unwrap_or_else(|| events::codec::json_part(&record.value).to_vec());
-            for topic in topics {
-                self.client
-                    .publish(topic, QoS::AtLeastOnce, false, payload.clone())
-                    .await?;
-                publishes += 1;
+            let mut out = vec![(topics, payload)];
+            match follow {
+                Follow::Change(original) => self.followups.wait(original, out[0].clone()),
+                Follow::Original => out.extend(self.followups.after(&key)),
+                Follow::No => {}
+            }
+            for (topics, payload) in out {
+                for topic in topics {
+                    self.client
+                        .publish(topic, QoS::AtLeastOnce, false, payload.clone())
+                        .await?;
+                    publishes += 1;
+                }
             }
             published.push(key);
         }
@@ -192,6 +229,7 @@ impl MqttSink {
             }
         }
         for id in published {
+            self.followups.release(&id);
             self.recent.insert(id);
         }
         Ok(rejects)
