@@ -19,20 +19,22 @@ pub struct Fetch {
 
 /// The media of every message in the batch that has a Meta media id: customers',
 /// Business-app echoes' and history items' alike (Coexist's own sends are already in
-/// S3 or came from a link).
+/// S3 or came from a link), and an edit's new media, stored on the message it edits
+/// (the newest copy is the one served).
 pub fn fetches<'a>(events: impl IntoIterator<Item = (usize, &'a WhatsAppEvent)>) -> Vec<Fetch> {
     events
         .into_iter()
         .filter_map(|(source, event)| {
-            let EventBody::Message(m) = &event.body else {
-                return None;
+            let (wamid, media) = match &event.body {
+                EventBody::Message(m) => (&m.wamid, m.media.as_ref()?),
+                EventBody::Edit(c) => (&c.wamid, c.media.as_ref()?),
+                _ => return None,
             };
-            let media = m.media.as_ref()?;
             Some(Fetch {
                 source,
                 org: event.org.clone(),
                 phone_number_id: event.phone_number_id.clone(),
-                wamid: m.wamid.clone(),
+                wamid: wamid.clone(),
                 media_id: media.id.clone()?,
                 mime_type: media.mime_type.clone(),
             })
@@ -69,6 +71,28 @@ mod tests {
         assert_eq!(fetches[0].media_id, "1003383421387256");
         assert_eq!(fetches[0].mime_type.as_deref(), Some("image/jpeg"));
         assert_eq!(fetches[0].org, "acme");
+    }
+
+    #[test]
+    fn an_edits_new_media_is_fetched_for_the_message_it_edits() {
+        let mut events = events_of("smb_message_echoes_edit");
+        assert!(fetches(events.iter().enumerate()).is_empty(), "a text edit");
+        let EventBody::Edit(change) = &mut events[0].body else {
+            panic!("not an edit: {:?}", events[0].body);
+        };
+        change.media = Some(events::event::MediaRef {
+            id: Some("777".into()),
+            mime_type: Some("image/png".into()),
+            sha256: None,
+            filename: None,
+        });
+        let original = change.wamid.clone();
+        let fetches = fetches(events.iter().enumerate());
+        assert_eq!(fetches.len(), 1);
+        assert_eq!(
+            (fetches[0].wamid.as_str(), fetches[0].media_id.as_str()),
+            (original.as_str(), "777")
+        );
     }
 
     #[test]
