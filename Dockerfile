@@ -10,9 +10,10 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka builds librdkafka from its bundled C sources (./configure + make, no cmake);
-# the `libz` feature links zlib. mongodb uses rustls, so no OpenSSL is needed.
+# the `libz` feature links zlib and `ssl` links OpenSSL (Kafka over TLS, SASL SCRAM).
+# mongodb uses rustls.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -33,9 +34,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 ############################
 FROM debian:bookworm-slim AS runtime
 
-# ca-certificates: TLS to managed Kafka / Mongo Atlas / ClickHouse Cloud etc.
+# ca-certificates: TLS to managed Kafka / Mongo Atlas / ClickHouse Cloud etc.; libssl3:
+# librdkafka's TLS.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 coexist \
  && useradd --system --uid 10001 --gid coexist --no-create-home --home-dir /nonexistent \

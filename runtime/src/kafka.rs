@@ -709,6 +709,32 @@ mod tests {
         assert_eq!(client.get("client.id"), Some("coexist-ingest"));
     }
 
+    /// This build of librdkafka speaks TLS and SCRAM (the `ssl` feature): a client
+    /// for `sasl_ssl` with SCRAM is created (it connects lazily, so no broker is
+    /// needed to see that librdkafka accepts the settings).
+    #[test]
+    fn tls_and_scram_clients_can_be_created() {
+        for (protocol, mechanism) in [
+            ("ssl", ""),
+            ("sasl_ssl", "SCRAM-SHA-512"),
+            ("sasl_ssl", "PLAIN"),
+        ] {
+            let config = KafkaConfig {
+                security_protocol: protocol.into(),
+                sasl_mechanism: mechanism.into(),
+                sasl_username: "coexist".into(),
+                sasl_password: crate::Secret::new("pw"),
+                ..KafkaConfig::default()
+            };
+            let created: Result<rdkafka::producer::BaseProducer, _> = config.base("test").create();
+            assert!(
+                created.is_ok(),
+                "{protocol} {mechanism}: {:?}",
+                created.err()
+            );
+        }
+    }
+
     #[test]
     fn a_group_starts_at_either_end_or_at_a_time() {
         assert_eq!(
