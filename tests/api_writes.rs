@@ -37,12 +37,20 @@ async fn directory_messages_and_commands_reach_their_stores_and_topics() {
         409
     );
     let bob = stack.login(&org, &agent_phone, "bob-phone").await;
+    // A body that is not an object is refused (serde would read a struct from an
+    // array field by field and accept `[null, null]` as an update of nothing).
+    let (status, _, body) = stack
+        .call("PATCH", "/v1/agents/bob", token, Some(json!([null, null])))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request");
+    // A whole number written with a point (JSON Schema's `integer` admits 7.0).
     let (status, _, _) = stack
         .call(
             "PATCH",
             "/v1/agents/bob",
             token,
-            Some(json!({ "capacity": 7 })),
+            Some(json!({ "capacity": 7.0 })),
         )
         .await;
     assert_eq!(status, 202);

@@ -63,10 +63,45 @@ impl Modify for Shared {
     }
 }
 
+/// Request bodies that need an email or a phone: what a field-by-field derive cannot
+/// say, added as `allOf: [the body, anyOf: [email given, phone given]]`.
+const NEED_A_CONTACT: [&str; 2] = ["OtpRequest", "Invite"];
+
+/// Adds to each of [`NEED_A_CONTACT`] that an email or a phone (a string) is required.
+fn require_a_contact(spec: &mut Spec) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Schema, Type};
+    let Some(components) = spec.components.as_mut() else {
+        return;
+    };
+    let given = |field: &str| {
+        ObjectBuilder::new()
+            .property(field, ObjectBuilder::new().schema_type(Type::String))
+            .required(field)
+            .build()
+    };
+    for name in NEED_A_CONTACT {
+        if let Some(body) = components.schemas.remove(name) {
+            let contact = AnyOfBuilder::new()
+                .item(given("email"))
+                .item(given("phone"))
+                .build();
+            let both = AllOfBuilder::new()
+                .item(body)
+                .item(Schema::AnyOf(contact))
+                .build();
+            components
+                .schemas
+                .insert(name.to_string(), RefOr::T(Schema::AllOf(both)));
+        }
+    }
+}
+
 /// The served document: `ApiDoc`'s header over the routes' operations.
 pub fn finish(routes: Spec) -> Spec {
     let mut spec = ApiDoc::openapi();
     spec.merge(routes);
     Shared.modify(&mut spec);
+    require_a_contact(&mut spec);
     spec
 }

@@ -45,10 +45,25 @@ pub struct PolicyRequest {
     /// A number's policy; absent sets the org's default.
     #[schema(pattern = r"^[0-9]{1,32}$")]
     pub phone_number_id: Option<String>,
-    /// `{"kind":"round_robin"|"least_loaded"|"manual"}` or
-    /// `{"kind":"sticky","window_ms":86400000}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = PolicyShape)]
     pub policy: RoutingPolicy,
+}
+
+/// The OpenAPI shape of [`RoutingPolicy`]'s JSON, tagged by `kind`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+#[serde(tag = "kind")]
+pub enum PolicyShape {
+    RoundRobin,
+    LeastLoaded,
+    /// The agent who last had the contact, within the window.
+    Sticky {
+        /// At most 30 days.
+        #[schema(minimum = 1, maximum = 2_592_000_000_i64)]
+        window_ms: i64,
+    },
+    Manual,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

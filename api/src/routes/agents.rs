@@ -41,10 +41,11 @@ pub struct Invite {
     /// Digits with country code: where one-time codes are sent.
     #[schema(pattern = r"^\+?[0-9]{6,20}$")]
     pub phone: Option<String>,
-    #[schema(value_type = String, example = "agent")]
+    #[schema(value_type = RoleShape)]
     pub role: Role,
     /// Most conversations assigned at once.
     #[schema(maximum = 1000)]
+    #[serde(deserialize_with = "crate::extract::whole_number")]
     pub capacity: u32,
 }
 
@@ -52,10 +53,20 @@ pub struct Invite {
 pub struct AgentPatch {
     #[schema(pattern = r"\S", max_length = 100)]
     pub name: Option<String>,
-    #[schema(value_type = Option<String>, example = "admin")]
+    #[schema(value_type = Option<RoleShape>)]
     pub role: Option<Role>,
     #[schema(maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::extract::some_whole_number")]
     pub capacity: Option<u32>,
+}
+
+/// The OpenAPI shape of a [`Role`].
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum RoleShape {
+    Admin,
+    Agent,
 }
 
 pub fn agent_of(d: &Document) -> Agent {

@@ -245,30 +245,31 @@ async fn outbound(
     Ok(accepted(id))
 }
 
-/// The body of a conversation command (documentation of [`CommandAction`]'s JSON):
-/// `{"action":"claim"}`, `{"action":"transfer","to_agent":"bob"}` (absent: back to
-/// the queue), `{"action":"resolve"}`, `{"action":"reopen"}`,
-/// `{"action":"force_assign","to_agent":"bob"}` (admins), `{"action":"note","text":"..."}`.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct CommandRequest {
-    action: ActionName,
-    /// For transfer and force_assign.
-    to_agent: Option<String>,
-    /// For note.
-    text: Option<String>,
-}
-
+/// The body of a conversation command: the OpenAPI shape of [`CommandAction`]'s JSON
+/// (tagged by `action`), so a generated client cannot build a note without text or
+/// a force-assign without an agent.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 #[schema(rename_all = "snake_case")]
-enum ActionName {
+#[serde(tag = "action")]
+pub enum CommandRequest {
     Claim,
-    Transfer,
+    /// Absent `to_agent`: back to the queue.
+    Transfer {
+        #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
+        to_agent: Option<String>,
+    },
     Resolve,
     Reopen,
-    ForceAssign,
-    Note,
+    /// Admins only.
+    ForceAssign {
+        #[schema(pattern = r"^[A-Za-z0-9._@=-]{1,128}$")]
+        to_agent: String,
+    },
+    Note {
+        #[schema(pattern = r"\S", min_length = 1, max_length = 4000)]
+        text: String,
+    },
 }
 
 /// Claim, transfer, resolve, reopen, force-assign or annotate a conversation.
