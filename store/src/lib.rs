@@ -45,7 +45,10 @@ impl<T> Clone for Collection<T> {
 
 impl<T> Copy for Collection<T> {}
 
-/// `{org}:{id}`: every document's `_id`. Ids are unique per org, never across orgs.
+/// Every document's own id field.
+pub const KEY_FIELD: &str = "_id";
+
+/// `{org}:{id}`: every document's `_id` but an org's. Ids are unique per org, never across orgs.
 pub fn key(org: &str, id: &str) -> String {
     format!("{org}:{id}")
 }

@@ -16,7 +16,7 @@ use mongodb::{Client, Database, IndexModel};
 use runtime::{Record, Reject, Stage};
 
 pub use config::MongoConfig;
-use mapping::{Upsert, collections};
+use mapping::Upsert;
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -25,49 +25,24 @@ pub async fn connect(config: &MongoConfig) -> anyhow::Result<Database> {
     let client = Client::with_uri_str(config.uri.expose()).await?;
     let db = client.database(&config.database);
     ensure_indexes(&db).await?;
-    directory::ensure_indexes(&db).await?;
     Ok(db)
 }
 
+/// The read model's indexes ([`store::index::all`]): the sink owns the collections.
 async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
-    let unique = || IndexOptions::builder().unique(true).build();
-    let index = |keys: Document, options: Option<IndexOptions>| {
-        IndexModel::builder().keys(keys).options(options).build()
-    };
-    let specs: [(&str, Vec<IndexModel>); 4] = [
-        (
-            collections::MESSAGES,
-            vec![
-                index(doc! { "org": 1, "id": 1 }, Some(unique())),
-                index(doc! { "org": 1, "conversation_id": 1, "sent_at": -1 }, None),
-                // `GET /v1/media/{media_id}`: the message whose media the sink stored.
-                index(doc! { "org": 1, "stored_media.media_id": 1 }, None),
-            ],
-        ),
-        (
-            collections::CONTACTS,
-            vec![
-                index(doc! { "org": 1, "wa_id": 1 }, Some(unique())),
-                index(doc! { "org": 1, "profile_name": 1 }, None),
-            ],
-        ),
-        (
-            collections::CONVERSATIONS,
-            vec![
-                index(doc! { "org": 1, "id": 1 }, Some(unique())),
-                index(doc! { "org": 1, "state": 1, "last_message_at": -1 }, None),
-                index(
-                    doc! { "org": 1, "assignee": 1, "state": 1, "last_message_at": -1 },
-                    None,
-                ),
-            ],
-        ),
-        (
-            collections::MESSAGE_STATUSES,
-            vec![index(doc! { "org": 1, "wamid": 1, "at": 1 }, None)],
-        ),
-    ];
-    for (collection, models) in specs {
+    let mut by_collection: BTreeMap<&str, Vec<IndexModel>> = BTreeMap::new();
+    for index in store::index::all() {
+        let options = index
+            .unique
+            .then(|| IndexOptions::builder().unique(true).build());
+        by_collection.entry(index.collection).or_default().push(
+            IndexModel::builder()
+                .keys(index.keys)
+                .options(options)
+                .build(),
+        );
+    }
+    for (collection, models) in by_collection {
         db.collection::<Document>(collection)
             .create_indexes(models)
             .await?;
