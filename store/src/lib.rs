@@ -45,6 +45,35 @@ impl<T> Clone for Collection<T> {
 
 impl<T> Copy for Collection<T> {}
 
+/// A collection of the read model as plain data: its name and the top-level fields
+/// its documents hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Declared {
+    pub name: &'static str,
+    pub fields: &'static [&'static str],
+}
+
+/// Every collection of the read model. The API can only name these (through their
+/// typed [`Collection`] constants), so the writer's test that each one is written,
+/// with its own fields only, covers every read.
+pub fn collections() -> Vec<Declared> {
+    use directory::*;
+    use inbox::*;
+    let declared = |name, fields| Declared { name, fields };
+    vec![
+        declared(MESSAGES.name, Message::FIELDS),
+        declared(MESSAGE_STATUSES.name, MessageStatus::FIELDS),
+        declared(CONTACTS.name, Contact::FIELDS),
+        declared(CONVERSATIONS.name, Conversation::FIELDS),
+        declared(HISTORY_SYNCS.name, HistorySync::FIELDS),
+        declared(COMMAND_RESULTS.name, CommandResult::FIELDS),
+        declared(ORGS.name, Org::FIELDS),
+        declared(AGENTS.name, Agent::FIELDS),
+        declared(BUSINESS_NUMBERS.name, BusinessNumber::FIELDS),
+        declared(PUSH_TOKENS.name, PushToken::FIELDS),
+    ]
+}
+
 /// Every document's own id field.
 pub const KEY_FIELD: &str = "_id";
 
