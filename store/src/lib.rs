@@ -82,6 +82,13 @@ pub fn key(org: &str, id: &str) -> String {
     format!("{org}:{id}")
 }
 
+/// A value as stored: its serde form (enums as their snake_case names), `Null` for
+/// one that has none. Writers and queries use it, so a filter compares what was
+/// written.
+pub fn to_bson<T: serde::Serialize>(value: &T) -> bson::Bson {
+    bson::to_bson(value).unwrap_or(bson::Bson::Null)
+}
+
 /// Declares a document's field-name constants beside its struct, and `FIELDS`
 /// (every one of them) for the test that checks them against the struct's serde
 /// names. `paths { .. }` are dotted paths into its sub-documents, checked likewise.

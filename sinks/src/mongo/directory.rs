@@ -7,12 +7,12 @@
 
 use events::directory::{Change, DirectoryChange};
 use mongodb::Database;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use runtime::{Record, Reject};
 use store::directory::{
     AGENTS, Agent, BUSINESS_NUMBERS, BusinessNumber, ORGS, Org, PUSH_TOKENS, PushToken,
 };
-use store::key;
+use store::{key, to_bson};
 
 use super::mapping::Upsert;
 
@@ -24,10 +24,6 @@ pub enum Write {
         collection: &'static str,
         filter: Document,
     },
-}
-
-fn to_bson<T: serde::Serialize>(value: &T) -> Bson {
-    mongodb::bson::to_bson(value).unwrap_or(Bson::Null)
 }
 
 /// The writes for a batch of `(record index, change)`, in batch order.

@@ -21,7 +21,7 @@ use store::inbox::{
     COMMAND_RESULTS, CONVERSATIONS, CommandResult, Conversation, INTERNAL, MESSAGES, Message,
     StoredMedia,
 };
-use store::key;
+use store::{key, to_bson};
 
 use super::mapping::Upsert;
 
@@ -320,10 +320,6 @@ fn media(m: &MediaStored) -> Statement {
 
 fn opt(value: &Option<String>) -> Bson {
     value.clone().map_or(Bson::Null, Bson::String)
-}
-
-fn to_bson<T: serde::Serialize>(value: &T) -> Bson {
-    mongodb::bson::to_bson(value).unwrap_or(Bson::Null)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use store::inbox::{
     HistorySync, LastMessage, MESSAGE_STATUSES, MESSAGES, Message, MessageStatus, Reaction, Revoke,
     SYNC_ONLY, SyncError, SyncStatus,
 };
+use store::to_bson;
 
 /// One update statement of an `update` command, with the batch record it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,10 +160,6 @@ fn seconds(at: i64) -> DateTime {
 
 fn opt(value: &Option<String>) -> Bson {
     value.clone().map_or(Bson::Null, Bson::String)
-}
-
-fn to_bson<T: serde::Serialize>(value: &T) -> Bson {
-    mongodb::bson::to_bson(value).unwrap_or(Bson::Null)
 }
 
 /// The fields every way of creating a message document starts with.
