@@ -260,6 +260,9 @@ async fn reactions_keep_the_newest_per_reactor_in_any_order() {
         .unwrap()
         .clone();
     assert_eq!(reaction.get("emoji"), Some(&Bson::Null), "taken off");
+    // As the API reads it: the reactor is there, with no emoji.
+    let message = typed(&removed[0].1);
+    assert_eq!(message.reactions["16505551234"].emoji, None);
 }
 
 /// Pablo (12125557890) writes once; then Business-app changes for him: two adds and

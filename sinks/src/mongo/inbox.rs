@@ -323,10 +323,13 @@ fn opt(value: &Option<String>) -> Bson {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn assignment_event(state: ConversationState, assignee: Option<&str>) -> AssignmentEvent {
+    pub(crate) fn assignment_event(
+        state: ConversationState,
+        assignee: Option<&str>,
+    ) -> AssignmentEvent {
         AssignmentEvent {
             id: "a1".into(),
             org: "acme".into(),
@@ -399,7 +402,8 @@ mod tests {
         assert_eq!(fields.get_str("reason").unwrap(), "already assigned to bob");
     }
 
-    fn sent(wamid: Option<&str>) -> OutboundResult {
+    /// A command of agent ana's in conversation `111-222`.
+    pub(crate) fn command(payload: serde_json::Value) -> OutboundMessage {
         OutboundMessage {
             id: "cmd-1".into(),
             org: "acme".into(),
@@ -408,9 +412,12 @@ mod tests {
             to: "222".into(),
             sent_by: "ana".into(),
             at_ms: 9_000,
-            payload: serde_json::json!({"type": "text", "text": {"body": "on its way"}}),
+            payload,
         }
-        .result(
+    }
+
+    pub(crate) fn sent(wamid: Option<&str>) -> OutboundResult {
+        command(serde_json::json!({"type": "text", "text": {"body": "on its way"}})).result(
             wamid.map(str::to_owned),
             wamid.is_none().then(|| {
                 serde_json::from_value(

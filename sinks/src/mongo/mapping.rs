@@ -7,6 +7,9 @@
 //!   lower, and when it is not lower the upsert's insert collides on `_id` (duplicate
 //!   key, 11000), which means "already there or further" and is not an error;
 //! - times use `$max`, so late events never move them back.
+//!
+//! The documents, their field names and collections are `store`'s (the API reads the
+//! same types); this module only decides which statements an event becomes.
 
 use events::event::*;
 use events::{DeliveryStatus, WhatsAppEvent, semantics};

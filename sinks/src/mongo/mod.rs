@@ -1,4 +1,5 @@
-//! The MongoDB sink: the system of record for contacts, conversations and messages.
+//! The MongoDB sink: the system of record for contacts, conversations and messages,
+//! and the only writer of the read model whose documents `store` defines.
 //!
 //! A batch becomes one `update` command per collection (many statements, one round
 //! trip), which every MongoDB version and wire-compatible server understands.
@@ -169,12 +170,13 @@ fn as_index(value: &Bson) -> Option<usize> {
 mod contract_tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use events::delivery::{MediaStored, OutboundMessage};
+    use events::delivery::MediaStored;
     use events::directory::{Change, DirectoryChange, Role, RoutingPolicy, Sealed};
-    use events::inbox::{AssignmentEvent, ConversationState};
+    use events::inbox::ConversationState;
     use events::topics;
     use mongodb::bson::{Bson, Document};
 
+    use super::inbox::tests as samples;
     use super::{directory, inbox, mapping};
 
     /// `(collection, filter, update)` of every kind of write the sink plans.
@@ -195,33 +197,11 @@ mod contract_tests {
                 out.push((u.collection, u.filter, u.update));
             }
         }
-        let assignment = AssignmentEvent {
-            id: "a1".into(),
-            org: "acme".into(),
-            phone_number_id: "111".into(),
-            conversation_id: "111-222".into(),
-            state: ConversationState::Assigned,
-            assignee: Some("ann".into()),
-            command_id: Some("k1".into()),
-            issued_by: Some("ann".into()),
-            rejected: None,
-            note: Some("call back".into()),
-            at_ms: 5,
-        };
-        let message = OutboundMessage {
-            id: "cmd-1".into(),
-            org: "acme".into(),
-            phone_number_id: "111".into(),
-            conversation_id: "111-222".into(),
-            to: "222".into(),
-            sent_by: "ann".into(),
-            at_ms: 9,
-            payload: serde_json::json!({"type": "text", "text": {"body": "hi"}}),
-        };
-        let mut read = message.clone();
-        read.payload = serde_json::json!({"status": "read", "message_id": "wamid.A"});
-        let failed: events::webhook::ApiError =
-            serde_json::from_value(serde_json::json!({"code": 131047})).unwrap();
+        let mut assignment = samples::assignment_event(ConversationState::Assigned, Some("ann"));
+        assignment.command_id = Some("k1".into());
+        assignment.issued_by = Some("ann".into());
+        assignment.note = Some("call back".into());
+        let read = samples::command(serde_json::json!({"status": "read", "message_id": "wamid.A"}));
         let stored = MediaStored {
             media_id: "m1".into(),
             org: "acme".into(),
@@ -238,11 +218,11 @@ mod contract_tests {
             ),
             (
                 topics::OUTBOUND_RESULTS,
-                serde_json::to_vec(&message.result(Some("wamid.B".into()), None, 10)),
+                serde_json::to_vec(&samples::sent(Some("wamid.B"))),
             ),
             (
                 topics::OUTBOUND_RESULTS,
-                serde_json::to_vec(&message.result(None, Some(failed), 10)),
+                serde_json::to_vec(&samples::sent(None)),
             ),
             (topics::MESSAGES_OUTBOUND, serde_json::to_vec(&read)),
             (topics::MEDIA_STORED, serde_json::to_vec(&stored)),
