@@ -112,7 +112,8 @@ pub async fn request_otp(
     State(state): State<AppState>,
     Body(req): Body<OtpRequest>,
 ) -> ApiResult<(StatusCode, Json<OtpChallenge>)> {
-    let mut filter = doc! { "active": true };
+    use store::directory::Agent as A;
+    let mut filter = doc! { A::ACTIVE: true };
     let email_ok = |e: &String| e.contains('@') && e.chars().count() <= 254;
     let phone_ok = |p: &String| phone_is_valid(p);
     if req.email.as_ref().is_some_and(|e| !email_ok(e))
@@ -123,16 +124,16 @@ pub async fn request_otp(
     match (&req.email, &req.phone) {
         // Both given: the email decides.
         (Some(email), _) if email.contains('@') && email.chars().count() <= 254 => {
-            filter.insert("email", normalize_email(email));
+            filter.insert(A::EMAIL, normalize_email(email));
         }
         (None, Some(phone)) if phone_is_valid(phone) => {
-            filter.insert("phone", normalize_phone(phone));
+            filter.insert(A::PHONE, normalize_phone(phone));
         }
         _ => return Err(ApiError::invalid("give either an email or a phone number")),
     }
     if let Some(org) = &req.org {
         crate::routes::valid_id("org", org)?;
-        filter.insert("org", org);
+        filter.insert(A::ORG, org);
     }
     let challenge_id = sessions::random_id(16);
     let answer = (
