@@ -251,6 +251,18 @@ async fn a_note_is_on_the_timeline_and_on_the_conversation_topic_once_and_never_
         .call("GET", "/v1/conversations", Some(&t.admin), None)
         .await;
     assert_eq!(conv["items"][0]["unread_count"], 1, "{conv}");
+    // The same count on the conversation itself (it once read a stored counter
+    // nothing wrote, so it always said 0).
+    let (_, _, one) = t
+        .stack
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conversation}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(one["unread_count"], 1, "{one}");
     let (status, _, result) = t
         .stack
         .call(

@@ -201,6 +201,11 @@ fn all_equal(results: &[(String, Document)]) {
     }
 }
 
+/// A stored message as the API reads it.
+fn typed(doc: &Document) -> store::inbox::Message {
+    mongodb::bson::from_document(doc.clone()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_order_of_original_edits_and_revoke_stores_the_same_message() {
     let mut store = Store::new().await;
@@ -208,7 +213,7 @@ async fn any_order_of_original_edits_and_revoke_stores_the_same_message() {
     let edited = every_order(&mut store, &["original", "edit1", "edit2"]).await;
     all_equal(&edited);
     let (_, doc) = &edited[0];
-    let (preview, _) = sinks::mongo::mapping::current_content(doc).unwrap();
+    let (preview, _) = store::inbox::current_content(&typed(doc)).unwrap();
     assert_eq!(
         preview.as_deref(),
         Some("second edit"),
@@ -222,7 +227,7 @@ async fn any_order_of_original_edits_and_revoke_stores_the_same_message() {
     all_equal(&deleted);
     let (_, doc) = &deleted[0];
     assert!(doc.get_datetime("deleted_at").is_ok());
-    assert_eq!(sinks::mongo::mapping::current_content(doc), None);
+    assert_eq!(store::inbox::current_content(&typed(doc)), None);
     // The original's conversation and content arrived, whenever it came.
     assert!(
         doc.get_str("conversation_id")
@@ -255,6 +260,9 @@ async fn reactions_keep_the_newest_per_reactor_in_any_order() {
         .unwrap()
         .clone();
     assert_eq!(reaction.get("emoji"), Some(&Bson::Null), "taken off");
+    // As the API reads it: the reactor is there, with no emoji.
+    let message = typed(&removed[0].1);
+    assert_eq!(message.reactions["16505551234"].emoji, None);
 }
 
 /// Pablo (12125557890) writes once; then Business-app changes for him: two adds and
@@ -293,7 +301,7 @@ async fn contact_changes_apply_in_the_business_apps_order_and_a_remove_creates_n
     // which the API does not show.
     let org = format!("o{}", unique());
     store.write(&org, &["remove"], &bodies).await;
-    let visible = doc! { "org": &org, sinks::mongo::mapping::SYNC_ONLY: { "$ne": true } };
+    let visible = doc! { "org": &org, store::inbox::SYNC_ONLY: { "$ne": true } };
     assert_eq!(contacts.count_documents(visible.clone()).await.unwrap(), 0);
     // Once they write, they are a contact.
     store.write(&org, &["wrote"], &bodies).await;

@@ -47,6 +47,14 @@ pub struct Inner {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+impl Inner {
+    /// A collection of the read model, typed by its document: a read names the
+    /// store's collection and gets its struct, never a name and loose fields.
+    pub fn read<T: Send + Sync>(&self, collection: store::Collection<T>) -> mongodb::Collection<T> {
+        self.db.collection(collection.name)
+    }
+}
+
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
 }

@@ -97,6 +97,10 @@ pub struct AssignmentEvent {
     pub at_ms: i64,
 }
 
+/// The assignee of a conversation someone answers from the WhatsApp Business app
+/// (the router hands it there; the API shows it as `handled_by: business_app`).
+pub const BUSINESS_APP: &str = "business_app";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationState {

@@ -23,6 +23,10 @@ use futures::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde::Serialize;
+use store::inbox::{
+    COMMAND_RESULTS, CONVERSATIONS, CommandResult, Conversation, MESSAGE_STATUSES, MESSAGES,
+    Message, MessageStatus,
+};
 use tokio::process::{Child, Command};
 
 use crate::Config;
@@ -558,15 +562,15 @@ impl Setup {
             tally::tally(
                 "mongodb messages",
                 &expected.messages,
-                &mongo_counts(&db, "messages", doc! { "org": org }, "$id").await?,
+                &mongo_counts(&db, MESSAGES.name, doc! { Message::ORG: org }, "$id").await?,
             ),
             tally::tally(
                 "mongodb message_statuses",
                 &expected.statuses,
                 &mongo_counts(
                     &db,
-                    "message_statuses",
-                    doc! { "org": org },
+                    MESSAGE_STATUSES.name,
+                    doc! { MessageStatus::ORG: org },
                     doc! { "$concat": ["$wamid", ":", "$status"] },
                 )
                 .await?,
@@ -576,8 +580,8 @@ impl Setup {
                 &expected.replies,
                 &mongo_counts(
                     &db,
-                    "messages",
-                    doc! { "org": org, "status": "read" },
+                    MESSAGES.name,
+                    doc! { Message::ORG: org, Message::STATUS: "read" },
                     "$id",
                 )
                 .await?,
@@ -585,7 +589,13 @@ impl Setup {
             tally::tally(
                 "mongodb conversations",
                 &expected.conversations,
-                &mongo_counts(&db, "conversations", doc! { "org": org }, "$id").await?,
+                &mongo_counts(
+                    &db,
+                    CONVERSATIONS.name,
+                    doc! { Conversation::ORG: org },
+                    "$id",
+                )
+                .await?,
             ),
         ];
         let ch = sinks::clickhouse::client(&self.config.sinks.clickhouse);
@@ -622,8 +632,8 @@ impl Setup {
             &expected.commands,
             &mongo_counts(
                 &db,
-                "command_results",
-                doc! { "org": org, "kind": "send", "accepted": true },
+                COMMAND_RESULTS.name,
+                doc! { CommandResult::ORG: org, CommandResult::KIND: "send", CommandResult::ACCEPTED: true },
                 "$command_id",
             )
             .await?,

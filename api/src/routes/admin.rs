@@ -7,12 +7,13 @@ use axum::http::StatusCode;
 use events::delivery::OutboundMessage;
 use events::directory::{Change, RoutingPolicy};
 use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
-use sinks::mongo::directory::collections;
+use store::directory::{BUSINESS_NUMBERS, BusinessNumber as Stored};
+use store::inbox::{HISTORY_SYNCS, HistorySync};
 use utoipa::ToSchema;
 
-use super::{Accepted, accepted, text, valid_digits};
+use super::{Accepted, accepted, valid_digits};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Path};
@@ -100,11 +101,10 @@ pub struct SyncProgress {
 }
 
 /// The business number `phone_number_id` of `org` (404 for another org's).
-pub async fn number_of(state: &AppState, org: &str, phone_number_id: &str) -> ApiResult<Document> {
+pub async fn number_of(state: &AppState, org: &str, phone_number_id: &str) -> ApiResult<Stored> {
     state
-        .db
-        .collection::<Document>(collections::BUSINESS_NUMBERS)
-        .find_one(doc! { "_id": format!("{org}:{phone_number_id}") })
+        .read(BUSINESS_NUMBERS)
+        .find_one(doc! { Stored::KEY: store::key(org, phone_number_id) })
         .await?
         .ok_or_else(|| ApiError::not_found("business number"))
 }
@@ -116,23 +116,22 @@ pub async fn list_numbers(
     State(state): State<AppState>,
     Admin(caller): Admin,
 ) -> ApiResult<Json<Vec<BusinessNumber>>> {
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::BUSINESS_NUMBERS)
-        .find(doc! { "org": &caller.org })
-        .sort(doc! { "_id": 1 })
+    let found: Vec<Stored> = state
+        .read(BUSINESS_NUMBERS)
+        .find(doc! { Stored::ORG: &caller.org })
+        .sort(doc! { Stored::KEY: 1 })
         .limit(1000)
         .await?
         .try_collect()
         .await?;
     Ok(Json(
         found
-            .iter()
+            .into_iter()
             .map(|d| BusinessNumber {
-                phone_number_id: text(d, "phone_number_id").unwrap_or_default(),
-                display_phone_number: text(d, "display_phone_number"),
-                waba_id: text(d, "waba_id"),
-                has_credentials: d.get_document("access_token").is_ok(),
+                has_credentials: d.access_token.is_some(),
+                phone_number_id: d.phone_number_id,
+                display_phone_number: d.display_phone_number,
+                waba_id: d.waba_id,
             })
             .collect(),
     ))
@@ -166,9 +165,10 @@ pub async fn upsert_number(
     // A number belongs to exactly one org. Its id is Meta's, global: saying it is
     // taken is the answer the registering admin needs (and reveals no other org).
     let owner = state
-        .db
-        .collection::<Document>(collections::BUSINESS_NUMBERS)
-        .find_one(doc! { "phone_number_id": &phone_number_id, "org": { "$ne": &caller.org } })
+        .read(BUSINESS_NUMBERS)
+        .find_one(
+            doc! { Stored::PHONE_NUMBER_ID: &phone_number_id, Stored::ORG: { "$ne": &caller.org } },
+        )
         .await?;
     if owner.is_some() {
         return Err(ApiError::conflict(format!(
@@ -272,26 +272,19 @@ pub async fn sync_progress(
     valid_digits("phone_number_id", &phone_number_id)?;
     number_of(&state, &caller.org, &phone_number_id).await?;
     let sync = state
-        .db
-        .collection::<Document>(sinks::mongo::mapping::collections::HISTORY_SYNCS)
-        .find_one(doc! { "_id": format!("{}:{phone_number_id}", caller.org) })
+        .read(HISTORY_SYNCS)
+        .find_one(doc! { HistorySync::KEY: store::key(&caller.org, &phone_number_id) })
         .await?
         .unwrap_or_default();
+    let ms = |at: Option<mongodb::bson::DateTime>| at.map(|d| d.timestamp_millis());
     Ok(Json(SyncProgress {
         phone_number_id,
-        progress: super::int(&sync, "progress"),
-        chunks: sync
-            .get_array("chunks")
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        updated_at_ms: super::millis(&sync, "updated_at"),
-        status: super::text(&sync, "status"),
-        phase: super::int(&sync, "phase"),
-        error: super::json(&sync, "error"),
-        finished_at_ms: super::millis(&sync, "finished_at"),
+        progress: sync.progress,
+        chunks: sync.chunks,
+        updated_at_ms: ms(sync.updated_at),
+        status: sync.status.map(|s| s.as_str().to_string()),
+        phase: sync.phase,
+        error: sync.error.and_then(|e| serde_json::to_value(e).ok()),
+        finished_at_ms: ms(sync.finished_at),
     }))
 }

@@ -6,12 +6,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use events::directory::{Change, Role};
 use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
-use sinks::mongo::directory::collections;
+use store::directory::{AGENTS, Agent as Stored};
 use utoipa::ToSchema;
 
-use super::{Accepted, accepted, text, valid_id};
+use super::{Accepted, accepted, valid_id};
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Path};
@@ -69,24 +69,23 @@ pub enum RoleShape {
     Agent,
 }
 
-pub fn agent_of(d: &Document) -> Agent {
+pub fn agent_of(d: Stored) -> Agent {
     Agent {
-        agent_id: text(d, "agent_id").unwrap_or_default(),
-        name: text(d, "name"),
-        email: text(d, "email"),
-        phone: text(d, "phone"),
-        role: text(d, "role"),
-        capacity: super::int(d, "capacity"),
-        active: super::flag(d, "active").unwrap_or(false),
+        agent_id: d.agent_id,
+        name: d.name,
+        email: d.email,
+        phone: d.phone,
+        role: d.role.map(|r| r.as_str().to_string()),
+        capacity: d.capacity,
+        active: d.active,
     }
 }
 
 /// The agent `agent_id` of `org`, if any.
-pub async fn find(state: &AppState, org: &str, agent_id: &str) -> ApiResult<Option<Document>> {
+pub async fn find(state: &AppState, org: &str, agent_id: &str) -> ApiResult<Option<Stored>> {
     Ok(state
-        .db
-        .collection::<Document>(collections::AGENTS)
-        .find_one(doc! { "_id": format!("{org}:{agent_id}") })
+        .read(AGENTS)
+        .find_one(doc! { Stored::KEY: store::key(org, agent_id) })
         .await?)
 }
 
@@ -97,16 +96,15 @@ pub async fn list_agents(
     State(state): State<AppState>,
     caller: Caller,
 ) -> ApiResult<Json<Vec<Agent>>> {
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::AGENTS)
-        .find(doc! { "org": &caller.org })
-        .sort(doc! { "agent_id": 1 })
+    let found: Vec<Stored> = state
+        .read(AGENTS)
+        .find(doc! { Stored::ORG: &caller.org })
+        .sort(doc! { Stored::AGENT_ID: 1 })
         .limit(1000)
         .await?
         .try_collect()
         .await?;
-    Ok(Json(found.iter().map(agent_of).collect()))
+    Ok(Json(found.into_iter().map(agent_of).collect()))
 }
 
 /// One agent.
@@ -122,7 +120,7 @@ pub async fn get_agent(
     let agent = find(&state, &caller.org, &agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found("agent"))?;
-    Ok(Json(agent_of(&agent)))
+    Ok(Json(agent_of(agent)))
 }
 
 fn valid_invite(invite: &Invite) -> ApiResult<()> {
@@ -204,8 +202,7 @@ pub async fn update_agent(
     }
     // A demoted admin's tokens would stay admin tokens until they expire: their
     // sessions (and broker logins) end now; they log in again as an agent.
-    let demoted = text(&current, "role").as_deref() == Some(Role::Admin.as_str())
-        && patch.role.is_some_and(|r| r != Role::Admin);
+    let demoted = current.role == Some(Role::Admin) && patch.role.is_some_and(|r| r != Role::Admin);
     let change = Change::AgentUpdated {
         agent_id: agent_id.clone(),
         name: patch.name,

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use events::delivery::OutboundMessage;
+use events::directory::Role;
 use mongodb::bson::{self, Document, doc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -111,7 +112,8 @@ pub async fn request_otp(
     State(state): State<AppState>,
     Body(req): Body<OtpRequest>,
 ) -> ApiResult<(StatusCode, Json<OtpChallenge>)> {
-    let mut filter = doc! { "active": true };
+    use store::directory::Agent as A;
+    let mut filter = doc! { A::ACTIVE: true };
     let email_ok = |e: &String| e.contains('@') && e.chars().count() <= 254;
     let phone_ok = |p: &String| phone_is_valid(p);
     if req.email.as_ref().is_some_and(|e| !email_ok(e))
@@ -122,16 +124,16 @@ pub async fn request_otp(
     match (&req.email, &req.phone) {
         // Both given: the email decides.
         (Some(email), _) if email.contains('@') && email.chars().count() <= 254 => {
-            filter.insert("email", normalize_email(email));
+            filter.insert(A::EMAIL, normalize_email(email));
         }
         (None, Some(phone)) if phone_is_valid(phone) => {
-            filter.insert("phone", normalize_phone(phone));
+            filter.insert(A::PHONE, normalize_phone(phone));
         }
         _ => return Err(ApiError::invalid("give either an email or a phone number")),
     }
     if let Some(org) = &req.org {
         crate::routes::valid_id("org", org)?;
-        filter.insert("org", org);
+        filter.insert(A::ORG, org);
     }
     let challenge_id = sessions::random_id(16);
     let answer = (
@@ -141,11 +143,10 @@ pub async fn request_otp(
             expires_in_secs: state.config.otp.ttl_secs,
         }),
     );
-    let agents: Vec<Document> = {
+    let agents: Vec<store::directory::Agent> = {
         use futures::TryStreamExt;
         state
-            .db
-            .collection::<Document>(sinks::mongo::directory::collections::AGENTS)
+            .read(store::directory::AGENTS)
             .find(filter)
             .limit(2)
             .await?
@@ -159,11 +160,14 @@ pub async fn request_otp(
         );
         return Ok(answer);
     };
-    let (Some(org), Some(agent_id)) = (super::text(agent, "org"), super::text(agent, "agent_id"))
-    else {
+    if agent.org.is_empty() || agent.agent_id.is_empty() {
         return Ok(answer);
-    };
-    let phone = super::text(agent, "phone");
+    }
+    let (org, agent_id, phone) = (
+        agent.org.clone(),
+        agent.agent_id.clone(),
+        agent.phone.clone(),
+    );
     // The rest happens after the answer, so a known user's answer takes no longer
     // than an unknown one's (the lookup above is the same for both).
     let state = state.clone();
@@ -271,13 +275,13 @@ async fn deliver_code(
         tracing::warn!(%org, "user has no phone number: the code cannot be sent by WhatsApp");
         return Ok(());
     };
+    use store::directory::BusinessNumber as N;
     let sender = state
-        .db
-        .collection::<Document>(sinks::mongo::directory::collections::BUSINESS_NUMBERS)
-        .find_one(doc! { "org": org })
-        .sort(doc! { "_id": 1 })
+        .read(store::directory::BUSINESS_NUMBERS)
+        .find_one(doc! { N::ORG: org })
+        .sort(doc! { N::KEY: 1 })
         .await?
-        .and_then(|d| super::text(&d, "phone_number_id"));
+        .map(|d| d.phone_number_id);
     let Some(phone_number_id) = sender else {
         tracing::warn!(%org, "org has no business number: the code cannot be sent by WhatsApp");
         return Ok(());
@@ -434,12 +438,12 @@ pub async fn verify_otp(
     let agent = active_agent(&state, &org, &agent_id)
         .await?
         .ok_or_else(invalid_code)?;
-    let role = super::text(&agent, "role").unwrap_or_else(|| "agent".into());
+    let role = agent.role.unwrap_or(Role::Agent).as_str();
     open_session(
         &state,
         &org,
         &agent_id,
-        &role,
+        role,
         &req.device_id,
         req.device_name,
     )
@@ -454,11 +458,15 @@ fn invalid_code() -> ApiError {
     )
 }
 
-async fn active_agent(state: &AppState, org: &str, agent_id: &str) -> ApiResult<Option<Document>> {
+async fn active_agent(
+    state: &AppState,
+    org: &str,
+    agent_id: &str,
+) -> ApiResult<Option<store::directory::Agent>> {
+    use store::directory::Agent as A;
     Ok(state
-        .db
-        .collection::<Document>(sinks::mongo::directory::collections::AGENTS)
-        .find_one(doc! { "_id": format!("{org}:{agent_id}"), "active": true })
+        .read(store::directory::AGENTS)
+        .find_one(doc! { A::KEY: store::key(org, agent_id), A::ACTIVE: true })
         .await?)
 }
 
@@ -660,14 +668,14 @@ pub async fn refresh(
         revoke_user(&state, &session.org, &session.agent_id, "agent deactivated").await?;
         return Err(ApiError::unauthorized("the account is deactivated"));
     };
-    let role = super::text(&agent, "role").unwrap_or_else(|| "agent".into());
+    let role = agent.role.unwrap_or(Role::Agent).as_str();
     let next = RefreshToken::new(&session.id, session.generation + 1);
     let swapped = sessions_coll
         .update_one(
             doc! { "_id": &session.id, "refresh_hash": &session.refresh_hash,
             "generation": session.generation, "revoked_at_ms": null },
             doc! { "$set": { "refresh_hash": next.hash(), "generation": next.generation,
-            "last_used_at_ms": now, "role": &role,
+            "last_used_at_ms": now, "role": role,
             "spent_hashes": sessions::spend(&session.spent_hashes, &session.refresh_hash) } },
         )
         .await?;
@@ -675,7 +683,7 @@ pub async fn refresh(
         // Someone else rotated this very token a moment ago: it was used twice.
         return reuse().await;
     }
-    session.role = role;
+    session.role = role.to_string();
     session.generation = next.generation;
     tokens(&state, &session, &next)
 }
@@ -764,7 +772,7 @@ pub async fn revoke_session(
 pub async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Me>> {
     let agent = active_agent(&state, &caller.org, &caller.user_id).await?;
     Ok(Json(Me {
-        name: agent.as_ref().and_then(|a| super::text(a, "name")),
+        name: agent.and_then(|a| a.name),
         org: caller.org,
         agent_id: caller.user_id,
         role: caller.role,

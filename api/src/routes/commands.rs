@@ -8,12 +8,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use events::delivery::OutboundMessage;
 use events::inbox::{CommandAction, ConversationCommand};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::{Accepted, accepted, text, valid_id};
+use super::{Accepted, accepted, valid_id};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Path};
@@ -193,10 +193,13 @@ pub async fn mark_read(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
     super::valid_wamid("message_id", &req.message_id)?;
+    use store::inbox::Message as M;
     let message = state
-        .db
-        .collection::<Document>(sinks::mongo::mapping::collections::MESSAGES)
-        .find_one(doc! { "_id": format!("{}:{}", caller.org, req.message_id), "conversation_id": &conversation_id })
+        .read(store::inbox::MESSAGES)
+        .find_one(doc! {
+            M::KEY: store::key(&caller.org, &req.message_id),
+            M::CONVERSATION_ID: &conversation_id,
+        })
         .await?;
     if message.is_none() {
         return Err(ApiError::not_found("message"));
@@ -207,10 +210,10 @@ pub async fn mark_read(
     outbound(&state, &caller, &conversation_id, &number, &to, payload).await
 }
 
-fn parties(conversation: &Document) -> ApiResult<(String, String)> {
+fn parties(conversation: &store::inbox::Conversation) -> ApiResult<(String, String)> {
     match (
-        text(conversation, "phone_number_id"),
-        text(conversation, "contact_wa_id"),
+        conversation.phone_number_id.clone(),
+        conversation.contact_wa_id.clone(),
     ) {
         (Some(n), Some(c)) if !n.is_empty() && !c.is_empty() => Ok((n, c)),
         _ => Err(ApiError::conflict(
@@ -302,11 +305,12 @@ pub async fn conversation_command(
     if let Some(agent) = to_agent {
         valid_id("to_agent", agent)?;
         let found = super::agents::find(&state, &caller.org, agent).await?;
-        if found.is_none_or(|a| super::flag(&a, "active") != Some(true)) {
+        if found.is_none_or(|a| !a.active) {
             return Err(ApiError::not_found("agent"));
         }
     }
-    let number = text(&conversation, "phone_number_id")
+    let number = conversation
+        .phone_number_id
         .ok_or_else(|| ApiError::conflict("the conversation has no business number"))?;
     let id = super::command_id();
     let command = ConversationCommand {
@@ -350,17 +354,16 @@ pub async fn command_result(
 ) -> ApiResult<Json<CommandResult>> {
     valid_id("command_id", &command_id)?;
     let result = state
-        .db
-        .collection::<Document>("command_results")
-        .find_one(doc! { "_id": format!("{}:{command_id}", caller.org) })
+        .read(store::inbox::COMMAND_RESULTS)
+        .find_one(doc! { store::KEY_FIELD: store::key(&caller.org, &command_id) })
         .await?
         .ok_or_else(|| ApiError::not_found("command result (yet)"))?;
     Ok(Json(CommandResult {
         command_id,
-        kind: text(&result, "kind"),
-        accepted: super::flag(&result, "accepted").unwrap_or(false),
-        reason: text(&result, "reason"),
-        at_ms: super::int(&result, "at_ms"),
+        kind: result.kind,
+        accepted: result.accepted,
+        reason: result.reason,
+        at_ms: result.at_ms,
     }))
 }
 

@@ -3,13 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use futures::TryStreamExt;
-use mongodb::bson::{Document, Regex, doc};
+use mongodb::bson::{Regex, doc};
 use serde::{Deserialize, Serialize};
-use sinks::mongo::mapping::{SYNC_ONLY, collections};
+use store::inbox::{self, CONTACTS, CONVERSATIONS, Contact as Stored, SYNC_ONLY};
 use utoipa::{IntoParams, ToSchema};
 
-use super::conversations::{Conversation, conversation_of};
-use super::{millis, page_size, text, valid_digits};
+use super::conversations::{Conversation, with_unread};
+use super::{page_size, valid_digits};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
@@ -44,13 +44,13 @@ pub struct ContactQuery {
     pub limit: Option<u32>,
 }
 
-fn contact_of(d: &Document) -> Contact {
+fn contact_of(d: Stored) -> Contact {
     Contact {
-        wa_id: text(d, "wa_id").unwrap_or_default(),
-        profile_name: text(d, "profile_name"),
-        full_name: text(d, "full_name"),
-        in_business_app: super::flag(d, "in_business_app"),
-        last_message_at_ms: millis(d, "last_message_at"),
+        wa_id: d.wa_id,
+        profile_name: d.profile_name,
+        full_name: d.full_name,
+        in_business_app: d.in_business_app,
+        last_message_at_ms: d.last_message_at.map(|t| t.timestamp_millis()),
     }
 }
 
@@ -75,7 +75,7 @@ pub async fn list_contacts(
     Query(query): Query<ContactQuery>,
 ) -> ApiResult<Json<ContactPage>> {
     // A remove for a number that never wrote leaves only the sync's record of it.
-    let mut filter = doc! { "org": &caller.org, SYNC_ONLY: { "$ne": true } };
+    let mut filter = doc! { Stored::ORG: &caller.org, SYNC_ONLY: { "$ne": true } };
     if let Some(q) = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
         if q.chars().count() > 100 {
             return Err(ApiError::invalid("q is at most 100 characters"));
@@ -91,7 +91,7 @@ pub async fn list_contacts(
                 .all(|c| c.is_ascii_digit() || c == '+' || c == ' ')
         {
             filter.insert(
-                "wa_id",
+                Stored::WA_ID,
                 Regex {
                     pattern: format!("^{digits}"),
                     options: String::new(),
@@ -102,27 +102,26 @@ pub async fn list_contacts(
             filter.insert(
                 "$or",
                 vec![
-                    doc! { "profile_name": Regex { pattern: pattern.clone(), options: "i".into() } },
-                    doc! { "full_name": Regex { pattern, options: "i".into() } },
+                    doc! { Stored::PROFILE_NAME: Regex { pattern: pattern.clone(), options: "i".into() } },
+                    doc! { Stored::FULL_NAME: Regex { pattern, options: "i".into() } },
                 ],
             );
         }
     }
     if let Some(after) = &query.after {
         valid_digits("after", after)?;
-        filter.insert("_id", doc! { "$gt": format!("{}:{after}", caller.org) });
+        filter.insert(Stored::KEY, doc! { "$gt": store::key(&caller.org, after) });
     }
     let limit = page_size(&state, query.limit)?;
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::CONTACTS)
+    let found: Vec<Stored> = state
+        .read(CONTACTS)
         .find(filter)
-        .sort(doc! { "_id": 1 })
+        .sort(doc! { Stored::KEY: 1 })
         .limit(limit)
         .await?
         .try_collect()
         .await?;
-    let items: Vec<Contact> = found.iter().map(contact_of).collect();
+    let items: Vec<Contact> = found.into_iter().map(contact_of).collect();
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|c| c.wa_id.clone()))
         .flatten();
@@ -140,12 +139,11 @@ pub async fn get_contact(
 ) -> ApiResult<Json<Contact>> {
     valid_digits("wa_id", &wa_id)?;
     let contact = state
-        .db
-        .collection::<Document>(collections::CONTACTS)
-        .find_one(doc! { "_id": format!("{}:{wa_id}", caller.org), SYNC_ONLY: { "$ne": true } })
+        .read(CONTACTS)
+        .find_one(doc! { Stored::KEY: store::key(&caller.org, &wa_id), SYNC_ONLY: { "$ne": true } })
         .await?
         .ok_or_else(|| ApiError::not_found("contact"))?;
-    Ok(Json(contact_of(&contact)))
+    Ok(Json(contact_of(contact)))
 }
 
 /// A contact's conversations (one per business number), newest first.
@@ -158,14 +156,14 @@ pub async fn contact_conversations(
     Path(wa_id): Path<String>,
 ) -> ApiResult<Json<Vec<Conversation>>> {
     let _exists = get_contact(State(state.clone()), caller.clone(), Path(wa_id.clone())).await?;
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::CONVERSATIONS)
-        .find(doc! { "org": &caller.org, "contact_wa_id": &wa_id })
-        .sort(doc! { "last_message_at": -1 })
+    use inbox::Conversation as C;
+    let found: Vec<C> = state
+        .read(CONVERSATIONS)
+        .find(doc! { C::ORG: &caller.org, C::CONTACT_WA_ID: &wa_id })
+        .sort(doc! { C::LAST_MESSAGE_AT: -1 })
         .limit(100)
         .await?
         .try_collect()
         .await?;
-    Ok(Json(found.iter().map(conversation_of).collect()))
+    Ok(Json(with_unread(&state, &caller.org, &found).await?))
 }

@@ -6,13 +6,14 @@ use std::time::Duration;
 use aws_sdk_s3::presigning::PresigningConfig;
 use axum::Json;
 use axum::extract::State;
+use events::inbox::ConversationState;
 use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::{DateTime, doc};
 use serde::{Deserialize, Serialize};
-use sinks::mongo::mapping::collections;
+use store::inbox::{self, CONVERSATIONS, MESSAGE_STATUSES, MESSAGES, Message as Stored};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{json, millis, page_size, text, valid_id};
+use super::{page_size, valid_id};
 use crate::auth::Caller;
 use crate::cursor::Cursor;
 use crate::error::{ApiError, ApiResult};
@@ -55,7 +56,7 @@ pub const WINDOW_MS: i64 = 24 * 3_600_000;
 /// Who handles a conversation in `state` with `assignee`.
 pub fn handled_by(state: Option<&str>, assignee: Option<&str>) -> HandledBy {
     match (state, assignee) {
-        (Some("assigned"), Some(sinks::mqtt::mapping::BUSINESS_APP)) => HandledBy::BusinessApp,
+        (Some("assigned"), Some(events::inbox::BUSINESS_APP)) => HandledBy::BusinessApp,
         (Some("assigned"), Some(a)) if !a.is_empty() => HandledBy::Agent,
         _ => HandledBy::Nobody,
     }
@@ -171,88 +172,103 @@ pub struct MediaUrl {
     pub mime_type: Option<String>,
 }
 
-pub fn conversation_of(d: &Document) -> Conversation {
-    let state = text(d, "state");
-    let assignee = text(d, "assignee");
-    let last = d.get_document("last_message").ok();
-    Conversation {
-        conversation_id: text(d, "id").unwrap_or_default(),
-        phone_number_id: text(d, "phone_number_id"),
-        contact_wa_id: text(d, "contact_wa_id"),
-        handled_by: handled_by(state.as_deref(), assignee.as_deref()),
-        state,
-        assignee,
-        unread_count: super::int(d, "unread_count").unwrap_or(0),
-        last_message_at_ms: millis(d, "last_message_at"),
-        last_message_preview: last.and_then(|l| text(l, "preview")),
-        window_expires_at_ms: millis(d, "last_inbound_at").map(|at| at.saturating_add(WINDOW_MS)),
+/// The API's word for a conversation state (the stored one).
+pub fn state_name(state: ConversationState) -> &'static str {
+    match state {
+        ConversationState::Open => "open",
+        ConversationState::Assigned => "assigned",
+        ConversationState::Resolved => "resolved",
     }
 }
 
-fn message_of(d: &Document) -> Message {
-    let deleted = millis(d, "deleted_at");
-    let current = sinks::mongo::mapping::current_content(d);
-    let (preview, message_type) = current.clone().unwrap_or((None, text(d, "type")));
+fn ms(at: Option<DateTime>) -> Option<i64> {
+    at.map(|d| d.timestamp_millis())
+}
+
+/// A value as JSON (errors, media: passed through as Meta sent them).
+fn json<T: Serialize>(value: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(value).ok()
+}
+
+/// The conversation as the API shows it; `unread_count` is counted apart
+/// ([`with_unread`]).
+pub fn conversation_of(d: &inbox::Conversation) -> Conversation {
+    let state = d.state.map(|s| state_name(s).to_string());
+    Conversation {
+        conversation_id: d.id.clone(),
+        phone_number_id: d.phone_number_id.clone(),
+        contact_wa_id: d.contact_wa_id.clone(),
+        handled_by: handled_by(state.as_deref(), d.assignee.as_deref()),
+        state,
+        assignee: d.assignee.clone(),
+        unread_count: 0,
+        last_message_at_ms: ms(d.last_message_at),
+        last_message_preview: d.last_message.as_ref().and_then(|l| l.preview.clone()),
+        window_expires_at_ms: ms(d.last_inbound_at).map(|at| at.saturating_add(WINDOW_MS)),
+    }
+}
+
+fn message_of(d: &Stored) -> Message {
+    let deleted = ms(d.deleted_at);
+    let current = inbox::current_content(d);
+    let (preview, message_type) = current.unwrap_or((None, d.message_type.clone()));
     let mut versions = Vec::new();
     if deleted.is_none() {
-        let mut edits: Vec<&Document> = d
-            .get_array("edits")
-            .map(|a| a.iter().filter_map(|b| b.as_document()).collect())
-            .unwrap_or_default();
-        edits.sort_by_key(|e| (millis(e, "at"), text(e, "id")));
+        let mut edits: Vec<&inbox::Edit> = d.edits.iter().collect();
+        edits.sort_by_key(|e| (ms(e.at), e.id.as_str()));
         if !edits.is_empty() {
             versions.push(MessageVersion {
-                preview: text(d, "preview"),
-                message_type: text(d, "type"),
-                at_ms: millis(d, "sent_at"),
+                preview: d.preview.clone(),
+                message_type: d.message_type.clone(),
+                at_ms: ms(d.sent_at),
             });
             // Every edit but the newest (the current content) is an earlier version.
             for e in &edits[..edits.len() - 1] {
                 versions.push(MessageVersion {
-                    preview: text(e, "preview"),
-                    message_type: text(e, "type"),
-                    at_ms: millis(e, "at"),
+                    preview: e.preview.clone(),
+                    message_type: e.message_type.clone(),
+                    at_ms: ms(e.at),
                 });
             }
         }
     }
-    let mut reactions: Vec<MessageReaction> = d
-        .get_document("reactions")
-        .map(|r| {
-            r.iter()
-                .filter_map(|(reactor, v)| {
-                    let v = v.as_document()?;
-                    Some(MessageReaction {
-                        reactor: reactor.clone(),
-                        emoji: text(v, "emoji")?,
-                        at_ms: millis(v, "at"),
-                    })
-                })
-                .collect()
+    // One per reactor, in reactor order (a map); removed ones are left out.
+    let reactions = d
+        .reactions
+        .iter()
+        .filter_map(|(reactor, r)| {
+            Some(MessageReaction {
+                reactor: reactor.clone(),
+                emoji: r.emoji.clone()?,
+                at_ms: ms(r.at),
+            })
         })
-        .unwrap_or_default();
-    reactions.sort_by(|a, b| a.reactor.cmp(&b.reactor));
+        .collect();
     Message {
-        wamid: text(d, "id").unwrap_or_default(),
-        direction: text(d, "direction"),
-        origin: text(d, "origin"),
+        wamid: d.id.clone(),
+        direction: d.direction.clone(),
+        origin: d
+            .origin
+            .as_ref()
+            .and_then(json)
+            .and_then(|o| o.as_str().map(String::from)),
         message_type,
         preview,
-        sent_by: text(d, "sent_by"),
-        reply_to: text(d, "reply_to"),
+        sent_by: d.sent_by.clone(),
+        reply_to: d.reply_to.clone(),
         // A deleted message shows no content (the raw webhook keeps it for audit).
         media: if deleted.is_some() {
             None
         } else {
-            json(d, "media")
+            d.media.as_ref().and_then(json)
         },
-        status: text(d, "status"),
-        sent_at_ms: millis(d, "sent_at"),
-        edited_at_ms: millis(d, "edited_at"),
+        status: d.status.clone(),
+        sent_at_ms: ms(d.sent_at),
+        edited_at_ms: ms(d.edited_at),
         deleted_at_ms: deleted,
         versions,
         reactions,
-        errors: json(d, "errors"),
+        errors: d.errors.as_ref().and_then(json),
     }
 }
 
@@ -263,12 +279,11 @@ fn cursor_of(text: &Option<String>) -> ApiResult<Option<Cursor>> {
 }
 
 /// The conversation `id` of the caller's org (404 otherwise).
-pub async fn find(state: &AppState, org: &str, id: &str) -> ApiResult<Document> {
+pub async fn find(state: &AppState, org: &str, id: &str) -> ApiResult<inbox::Conversation> {
     valid_id("conversation_id", id)?;
     state
-        .db
-        .collection::<Document>(collections::CONVERSATIONS)
-        .find_one(doc! { "_id": format!("{org}:{id}") })
+        .read(CONVERSATIONS)
+        .find_one(doc! { inbox::Conversation::KEY: store::key(org, id) })
         .await?
         .ok_or_else(|| ApiError::not_found("conversation"))
 }
@@ -281,12 +296,13 @@ pub async fn list_conversations(
     caller: Caller,
     Query(query): Query<ConversationQuery>,
 ) -> ApiResult<Json<ConversationPage>> {
-    let mut filter = doc! { "org": &caller.org };
+    use store::inbox::Conversation as C;
+    let mut filter = doc! { C::ORG: &caller.org };
     if let Some(s) = &query.state {
         if !["open", "assigned", "resolved"].contains(&s.as_str()) {
             return Err(ApiError::invalid("state is open, assigned or resolved"));
         }
-        filter.insert("state", s);
+        filter.insert(C::STATE, s);
     }
     if let Some(a) = &query.assignee {
         let who = if a == "me" {
@@ -295,65 +311,75 @@ pub async fn list_conversations(
             a.clone()
         };
         valid_id("assignee", &who)?;
-        filter.insert("assignee", who);
+        filter.insert(C::ASSIGNEE, who);
     }
     let mut conditions = vec![filter];
     if let Some(c) = cursor_of(&query.cursor)? {
-        conditions.push(c.after("last_message_at"));
+        conditions.push(c.after(C::LAST_MESSAGE_AT));
     }
     let limit = page_size(&state, query.limit)?;
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::CONVERSATIONS)
+    let found: Vec<inbox::Conversation> = state
+        .read(CONVERSATIONS)
         .find(doc! { "$and": conditions })
-        .sort(doc! { "last_message_at": -1, "_id": -1 })
+        .sort(doc! { C::LAST_MESSAGE_AT: -1, C::KEY: -1 })
         .limit(limit)
         .await?
         .try_collect()
         .await?;
-    let next = next_cursor(&found, limit, "last_message_at");
+    let next = next_cursor(
+        found.last().map(|c| (c.last_message_at, c.key.as_str())),
+        found.len(),
+        limit,
+    );
+    let items = with_unread(&state, &caller.org, &found).await?;
+    Ok(Json(ConversationPage { items, next }))
+}
+
+/// The conversations as the API shows them, each with its unread count.
+pub async fn with_unread(
+    state: &AppState,
+    org: &str,
+    found: &[inbox::Conversation],
+) -> ApiResult<Vec<Conversation>> {
     let mut items = Vec::with_capacity(found.len());
-    for d in &found {
+    for d in found {
         let mut conversation = conversation_of(d);
-        conversation.unread_count = unread(&state, &caller.org, d).await?;
+        conversation.unread_count = unread(state, org, d).await?;
         items.push(conversation);
     }
-    Ok(Json(ConversationPage { items, next }))
+    Ok(items)
 }
 
 /// Customer messages after the conversation's `read_up_to` (the sink keeps no
 /// counter, so a redelivered message can never be counted twice). One indexed count
 /// (org, conversation_id, sent_at) per listed conversation.
-async fn unread(state: &AppState, org: &str, conversation: &Document) -> ApiResult<i64> {
-    let Some(id) = text(conversation, "id") else {
+async fn unread(state: &AppState, org: &str, conversation: &inbox::Conversation) -> ApiResult<i64> {
+    if conversation.id.is_empty() {
         return Ok(0);
-    };
-    let mut filter = doc! {
-        "org": org,
-        "conversation_id": id,
-        "direction": "inbound",
-        "origin": { "$ne": "history" },
-    };
-    if let Ok(read) = conversation.get_datetime("read_up_to") {
-        filter.insert("sent_at", doc! { "$gt": *read });
     }
-    let count = state
-        .db
-        .collection::<Document>(collections::MESSAGES)
-        .count_documents(filter)
-        .await?;
+    let mut filter = doc! {
+        Stored::ORG: org,
+        Stored::CONVERSATION_ID: &conversation.id,
+        Stored::DIRECTION: store::to_bson(&events::event::Direction::Inbound),
+        Stored::ORIGIN: { "$ne": store::to_bson(&events::event::Origin::History) },
+    };
+    if let Some(read) = conversation.read_up_to {
+        filter.insert(Stored::SENT_AT, doc! { "$gt": read });
+    }
+    let count = state.read(MESSAGES).count_documents(filter).await?;
     Ok(count as i64)
 }
 
-fn next_cursor(found: &[Document], limit: i64, field: &str) -> Option<String> {
-    if (found.len() as i64) < limit {
+/// The cursor after a full page: the last item's `(time, _id)`.
+fn next_cursor(last: Option<(Option<DateTime>, &str)>, len: usize, limit: i64) -> Option<String> {
+    if (len as i64) < limit {
         return None;
     }
-    let last = found.last()?;
+    let (t, id) = last?;
     Some(
         Cursor {
-            t: millis(last, field).unwrap_or(0),
-            id: last.get_str("_id").ok()?.to_string(),
+            t: ms(t).unwrap_or(0),
+            id: id.to_string(),
         }
         .encode(),
     )
@@ -369,7 +395,8 @@ pub async fn get_conversation(
     Path(conversation_id): Path<String>,
 ) -> ApiResult<Json<Conversation>> {
     let conversation = find(&state, &caller.org, &conversation_id).await?;
-    Ok(Json(conversation_of(&conversation)))
+    let mut shown = with_unread(&state, &caller.org, &[conversation]).await?;
+    Ok(Json(shown.remove(0)))
 }
 
 /// A conversation's messages, newest first; `next` pages to older ones and stays
@@ -384,21 +411,25 @@ pub async fn list_messages(
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<MessagePage>> {
     find(&state, &caller.org, &conversation_id).await?;
-    let mut conditions = vec![doc! { "org": &caller.org, "conversation_id": &conversation_id }];
+    let mut conditions =
+        vec![doc! { Stored::ORG: &caller.org, Stored::CONVERSATION_ID: &conversation_id }];
     if let Some(c) = cursor_of(&query.cursor)? {
-        conditions.push(c.after("sent_at"));
+        conditions.push(c.after(Stored::SENT_AT));
     }
     let limit = page_size(&state, query.limit)?;
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::MESSAGES)
+    let found: Vec<Stored> = state
+        .read(MESSAGES)
         .find(doc! { "$and": conditions })
-        .sort(doc! { "sent_at": -1, "_id": -1 })
+        .sort(doc! { Stored::SENT_AT: -1, Stored::KEY: -1 })
         .limit(limit)
         .await?
         .try_collect()
         .await?;
-    let next = next_cursor(&found, limit, "sent_at");
+    let next = next_cursor(
+        found.last().map(|m| (m.sent_at, m.key.as_str())),
+        found.len(),
+        limit,
+    );
     Ok(Json(MessagePage {
         items: found.iter().map(message_of).collect(),
         next,
@@ -415,30 +446,29 @@ pub async fn message_statuses(
     Path(wamid): Path<String>,
 ) -> ApiResult<Json<Vec<StatusChange>>> {
     super::valid_wamid("wamid", &wamid)?;
+    use store::inbox::MessageStatus as S;
     let exists = state
-        .db
-        .collection::<Document>(collections::MESSAGES)
-        .find_one(doc! { "_id": format!("{}:{wamid}", caller.org) })
+        .read(MESSAGES)
+        .find_one(doc! { Stored::KEY: store::key(&caller.org, &wamid) })
         .await?;
     if exists.is_none() {
         return Err(ApiError::not_found("message"));
     }
-    let found: Vec<Document> = state
-        .db
-        .collection::<Document>(collections::MESSAGE_STATUSES)
-        .find(doc! { "org": &caller.org, "wamid": &wamid })
-        .sort(doc! { "at": 1 })
+    let found: Vec<S> = state
+        .read(MESSAGE_STATUSES)
+        .find(doc! { S::ORG: &caller.org, S::WAMID: &wamid })
+        .sort(doc! { S::AT: 1 })
         .limit(100)
         .await?
         .try_collect()
         .await?;
     Ok(Json(
         found
-            .iter()
+            .into_iter()
             .map(|d| StatusChange {
-                status: text(d, "status").unwrap_or_default(),
-                at_ms: millis(d, "at"),
-                errors: json(d, "errors"),
+                at_ms: ms(d.at),
+                errors: d.errors.as_ref().and_then(json),
+                status: d.status,
             })
             .collect(),
     ))
@@ -455,21 +485,20 @@ pub async fn media_url(
     Path(media_id): Path<String>,
 ) -> ApiResult<Json<MediaUrl>> {
     valid_id("media_id", &media_id)?;
-    let message = state
-        .db
-        .collection::<Document>(collections::MESSAGES)
-        .find_one(doc! { "org": &caller.org, "stored_media.media_id": &media_id })
+    let stored = state
+        .read(MESSAGES)
+        .find_one(doc! { Stored::ORG: &caller.org, Stored::STORED_MEDIA_ID: &media_id })
         .await?
+        .and_then(|m| m.stored_media)
         .ok_or_else(|| ApiError::not_found("media"))?;
-    let stored = message
-        .get_document("stored_media")
-        .map_err(|_| ApiError::not_found("media"))?;
-    let key = text(stored, "key").ok_or_else(|| ApiError::not_found("media"))?;
+    let key = stored.key;
     // Keys are `{org}/{sha256}`: refuse anything outside the caller's prefix.
-    if !key.starts_with(&format!("{}/", caller.org)) {
+    if key.is_empty() || !key.starts_with(&format!("{}/", caller.org)) {
         return Err(ApiError::not_found("media"));
     }
-    let bucket = text(stored, "bucket").unwrap_or_else(|| state.s3_bucket.clone());
+    let bucket = Some(stored.bucket)
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| state.s3_bucket.clone());
     let ttl = state.config.media_url_ttl_secs;
     let presign =
         PresigningConfig::expires_in(Duration::from_secs(ttl)).map_err(ApiError::unavailable)?;
@@ -485,7 +514,7 @@ pub async fn media_url(
     Ok(Json(MediaUrl {
         url: request.uri().to_string(),
         expires_in_secs: ttl,
-        mime_type: text(stored, "mime_type"),
+        mime_type: Some(stored.mime_type).filter(|m| !m.is_empty()),
     }))
 }
 
@@ -523,7 +552,7 @@ mod tests {
 
     #[test]
     fn a_deleted_message_shows_no_content_and_an_edited_one_its_newest_version() {
-        use mongodb::bson::{Bson, DateTime};
+        use mongodb::bson::Bson;
         let at = |s: i64| DateTime::from_millis(s * 1000);
         let mut d = doc! {
             "id": "w", "type": "text", "preview": "first", "sent_at": at(10), "media": { "id": "m" },
@@ -534,7 +563,10 @@ mod tests {
             "edited_at": at(30),
             "reactions": { "222": { "emoji": "👍", "at": at(40) }, "business": { "emoji": Bson::Null, "at": at(41) } },
         };
-        let m = message_of(&d);
+        let read = |d: &mongodb::bson::Document| -> Stored {
+            mongodb::bson::from_document(d.clone()).unwrap()
+        };
+        let m = message_of(&read(&d));
         assert_eq!(m.preview.as_deref(), Some("third"));
         let earlier: Vec<_> = m
             .versions
@@ -546,7 +578,7 @@ mod tests {
         assert_eq!(m.reactions.len(), 1, "a removed reaction is not shown");
         assert_eq!(m.reactions[0].reactor, "222");
         d.insert("deleted_at", at(50));
-        let m = message_of(&d);
+        let m = message_of(&read(&d));
         assert_eq!((m.preview, m.media), (None, None));
         assert!(m.versions.is_empty());
         assert_eq!(m.deleted_at_ms, Some(50_000));

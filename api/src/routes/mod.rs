@@ -1,5 +1,5 @@
 //! The handlers, one file per resource, and what they share: the 202 answer of
-//! commands, document field readers, and publishing to Kafka.
+//! commands, field readers for the API's own auth documents, and publishing to Kafka.
 
 pub mod admin;
 pub mod agents;
@@ -86,7 +86,8 @@ pub fn command_id() -> String {
     crate::auth::sessions::random_id(16)
 }
 
-/// A string field.
+/// A string field of the API's own auth documents (`auth_otps`, `auth_sessions`).
+/// The read model (what the sinks write) is read through `store`'s types instead.
 pub fn text(doc: &Document, key: &str) -> Option<String> {
     match doc.get(key) {
         Some(Bson::String(s)) => Some(s.clone()),
@@ -103,21 +104,6 @@ pub fn millis(doc: &Document, key: &str) -> Option<i64> {
         Some(Bson::Double(f)) => Some(*f as i64),
         _ => None,
     }
-}
-
-pub fn int(doc: &Document, key: &str) -> Option<i64> {
-    millis(doc, key)
-}
-
-pub fn flag(doc: &Document, key: &str) -> Option<bool> {
-    doc.get_bool(key).ok()
-}
-
-/// A field as JSON (for pass-through objects such as message media).
-pub fn json(doc: &Document, key: &str) -> Option<serde_json::Value> {
-    doc.get(key)
-        .filter(|b| !matches!(b, Bson::Null))
-        .map(|b| b.clone().into_relaxed_extjson())
 }
 
 /// The most a `limit` parameter may say (the spec's maximum); pages are further

@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use events::directory::Change;
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use serde::Deserialize;
-use sinks::mongo::directory::collections;
+use store::directory::{PUSH_TOKENS, PushToken};
 use utoipa::ToSchema;
 
 use super::{Accepted, accepted, valid_id};
@@ -84,9 +84,11 @@ pub async fn unregister_push_token(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     valid_token(&token)?;
     let mine = state
-        .db
-        .collection::<Document>(collections::PUSH_TOKENS)
-        .find_one(doc! { "_id": format!("{}:{token}", caller.org), "agent_id": &caller.user_id })
+        .read(PUSH_TOKENS)
+        .find_one(doc! {
+            PushToken::KEY: store::key(&caller.org, &token),
+            PushToken::AGENT_ID: &caller.user_id,
+        })
         .await?;
     if mine.is_none() {
         return Err(ApiError::not_found("push token"));

@@ -7,20 +7,14 @@
 
 use events::directory::{Change, DirectoryChange};
 use mongodb::Database;
-use mongodb::IndexModel;
-use mongodb::bson::{Bson, Document, doc};
-use mongodb::options::IndexOptions;
+use mongodb::bson::{Document, doc};
 use runtime::{Record, Reject};
+use store::directory::{
+    AGENTS, Agent, BUSINESS_NUMBERS, BusinessNumber, ORGS, Org, PUSH_TOKENS, PushToken,
+};
+use store::{key, to_bson};
 
 use super::mapping::Upsert;
-
-/// Collections the directory lives in.
-pub mod collections {
-    pub const ORGS: &str = "orgs";
-    pub const AGENTS: &str = "agents";
-    pub const BUSINESS_NUMBERS: &str = "business_numbers";
-    pub const PUSH_TOKENS: &str = "push_tokens";
-}
 
 /// One write of the plan, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,15 +26,6 @@ pub enum Write {
     },
 }
 
-/// `{org}:{id}`.
-pub fn key(org: &str, id: &str) -> String {
-    format!("{org}:{id}")
-}
-
-fn to_bson<T: serde::Serialize>(value: &T) -> Bson {
-    mongodb::bson::to_bson(value).unwrap_or(Bson::Null)
-}
-
 /// The writes for a batch of `(record index, change)`, in batch order.
 pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>) -> Vec<Write> {
     let mut out = Vec::new();
@@ -48,7 +33,7 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
         let upsert = |collection, id: String, update| {
             Write::Upsert(Upsert {
                 collection,
-                filter: doc! { "_id": id },
+                filter: doc! { store::KEY_FIELD: id },
                 update,
                 collision_means_done: false,
                 upsert: true,
@@ -56,12 +41,13 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
             })
         };
         let org = c.org.as_str();
-        let created = doc! { "org": org, "created_at_ms": c.at_ms };
+        // Every directory document has these two (`Org`, `Agent`, `BusinessNumber`).
+        let created = doc! { Org::ORG: org, Org::CREATED_AT_MS: c.at_ms };
         match &c.change {
             Change::OrgCreated { name } => out.push(upsert(
-                collections::ORGS,
+                ORGS.name,
                 org.to_string(),
-                doc! { "$set": { "name": name, "updated_at_ms": c.at_ms }, "$setOnInsert": created },
+                doc! { "$set": { Org::NAME: name, Org::UPDATED_AT_MS: c.at_ms }, "$setOnInsert": created },
             )),
             Change::AgentInvited {
                 agent_id,
@@ -71,13 +57,14 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 role,
                 capacity,
             } => out.push(upsert(
-                collections::AGENTS,
+                AGENTS.name,
                 key(org, agent_id),
                 doc! {
                     "$set": {
-                        "agent_id": agent_id, "name": name, "email": to_bson(email),
-                        "phone": to_bson(phone), "role": role.as_str(), "capacity": *capacity as i64,
-                        "active": true, "updated_at_ms": c.at_ms,
+                        Agent::AGENT_ID: agent_id, Agent::NAME: name, Agent::EMAIL: to_bson(email),
+                        Agent::PHONE: to_bson(phone), Agent::ROLE: role.as_str(),
+                        Agent::CAPACITY: i64::from(*capacity), Agent::ACTIVE: true,
+                        Agent::UPDATED_AT_MS: c.at_ms,
                     },
                     "$setOnInsert": created,
                 },
@@ -88,27 +75,27 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 role,
                 capacity,
             } => {
-                let mut set = doc! { "agent_id": agent_id, "updated_at_ms": c.at_ms };
+                let mut set = doc! { Agent::AGENT_ID: agent_id, Agent::UPDATED_AT_MS: c.at_ms };
                 if let Some(name) = name {
-                    set.insert("name", name);
+                    set.insert(Agent::NAME, name);
                 }
                 if let Some(role) = role {
-                    set.insert("role", role.as_str());
+                    set.insert(Agent::ROLE, role.as_str());
                 }
                 if let Some(capacity) = capacity {
-                    set.insert("capacity", *capacity as i64);
+                    set.insert(Agent::CAPACITY, i64::from(*capacity));
                 }
                 out.push(upsert(
-                    collections::AGENTS,
+                    AGENTS.name,
                     key(org, agent_id),
                     doc! { "$set": set, "$setOnInsert": created },
                 ));
             }
             Change::AgentDeactivated { agent_id } => out.push(upsert(
-                collections::AGENTS,
+                AGENTS.name,
                 key(org, agent_id),
                 doc! {
-                    "$set": { "agent_id": agent_id, "active": false, "updated_at_ms": c.at_ms },
+                    "$set": { Agent::AGENT_ID: agent_id, Agent::ACTIVE: false, Agent::UPDATED_AT_MS: c.at_ms },
                     "$setOnInsert": created,
                 },
             )),
@@ -119,16 +106,16 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 access_token,
                 app_secret,
             } => out.push(upsert(
-                collections::BUSINESS_NUMBERS,
+                BUSINESS_NUMBERS.name,
                 key(org, phone_number_id),
                 doc! {
                     "$set": {
-                        "phone_number_id": phone_number_id,
-                        "display_phone_number": display_phone_number,
-                        "waba_id": to_bson(waba_id),
-                        "access_token": to_bson(access_token),
-                        "app_secret": to_bson(app_secret),
-                        "updated_at_ms": c.at_ms,
+                        BusinessNumber::PHONE_NUMBER_ID: phone_number_id,
+                        BusinessNumber::DISPLAY_PHONE_NUMBER: display_phone_number,
+                        BusinessNumber::WABA_ID: to_bson(waba_id),
+                        BusinessNumber::ACCESS_TOKEN: to_bson(access_token),
+                        BusinessNumber::APP_SECRET: to_bson(app_secret),
+                        BusinessNumber::UPDATED_AT_MS: c.at_ms,
                     },
                     "$setOnInsert": created,
                 },
@@ -138,13 +125,13 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 policy,
             } => {
                 let field = match phone_number_id {
-                    Some(number) => format!("routing.numbers.{number}"),
-                    None => "routing.default".to_string(),
+                    Some(number) => format!("{}.{number}", Org::ROUTING_NUMBERS),
+                    None => Org::ROUTING_DEFAULT.to_string(),
                 };
-                let mut set = doc! { "updated_at_ms": c.at_ms };
+                let mut set = doc! { Org::UPDATED_AT_MS: c.at_ms };
                 set.insert(field, to_bson(policy));
                 out.push(upsert(
-                    collections::ORGS,
+                    ORGS.name,
                     org.to_string(),
                     doc! { "$set": set, "$setOnInsert": created },
                 ));
@@ -155,60 +142,24 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 token,
                 platform,
             } => out.push(upsert(
-                collections::PUSH_TOKENS,
+                PUSH_TOKENS.name,
                 key(org, token),
                 doc! {
                     "$set": {
-                        "org": org, "agent_id": agent_id, "device_id": device_id,
-                        "token": token, "platform": platform, "updated_at_ms": c.at_ms,
+                        PushToken::ORG: org, PushToken::AGENT_ID: agent_id,
+                        PushToken::DEVICE_ID: device_id, PushToken::TOKEN: token,
+                        PushToken::PLATFORM: platform, PushToken::UPDATED_AT_MS: c.at_ms,
                     },
                 },
             )),
             // Only the agent who registered a token can remove it.
             Change::PushTokenUnregistered { agent_id, token } => out.push(Write::Delete {
-                collection: collections::PUSH_TOKENS,
-                filter: doc! { "_id": key(org, token), "agent_id": agent_id },
+                collection: PUSH_TOKENS.name,
+                filter: doc! { PushToken::KEY: key(org, token), PushToken::AGENT_ID: agent_id },
             }),
         }
     }
     out
-}
-
-/// The indexes the API's queries need.
-pub async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
-    let index = |keys: Document, unique: bool| {
-        IndexModel::builder()
-            .keys(keys)
-            .options(unique.then(|| IndexOptions::builder().unique(true).build()))
-            .build()
-    };
-    let specs = [
-        (
-            collections::AGENTS,
-            vec![
-                index(doc! { "org": 1, "agent_id": 1 }, true),
-                index(doc! { "email": 1 }, false),
-                index(doc! { "phone": 1 }, false),
-            ],
-        ),
-        (
-            collections::BUSINESS_NUMBERS,
-            vec![
-                index(doc! { "org": 1, "phone_number_id": 1 }, true),
-                index(doc! { "phone_number_id": 1 }, false),
-            ],
-        ),
-        (
-            collections::PUSH_TOKENS,
-            vec![index(doc! { "org": 1, "agent_id": 1 }, false)],
-        ),
-    ];
-    for (collection, models) in specs {
-        db.collection::<Document>(collection)
-            .create_indexes(models)
-            .await?;
-    }
-    Ok(())
 }
 
 /// Decodes and writes a batch of `directory.changes` records (indexes into `batch`
@@ -312,10 +263,10 @@ mod tests {
         assert_eq!(
             ids,
             vec![
-                (collections::AGENTS, "acme:ann".into()),
-                (collections::BUSINESS_NUMBERS, "acme:111".into()),
-                (collections::PUSH_TOKENS, "acme:ExponentPushToken[x]".into()),
-                (collections::PUSH_TOKENS, "acme:ExponentPushToken[x]".into()),
+                (AGENTS.name, "acme:ann".into()),
+                (BUSINESS_NUMBERS.name, "acme:111".into()),
+                (PUSH_TOKENS.name, "acme:ExponentPushToken[x]".into()),
+                (PUSH_TOKENS.name, "acme:ExponentPushToken[x]".into()),
             ]
         );
         assert!(matches!(writes[3], Write::Delete { .. }));

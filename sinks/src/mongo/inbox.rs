@@ -13,11 +13,17 @@
 //! time keeps the order after a broker whose offsets restarted.
 
 use events::delivery::{MediaStored, OutboundMessage, OutboundResult};
+use events::event::{Direction, Origin};
 use events::inbox::{AssignmentEvent, ConversationState};
 use events::{DeliveryStatus, codec, topics};
 use mongodb::bson::{Bson, DateTime, Document, doc};
+use store::inbox::{
+    COMMAND_RESULTS, CONVERSATIONS, CommandResult, Conversation, INTERNAL, MESSAGES, Message,
+    StoredMedia,
+};
+use store::{key, to_bson};
 
-use super::mapping::{Upsert, collections};
+use super::mapping::Upsert;
 
 /// The statements for one record of a topic other than `whatsapp.events`.
 pub fn plan_record(
@@ -66,10 +72,6 @@ pub fn plan_record(
 
 type Statement = (&'static str, Document, Document, bool);
 
-fn key(org: &str, id: &str) -> String {
-    format!("{org}:{id}")
-}
-
 /// The conversation's fields known from its id alone (`{phone_number_id}-{wa_id}`),
 /// for when an assignment or a reply is written before the first message.
 fn conversation_on_insert(org: &str, phone_number_id: &str, conversation_id: &str) -> Document {
@@ -78,44 +80,39 @@ fn conversation_on_insert(org: &str, phone_number_id: &str, conversation_id: &st
         .and_then(|rest| rest.strip_prefix('-'))
         .unwrap_or_default();
     doc! {
-        "org": org,
-        "id": conversation_id,
-        "phone_number_id": phone_number_id,
-        "contact_wa_id": contact,
+        Conversation::ORG: org,
+        Conversation::ID: conversation_id,
+        Conversation::PHONE_NUMBER_ID: phone_number_id,
+        Conversation::CONTACT_WA_ID: contact,
     }
 }
 
 fn assignment(a: &AssignmentEvent, offset: i64) -> Vec<Statement> {
     let mut out = Vec::new();
     if a.rejected.is_none() {
-        let state = match a.state {
-            ConversationState::Open => "open",
-            ConversationState::Assigned => "assigned",
-            ConversationState::Resolved => "resolved",
-        };
         let assignee = match a.state {
             ConversationState::Assigned => a.assignee.clone().map_or(Bson::Null, Bson::String),
             _ => Bson::Null,
         };
         let filter = doc! {
-            "_id": key(&a.org, &a.conversation_id),
+            Conversation::KEY: key(&a.org, &a.conversation_id),
             "$or": [
-                { "assignment_at_ms": { "$exists": false } },
-                { "assignment_at_ms": { "$lt": a.at_ms } },
-                { "assignment_at_ms": a.at_ms, "assignment_offset": { "$lt": offset } },
+                { Conversation::ASSIGNMENT_AT_MS: { "$exists": false } },
+                { Conversation::ASSIGNMENT_AT_MS: { "$lt": a.at_ms } },
+                { Conversation::ASSIGNMENT_AT_MS: a.at_ms, Conversation::ASSIGNMENT_OFFSET: { "$lt": offset } },
             ],
         };
         let mut on_insert = conversation_on_insert(&a.org, &a.phone_number_id, &a.conversation_id);
-        on_insert.insert("created_at", DateTime::from_millis(a.at_ms));
+        on_insert.insert(Conversation::CREATED_AT, DateTime::from_millis(a.at_ms));
         out.push((
-            collections::CONVERSATIONS,
+            CONVERSATIONS.name,
             filter,
             doc! {
                 "$set": {
-                    "state": state,
-                    "assignee": assignee,
-                    "assignment_at_ms": a.at_ms,
-                    "assignment_offset": offset,
+                    Conversation::STATE: to_bson(&a.state),
+                    Conversation::ASSIGNEE: assignee,
+                    Conversation::ASSIGNMENT_AT_MS: a.at_ms,
+                    Conversation::ASSIGNMENT_OFFSET: offset,
                 },
                 "$setOnInsert": on_insert,
             },
@@ -131,14 +128,14 @@ fn assignment(a: &AssignmentEvent, offset: i64) -> Vec<Statement> {
             &a.org,
             command_id,
             doc! {
-                "kind": "conversation",
-                "accepted": a.rejected.is_none(),
-                "reason": a.rejected.clone().map_or(Bson::Null, Bson::String),
-                "issued_by": a.issued_by.clone().map_or(Bson::Null, Bson::String),
-                "conversation_id": &a.conversation_id,
-                "state": format!("{:?}", a.state).to_lowercase(),
-                "assignee": a.assignee.clone().map_or(Bson::Null, Bson::String),
-                "at_ms": a.at_ms,
+                CommandResult::KIND: "conversation",
+                CommandResult::ACCEPTED: a.rejected.is_none(),
+                CommandResult::REASON: opt(&a.rejected),
+                CommandResult::ISSUED_BY: opt(&a.issued_by),
+                CommandResult::CONVERSATION_ID: &a.conversation_id,
+                CommandResult::STATE: to_bson(&a.state),
+                CommandResult::ASSIGNEE: opt(&a.assignee),
+                CommandResult::AT_MS: a.at_ms,
             },
         ));
     }
@@ -152,23 +149,23 @@ fn assignment(a: &AssignmentEvent, offset: i64) -> Vec<Statement> {
 fn note(a: &AssignmentEvent, command_id: &str, text: &str) -> Statement {
     let id = format!("note:{command_id}");
     (
-        collections::MESSAGES,
-        doc! { "_id": key(&a.org, &id) },
+        MESSAGES.name,
+        doc! { Message::KEY: key(&a.org, &id) },
         doc! {
             "$set": {
-                "org": &a.org,
-                "id": &id,
-                "phone_number_id": &a.phone_number_id,
-                "conversation_id": &a.conversation_id,
-                "direction": "internal",
-                "type": "note",
-                "preview": text,
-                "sent_by": a.issued_by.clone().map_or(Bson::Null, Bson::String),
-                "command_id": command_id,
+                Message::ORG: &a.org,
+                Message::ID: &id,
+                Message::PHONE_NUMBER_ID: &a.phone_number_id,
+                Message::CONVERSATION_ID: &a.conversation_id,
+                Message::DIRECTION: INTERNAL,
+                Message::TYPE: "note",
+                Message::PREVIEW: text,
+                Message::SENT_BY: opt(&a.issued_by),
+                Message::COMMAND_ID: command_id,
             },
             "$setOnInsert": {
-                "sent_at": DateTime::from_millis(a.at_ms),
-                "first_seen_at": DateTime::from_millis(a.at_ms),
+                Message::SENT_AT: DateTime::from_millis(a.at_ms),
+                Message::FIRST_SEEN_AT: DateTime::from_millis(a.at_ms),
             },
         },
         false,
@@ -177,11 +174,11 @@ fn note(a: &AssignmentEvent, command_id: &str, text: &str) -> Statement {
 
 /// The first outcome of a command wins; a redelivered one changes nothing.
 fn command_result(org: &str, command_id: &str, fields: Document) -> Statement {
-    let mut on_insert = doc! { "org": org, "command_id": command_id };
+    let mut on_insert = doc! { CommandResult::ORG: org, CommandResult::COMMAND_ID: command_id };
     on_insert.extend(fields);
     (
-        collections::COMMAND_RESULTS,
-        doc! { "_id": key(org, command_id) },
+        COMMAND_RESULTS.name,
+        doc! { CommandResult::KEY: key(org, command_id) },
         doc! { "$setOnInsert": on_insert },
         false,
     )
@@ -209,12 +206,12 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         &r.org,
         &r.id,
         doc! {
-            "kind": kind,
-            "accepted": r.wamid.is_some(),
-            "reason": reason,
-            "wamid": r.wamid.clone().map_or(Bson::Null, Bson::String),
-            "conversation_id": &r.conversation_id,
-            "at_ms": r.at_ms,
+            CommandResult::KIND: kind,
+            CommandResult::ACCEPTED: r.wamid.is_some(),
+            CommandResult::REASON: reason,
+            CommandResult::WAMID: opt(&r.wamid),
+            CommandResult::CONVERSATION_ID: &r.conversation_id,
+            CommandResult::AT_MS: r.at_ms,
         },
     )];
     // A read receipt is no message; an OTP code or a sync request belongs to no
@@ -228,24 +225,24 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         None => (format!("outbound:{}", r.id), DeliveryStatus::Failed),
     };
     let mut set = doc! {
-        "org": &r.org,
-        "id": &id,
-        "phone_number_id": &r.phone_number_id,
-        "conversation_id": &r.conversation_id,
-        "contact_wa_id": &r.to,
-        "direction": "outbound",
-        "origin": "api",
-        "type": &r.message_type,
-        "preview": r.preview.clone().map_or(Bson::Null, Bson::String),
-        "sent_by": &r.sent_by,
-        "command_id": &r.id,
+        Message::ORG: &r.org,
+        Message::ID: &id,
+        Message::PHONE_NUMBER_ID: &r.phone_number_id,
+        Message::CONVERSATION_ID: &r.conversation_id,
+        Message::CONTACT_WA_ID: &r.to,
+        Message::DIRECTION: to_bson(&Direction::Outbound),
+        Message::ORIGIN: to_bson(&Origin::Api),
+        Message::TYPE: &r.message_type,
+        Message::PREVIEW: opt(&r.preview),
+        Message::SENT_BY: &r.sent_by,
+        Message::COMMAND_ID: &r.id,
     };
-    let mut on_insert = doc! { "first_seen_at": at };
+    let mut on_insert = doc! { Message::FIRST_SEEN_AT: at };
     if status == DeliveryStatus::Failed {
-        set.insert("status", status.as_str());
-        set.insert("status_rank", status as i32);
+        set.insert(Message::STATUS, status.as_str());
+        set.insert(Message::STATUS_RANK, status as i32);
         set.insert(
-            "error",
+            Message::ERROR,
             r.error
                 .as_ref()
                 .and_then(|e| mongodb::bson::to_bson(e).ok())
@@ -253,41 +250,35 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         );
     } else {
         // Meta's statuses may already be there (they race the result): never lower.
-        on_insert.insert("status", status.as_str());
-        on_insert.insert("status_rank", status as i32);
+        on_insert.insert(Message::STATUS, status.as_str());
+        on_insert.insert(Message::STATUS_RANK, status as i32);
     }
     out.push((
-        collections::MESSAGES,
-        doc! { "_id": key(&r.org, &id) },
-        doc! { "$set": set, "$setOnInsert": on_insert, "$min": { "sent_at": at } },
+        MESSAGES.name,
+        doc! { Message::KEY: key(&r.org, &id) },
+        doc! { "$set": set, "$setOnInsert": on_insert, "$min": { Message::SENT_AT: at } },
         false,
     ));
     out.push((
-        collections::CONVERSATIONS,
-        doc! { "_id": key(&r.org, &r.conversation_id) },
+        CONVERSATIONS.name,
+        doc! { Conversation::KEY: key(&r.org, &r.conversation_id) },
         doc! {
             "$setOnInsert": conversation_on_insert(&r.org, &r.phone_number_id, &r.conversation_id),
-            "$max": { "last_message_at": at },
+            "$max": { Conversation::LAST_MESSAGE_AT: at },
         },
         false,
     ));
     // The conversation's last message (its preview), if not older than the one it
     // shows; after the statement above, which creates the conversation, so an older
     // reply collides on `_id` and is done.
-    out.push((
-        collections::CONVERSATIONS,
-        doc! {
-            "_id": key(&r.org, &r.conversation_id),
-            "$or": [ { "last_message.at": { "$exists": false } }, { "last_message.at": { "$lte": at } } ],
-        },
-        doc! { "$set": { "last_message": {
-            "id": &id,
-            "at": at,
-            "preview": r.preview.clone().unwrap_or_else(|| format!("[{}]", r.message_type)),
-            "version_at": at,
-        } } },
-        true,
-    ));
+    let (filter, update) = super::mapping::last_message_statement(
+        &r.org,
+        &r.conversation_id,
+        &id,
+        at,
+        super::mapping::preview_of(r.preview.as_deref(), &r.message_type),
+    );
+    out.push((CONVERSATIONS.name, filter, update, true));
     out
 }
 
@@ -296,39 +287,49 @@ fn outbound(m: &OutboundMessage) -> Vec<Statement> {
         return Vec::new(); // the result writes the message, with its wamid
     }
     vec![(
-        collections::CONVERSATIONS,
-        doc! { "_id": key(&m.org, &m.conversation_id) },
+        CONVERSATIONS.name,
+        doc! { Conversation::KEY: key(&m.org, &m.conversation_id) },
         doc! {
             "$setOnInsert": conversation_on_insert(&m.org, &m.phone_number_id, &m.conversation_id),
-            "$max": { "read_up_to": DateTime::from_millis(m.at_ms) },
+            "$max": { Conversation::READ_UP_TO: DateTime::from_millis(m.at_ms) },
         },
         false,
     )]
 }
 
+/// Where the media sink stored a message's media: what `GET /v1/media/{media_id}`
+/// reads (`Message::STORED_MEDIA_ID`).
 fn media(m: &MediaStored) -> Statement {
+    let stored = StoredMedia {
+        media_id: m.media_id.clone(),
+        bucket: m.bucket.clone(),
+        key: m.key.clone(),
+        mime_type: m.mime_type.clone(),
+        bytes: i64::try_from(m.bytes).unwrap_or(i64::MAX),
+    };
     (
-        collections::MESSAGES,
-        doc! { "_id": key(&m.org, &m.wamid) },
+        MESSAGES.name,
+        doc! { Message::KEY: key(&m.org, &m.wamid) },
         doc! {
-            "$set": { "stored_media": {
-                "media_id": &m.media_id,
-                "bucket": &m.bucket,
-                "key": &m.key,
-                "mime_type": &m.mime_type,
-                "bytes": m.bytes as i64,
-            } },
-            "$setOnInsert": { "org": &m.org, "id": &m.wamid },
+            "$set": { Message::STORED_MEDIA: to_bson(&stored) },
+            "$setOnInsert": { Message::ORG: &m.org, Message::ID: &m.wamid },
         },
         false,
     )
 }
 
+fn opt(value: &Option<String>) -> Bson {
+    value.clone().map_or(Bson::Null, Bson::String)
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn assignment_event(state: ConversationState, assignee: Option<&str>) -> AssignmentEvent {
+    pub(crate) fn assignment_event(
+        state: ConversationState,
+        assignee: Option<&str>,
+    ) -> AssignmentEvent {
         AssignmentEvent {
             id: "a1".into(),
             org: "acme".into(),
@@ -350,7 +351,7 @@ mod tests {
         let plan = assignment(&a, 7);
         assert_eq!(plan.len(), 1);
         let (collection, filter, update, collision_done) = &plan[0];
-        assert_eq!(*collection, collections::CONVERSATIONS);
+        assert_eq!(*collection, CONVERSATIONS.name);
         assert!(*collision_done);
         assert_eq!(filter.get_str("_id").unwrap(), "acme:111-222");
         let set = update.get_document("$set").unwrap();
@@ -372,7 +373,7 @@ mod tests {
         let plan = assignment(&a, 3);
         let (_, filter, update, _) = plan
             .iter()
-            .find(|s| s.0 == collections::MESSAGES)
+            .find(|s| s.0 == MESSAGES.name)
             .expect("the note");
         assert_eq!(filter.get_str("_id").unwrap(), "acme:note:k9");
         let set = update.get_document("$set").unwrap();
@@ -382,11 +383,7 @@ mod tests {
         assert_eq!(set.get_str("sent_by").unwrap(), "ana");
         assert_eq!(set.get_str("conversation_id").unwrap(), "111-222");
         a.rejected = Some("unknown conversation".into());
-        assert!(
-            assignment(&a, 4)
-                .iter()
-                .all(|s| s.0 != collections::MESSAGES)
-        );
+        assert!(assignment(&a, 4).iter().all(|s| s.0 != MESSAGES.name));
     }
 
     #[test]
@@ -398,14 +395,15 @@ mod tests {
         let plan = assignment(&a, 1);
         assert_eq!(plan.len(), 1);
         let (collection, filter, update, _) = &plan[0];
-        assert_eq!(*collection, collections::COMMAND_RESULTS);
+        assert_eq!(*collection, COMMAND_RESULTS.name);
         assert_eq!(filter.get_str("_id").unwrap(), "acme:k1");
         let fields = update.get_document("$setOnInsert").unwrap();
         assert!(!fields.get_bool("accepted").unwrap());
         assert_eq!(fields.get_str("reason").unwrap(), "already assigned to bob");
     }
 
-    fn sent(wamid: Option<&str>) -> OutboundResult {
+    /// A command of agent ana's in conversation `111-222`.
+    pub(crate) fn command(payload: serde_json::Value) -> OutboundMessage {
         OutboundMessage {
             id: "cmd-1".into(),
             org: "acme".into(),
@@ -414,9 +412,12 @@ mod tests {
             to: "222".into(),
             sent_by: "ana".into(),
             at_ms: 9_000,
-            payload: serde_json::json!({"type": "text", "text": {"body": "on its way"}}),
+            payload,
         }
-        .result(
+    }
+
+    pub(crate) fn sent(wamid: Option<&str>) -> OutboundResult {
+        command(serde_json::json!({"type": "text", "text": {"body": "on its way"}})).result(
             wamid.map(str::to_owned),
             wamid.is_none().then(|| {
                 serde_json::from_value(
@@ -431,17 +432,14 @@ mod tests {
     #[test]
     fn a_sent_message_appears_under_its_wamid_without_lowering_a_status() {
         let plan = outbound_result(&sent(Some("wamid.X")));
-        let message = plan.iter().find(|s| s.0 == collections::MESSAGES).unwrap();
+        let message = plan.iter().find(|s| s.0 == MESSAGES.name).unwrap();
         assert_eq!(message.1.get_str("_id").unwrap(), "acme:wamid.X");
         let set = message.2.get_document("$set").unwrap();
         assert_eq!(set.get_str("preview").unwrap(), "on its way");
         assert!(set.get("status").is_none(), "status only on insert");
         let on_insert = message.2.get_document("$setOnInsert").unwrap();
         assert_eq!(on_insert.get_str("status").unwrap(), "accepted");
-        let result = plan
-            .iter()
-            .find(|s| s.0 == collections::COMMAND_RESULTS)
-            .unwrap();
+        let result = plan.iter().find(|s| s.0 == COMMAND_RESULTS.name).unwrap();
         assert!(
             result
                 .2
@@ -455,14 +453,11 @@ mod tests {
     #[test]
     fn a_failed_send_appears_as_failed_with_the_reason() {
         let plan = outbound_result(&sent(None));
-        let message = plan.iter().find(|s| s.0 == collections::MESSAGES).unwrap();
+        let message = plan.iter().find(|s| s.0 == MESSAGES.name).unwrap();
         assert_eq!(message.1.get_str("_id").unwrap(), "acme:outbound:cmd-1");
         let set = message.2.get_document("$set").unwrap();
         assert_eq!(set.get_str("status").unwrap(), "failed");
-        let result = plan
-            .iter()
-            .find(|s| s.0 == collections::COMMAND_RESULTS)
-            .unwrap();
+        let result = plan.iter().find(|s| s.0 == COMMAND_RESULTS.name).unwrap();
         let fields = result.2.get_document("$setOnInsert").unwrap();
         assert_eq!(
             fields.get_str("reason").unwrap(),

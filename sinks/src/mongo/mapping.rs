@@ -7,20 +7,19 @@
 //!   lower, and when it is not lower the upsert's insert collides on `_id` (duplicate
 //!   key, 11000), which means "already there or further" and is not an error;
 //! - times use `$max`, so late events never move them back.
+//!
+//! The documents, their field names and collections are `store`'s (the API reads the
+//! same types); this module only decides which statements an event becomes.
 
 use events::event::*;
 use events::{DeliveryStatus, WhatsAppEvent, semantics};
 use mongodb::bson::{Bson, DateTime, Document, doc};
-
-/// Collections the sink writes.
-pub mod collections {
-    pub const MESSAGES: &str = "messages";
-    pub const MESSAGE_STATUSES: &str = "message_statuses";
-    pub const CONTACTS: &str = "contacts";
-    pub const CONVERSATIONS: &str = "conversations";
-    pub const HISTORY_SYNCS: &str = "history_syncs";
-    pub const COMMAND_RESULTS: &str = "command_results";
-}
+use store::inbox::{
+    BusinessAppChange, CONTACTS, CONVERSATIONS, Contact, Conversation, Edit, HISTORY_SYNCS,
+    HistorySync, LastMessage, MESSAGE_STATUSES, MESSAGES, Message, MessageStatus, Reaction, Revoke,
+    SYNC_ONLY, SyncError, SyncStatus,
+};
+use store::to_bson;
 
 /// One update statement of an `update` command, with the batch record it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +55,7 @@ pub fn plan<'a>(events: impl IntoIterator<Item = (usize, &'a WhatsAppEvent)>) ->
         match &event.body {
             EventBody::Message(m) => {
                 push(
-                    collections::MESSAGES,
+                    MESSAGES.name,
                     by_id(event, &m.wamid),
                     message_update(event, m),
                     false,
@@ -65,62 +64,60 @@ pub fn plan<'a>(events: impl IntoIterator<Item = (usize, &'a WhatsAppEvent)>) ->
                 // already stored, and is no contact or conversation of its own.
                 if semantics::adds_to_timeline(event) {
                     push(
-                        collections::CONTACTS,
+                        CONTACTS.name,
                         by_id(event, &m.contact_wa_id),
                         contact_from_message(event, m),
                         false,
                     );
                     push(
-                        collections::CONVERSATIONS,
+                        CONVERSATIONS.name,
                         by_id(event, &m.conversation_id),
                         conversation_update(event, m),
                         false,
                     );
                     // After the statement above, which creates the conversation.
                     let (filter, update) = last_message(event, m);
-                    statement(collections::CONVERSATIONS, filter, update, false, false);
+                    statement(CONVERSATIONS.name, filter, update, false, false);
                 }
             }
             EventBody::Edit(c) => {
                 push(
-                    collections::MESSAGES,
+                    MESSAGES.name,
                     by_id(event, &c.wamid),
                     edit_update(event, c),
                     false,
                 );
                 let (filter, update) = last_message_edited(event, c);
-                statement(collections::CONVERSATIONS, filter, update, false, false);
+                statement(CONVERSATIONS.name, filter, update, false, false);
             }
             EventBody::Revoke(c) => {
                 push(
-                    collections::MESSAGES,
+                    MESSAGES.name,
                     by_id(event, &c.wamid),
                     revoke_update(event, c),
                     false,
                 );
                 let (filter, update) = last_message_revoked(event, c);
-                statement(collections::CONVERSATIONS, filter, update, false, false);
+                statement(CONVERSATIONS.name, filter, update, false, false);
             }
             EventBody::Reaction(r) => {
                 let (filter, update) = reaction_update(event, r);
-                push(collections::MESSAGES, filter, update, true);
+                push(MESSAGES.name, filter, update, true);
             }
             EventBody::Status(s) => {
                 if let Some(status) = DeliveryStatus::from_meta(&s.status) {
                     let rank = status as i32;
                     let filter = doc! {
-                        "_id": key(event, &s.wamid),
-                        "$or": [ { "status_rank": { "$exists": false } }, { "status_rank": { "$lt": rank } } ],
+                        Message::KEY: key(event, &s.wamid),
+                        "$or": [
+                            { Message::STATUS_RANK: { "$exists": false } },
+                            { Message::STATUS_RANK: { "$lt": rank } },
+                        ],
                     };
-                    push(
-                        collections::MESSAGES,
-                        filter,
-                        status_update(event, s, status),
-                        true,
-                    );
+                    push(MESSAGES.name, filter, status_update(event, s, status), true);
                 }
                 push(
-                    collections::MESSAGE_STATUSES,
+                    MESSAGE_STATUSES.name,
                     by_id(event, &event.id),
                     status_history(event, s),
                     false,
@@ -129,23 +126,18 @@ pub fn plan<'a>(events: impl IntoIterator<Item = (usize, &'a WhatsAppEvent)>) ->
             EventBody::ContactSync(c) => {
                 // Applied only over an older change (Meta's own timestamp orders them,
                 // not arrival); a remove never creates a contact.
-                let field = "business_app.changed_at";
+                let field = Contact::BUSINESS_APP_CHANGED_AT;
                 let filter = doc! {
-                    "_id": key(event, &c.wa_id),
+                    Contact::KEY: key(event, &c.wa_id),
                     "$or": [ { field: { "$exists": false } }, { field: { "$lt": seconds(c.changed_at) } } ],
                 };
                 // A remove for a number never seen leaves a record only the sync
                 // reads (`SYNC_ONLY`), so an older add arriving later cannot undo it,
                 // and no contact appears.
-                push(
-                    collections::CONTACTS,
-                    filter,
-                    contact_sync_update(event, c),
-                    true,
-                )
+                push(CONTACTS.name, filter, contact_sync_update(event, c), true)
             }
             EventBody::HistoryProgress(h) => push(
-                collections::HISTORY_SYNCS,
+                HISTORY_SYNCS.name,
                 by_id(event, &event.phone_number_id),
                 history_update(event, h),
                 false,
@@ -158,11 +150,11 @@ pub fn plan<'a>(events: impl IntoIterator<Item = (usize, &'a WhatsAppEvent)>) ->
 
 /// `{org}:{id}`: ids are unique per org, never across orgs.
 pub fn key(event: &WhatsAppEvent, id: &str) -> String {
-    format!("{}:{id}", event.org)
+    store::key(&event.org, id)
 }
 
 fn by_id(event: &WhatsAppEvent, id: &str) -> Document {
-    doc! { "_id": key(event, id) }
+    doc! { store::KEY_FIELD: key(event, id) }
 }
 
 fn seconds(at: i64) -> DateTime {
@@ -173,70 +165,82 @@ fn opt(value: &Option<String>) -> Bson {
     value.clone().map_or(Bson::Null, Bson::String)
 }
 
-fn to_bson<T: serde::Serialize>(value: &T) -> Bson {
-    mongodb::bson::to_bson(value).unwrap_or(Bson::Null)
+/// The fields every way of creating a message document starts with.
+fn message_on_insert(event: &WhatsAppEvent, wamid: &str) -> Document {
+    doc! {
+        Message::ORG: &event.org,
+        Message::ID: wamid,
+        Message::PHONE_NUMBER_ID: &event.phone_number_id,
+    }
+}
+
+fn first_seen(event: &WhatsAppEvent) -> Document {
+    doc! { Message::FIRST_SEEN_AT: DateTime::from_millis(event.received_at_ms) }
 }
 
 fn message_update(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
-    let mut set = doc! {
-        "org": &event.org,
-        "id": &m.wamid,
-        "phone_number_id": &event.phone_number_id,
-        "direction": to_bson(&m.direction),
-        "origin": to_bson(&m.origin),
-        "type": &m.message_type,
-        "preview": opt(&m.preview),
-        "reply_to": opt(&m.reply_to),
-        "media": to_bson(&m.media),
-        "history_status": opt(&m.history_status),
-        "sent_at": seconds(m.sent_at),
-        "raw": to_bson(&m.raw),
-    };
+    let mut set = message_on_insert(event, &m.wamid);
+    set.extend(doc! {
+        Message::DIRECTION: to_bson(&m.direction),
+        Message::ORIGIN: to_bson(&m.origin),
+        Message::TYPE: &m.message_type,
+        Message::PREVIEW: opt(&m.preview),
+        Message::REPLY_TO: opt(&m.reply_to),
+        Message::MEDIA: to_bson(&m.media),
+        Message::HISTORY_STATUS: opt(&m.history_status),
+        Message::SENT_AT: seconds(m.sent_at),
+        Message::RAW: to_bson(&m.raw),
+    });
     if !m.errors.is_empty() {
-        set.insert("errors", to_bson(&m.errors));
+        set.insert(Message::ERRORS, to_bson(&m.errors));
     }
     // A history media follow-up names no customer: keep the placeholder's.
     if !m.contact_wa_id.is_empty() {
-        set.insert("conversation_id", &m.conversation_id);
-        set.insert("contact_wa_id", &m.contact_wa_id);
+        set.insert(Message::CONVERSATION_ID, &m.conversation_id);
+        set.insert(Message::CONTACT_WA_ID, &m.contact_wa_id);
     }
     doc! {
         "$set": set,
         // `$min`, not `$setOnInsert`: an edit, revoke or reaction may have created
         // the document before the message itself arrived.
-        "$min": { "first_seen_at": DateTime::from_millis(event.received_at_ms) },
+        "$min": first_seen(event),
     }
 }
 
 /// An edit of message `c.wamid`: a version kept beside the original content. Which
-/// version is current is decided when reading ([`current_content`]), from the set of
-/// versions, so edits and the original may arrive in any order. An edit arriving
-/// first creates the document, holding the edit until the original lands.
+/// version is current is decided when reading ([`store::inbox::current_content`]),
+/// from the set of versions, so edits and the original may arrive in any order. An
+/// edit arriving first creates the document, holding the edit until the original
+/// lands.
 fn edit_update(event: &WhatsAppEvent, c: &MessageChangeEvent) -> Document {
-    let version = doc! {
-        "id": &c.change_wamid,
-        "at": seconds(c.sent_at),
-        "type": opt(&c.message_type),
-        "preview": opt(&c.preview),
-        "media": to_bson(&c.media),
-        "origin": to_bson(&c.origin),
+    let version = Edit {
+        id: c.change_wamid.clone(),
+        at: Some(seconds(c.sent_at)),
+        message_type: c.message_type.clone(),
+        preview: c.preview.clone(),
+        media: c.media.clone(),
+        origin: Some(c.origin),
     };
     doc! {
-        "$setOnInsert": { "org": &event.org, "id": &c.wamid, "phone_number_id": &event.phone_number_id },
-        "$addToSet": { "edits": version },
-        "$max": { "edited_at": seconds(c.sent_at) },
-        "$min": { "first_seen_at": DateTime::from_millis(event.received_at_ms) },
+        "$setOnInsert": message_on_insert(event, &c.wamid),
+        "$addToSet": { Message::EDITS: to_bson(&version) },
+        "$max": { Message::EDITED_AT: seconds(c.sent_at) },
+        "$min": first_seen(event),
     }
 }
 
 /// A revoke of message `c.wamid`: marked deleted; reads clear its content (the raw
 /// webhook keeps it for audit).
 fn revoke_update(event: &WhatsAppEvent, c: &MessageChangeEvent) -> Document {
+    let revoke = Revoke {
+        id: c.change_wamid.clone(),
+        origin: Some(c.origin),
+    };
     doc! {
-        "$setOnInsert": { "org": &event.org, "id": &c.wamid, "phone_number_id": &event.phone_number_id },
-        "$max": { "deleted_at": seconds(c.sent_at) },
-        "$addToSet": { "revokes": { "id": &c.change_wamid, "origin": to_bson(&c.origin) } },
-        "$min": { "first_seen_at": DateTime::from_millis(event.received_at_ms) },
+        "$setOnInsert": message_on_insert(event, &c.wamid),
+        "$max": { Message::DELETED_AT: seconds(c.sent_at) },
+        "$addToSet": { Message::REVOKES: to_bson(&revoke) },
+        "$min": first_seen(event),
     }
 }
 
@@ -244,46 +248,62 @@ fn revoke_update(event: &WhatsAppEvent, c: &MessageChangeEvent) -> Document {
 /// of the same reactor (a late, older reaction collides and is dropped as done). A
 /// removal keeps its time with no emoji, so an older reaction cannot come back.
 fn reaction_update(event: &WhatsAppEvent, r: &ReactionEvent) -> (Document, Document) {
-    let field = format!("reactions.{}", reaction_key(&r.reactor));
-    let at = format!("{field}.at");
+    let field = store::inbox::reaction_field(&r.reactor);
+    let at = format!("{field}.{}", Reaction::AT);
     let filter = doc! {
-        "_id": key(event, &r.wamid),
+        Message::KEY: key(event, &r.wamid),
         "$or": [ { &at: { "$exists": false } }, { &at: { "$lt": seconds(r.sent_at) } } ],
     };
+    let reaction = Reaction {
+        emoji: r.emoji.clone(),
+        at: Some(seconds(r.sent_at)),
+        id: r.change_wamid.clone(),
+        origin: Some(r.origin),
+    };
     let update = doc! {
-        "$set": { field: {
-            "emoji": opt(&r.emoji),
-            "at": seconds(r.sent_at),
-            "id": &r.change_wamid,
-            "origin": to_bson(&r.origin),
-        } },
-        "$setOnInsert": { "org": &event.org, "id": &r.wamid, "phone_number_id": &event.phone_number_id },
-        "$min": { "first_seen_at": DateTime::from_millis(event.received_at_ms) },
+        "$set": { field: to_bson(&reaction) },
+        "$setOnInsert": message_on_insert(event, &r.wamid),
+        "$min": first_seen(event),
     };
     (filter, update)
-}
-
-/// A reactor as a field name: wa_ids are digits; anything else loses what MongoDB
-/// would read as a path (`.`) or an operator (`$`).
-fn reaction_key(reactor: &str) -> String {
-    reactor.replace(['.', '$'], "_")
 }
 
 /// The conversation's last message (for its preview), moved only forward: the
 /// statement matches only if this message is at least as new as the one it shows.
-fn last_message(event: &WhatsAppEvent, m: &MessageEvent) -> (Document, Document) {
-    let at = seconds(m.sent_at);
+/// Shared with the outbound results ([`super::inbox`]).
+pub(super) fn last_message_statement(
+    org: &str,
+    conversation_id: &str,
+    wamid: &str,
+    at: DateTime,
+    preview: String,
+) -> (Document, Document) {
     let filter = doc! {
-        "_id": key(event, &m.conversation_id),
-        "$or": [ { "last_message.at": { "$exists": false } }, { "last_message.at": { "$lte": at } } ],
+        Conversation::KEY: store::key(org, conversation_id),
+        "$or": [
+            { Conversation::PREVIEW_AT: { "$exists": false } },
+            { Conversation::PREVIEW_AT: { "$lte": at } },
+        ],
     };
-    let update = doc! { "$set": { "last_message": {
-        "id": &m.wamid,
-        "at": at,
-        "preview": preview_of(m.preview.as_deref(), &m.message_type),
-        "version_at": at,
-    } } };
+    let last = LastMessage {
+        id: wamid.to_string(),
+        at: Some(at),
+        preview: Some(preview),
+        version_at: Some(at),
+        deleted: None,
+    };
+    let update = doc! { "$set": { Conversation::LAST_MESSAGE: to_bson(&last) } };
     (filter, update)
+}
+
+fn last_message(event: &WhatsAppEvent, m: &MessageEvent) -> (Document, Document) {
+    last_message_statement(
+        &event.org,
+        &m.conversation_id,
+        &m.wamid,
+        seconds(m.sent_at),
+        preview_of(m.preview.as_deref(), &m.message_type),
+    )
 }
 
 /// An edit of the message the conversation shows last changes its preview (the
@@ -291,98 +311,77 @@ fn last_message(event: &WhatsAppEvent, m: &MessageEvent) -> (Document, Document)
 fn last_message_edited(event: &WhatsAppEvent, c: &MessageChangeEvent) -> (Document, Document) {
     let at = seconds(c.sent_at);
     let filter = doc! {
-        "_id": key(event, &c.conversation_id),
-        "last_message.id": &c.wamid,
-        "last_message.version_at": { "$lt": at },
-        "last_message.deleted": { "$ne": true },
+        Conversation::KEY: key(event, &c.conversation_id),
+        Conversation::PREVIEW_ID: &c.wamid,
+        Conversation::PREVIEW_VERSION_AT: { "$lt": at },
+        Conversation::PREVIEW_DELETED: { "$ne": true },
     };
     let preview = preview_of(
         c.preview.as_deref(),
         c.message_type.as_deref().unwrap_or(""),
     );
-    let update =
-        doc! { "$set": { "last_message.preview": preview, "last_message.version_at": at } };
+    let update = doc! { "$set": {
+        Conversation::PREVIEW_TEXT: preview,
+        Conversation::PREVIEW_VERSION_AT: at,
+    } };
     (filter, update)
 }
 
 /// A revoke of the message the conversation shows last clears its preview.
 fn last_message_revoked(event: &WhatsAppEvent, c: &MessageChangeEvent) -> (Document, Document) {
-    let filter = doc! { "_id": key(event, &c.conversation_id), "last_message.id": &c.wamid };
-    let update =
-        doc! { "$set": { "last_message.preview": Bson::Null, "last_message.deleted": true } };
+    let filter = doc! {
+        Conversation::KEY: key(event, &c.conversation_id),
+        Conversation::PREVIEW_ID: &c.wamid,
+    };
+    let update = doc! { "$set": {
+        Conversation::PREVIEW_TEXT: Bson::Null,
+        Conversation::PREVIEW_DELETED: true,
+    } };
     (filter, update)
 }
 
 /// The preview shown for a message: its text, or its type in brackets.
-fn preview_of(preview: Option<&str>, message_type: &str) -> String {
+pub(super) fn preview_of(preview: Option<&str>, message_type: &str) -> String {
     match preview {
         Some(p) => p.chars().take(200).collect(),
         None => format!("[{message_type}]"),
     }
 }
 
-/// What a message shows now, from its stored versions: the newest edit (by its time,
-/// then id), else the original; `None` when it was deleted. Pure over the set of
-/// versions, so the order they arrived in does not matter.
-pub fn current_content(message: &Document) -> Option<(Option<String>, Option<String>)> {
-    if message.get("deleted_at").is_some_and(|d| *d != Bson::Null) {
-        return None;
-    }
-    let newest = message
-        .get_array("edits")
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(Bson::as_document)
-        .max_by_key(|v| {
-            (
-                v.get_datetime("at")
-                    .map(|d| d.timestamp_millis())
-                    .unwrap_or(0),
-                v.get_str("id").unwrap_or_default().to_owned(),
-            )
-        });
-    let text = |d: &Document, k: &str| d.get_str(k).ok().map(str::to_owned);
-    Some(match newest {
-        Some(edit) => (text(edit, "preview"), text(edit, "type")),
-        None => (text(message, "preview"), text(message, "type")),
-    })
-}
-
 fn contact_from_message(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
     let mut update = doc! {
-        "$setOnInsert": { "org": &event.org, "wa_id": &m.contact_wa_id },
-        "$min": { "created_at": seconds(m.sent_at) },
-        "$max": { "last_message_at": seconds(m.sent_at) },
+        "$setOnInsert": { Contact::ORG: &event.org, Contact::WA_ID: &m.contact_wa_id },
+        "$min": { Contact::CREATED_AT: seconds(m.sent_at) },
+        "$max": { Contact::LAST_MESSAGE_AT: seconds(m.sent_at) },
         "$unset": { SYNC_ONLY: "" },
     };
     if let Some(name) = &m.contact_name {
-        update.insert("$set", doc! { "profile_name": name });
+        update.insert("$set", doc! { Contact::PROFILE_NAME: name });
     }
     update
 }
 
 fn conversation_update(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
-    let mut max = doc! { "last_message_at": seconds(m.sent_at) };
+    let mut max = doc! { Conversation::LAST_MESSAGE_AT: seconds(m.sent_at) };
     // The customer's last live message: the 24-hour window's start (one rule for
     // the window, here and in the whatsapp sink).
     if semantics::is_customer_writing(event) {
-        max.insert("last_inbound_at", seconds(m.sent_at));
+        max.insert(Conversation::LAST_INBOUND_AT, seconds(m.sent_at));
     }
     // A conversation first seen through history is past business, not a new request.
     let state = if m.origin == Origin::History {
-        "resolved"
+        events::inbox::ConversationState::Resolved
     } else {
-        "open"
+        events::inbox::ConversationState::Open
     };
     doc! {
         "$setOnInsert": {
-            "org": &event.org,
-            "id": &m.conversation_id,
-            "phone_number_id": &event.phone_number_id,
-            "contact_wa_id": &m.contact_wa_id,
-            "state": state,
-            "created_at": seconds(m.sent_at),
+            Conversation::ORG: &event.org,
+            Conversation::ID: &m.conversation_id,
+            Conversation::PHONE_NUMBER_ID: &event.phone_number_id,
+            Conversation::CONTACT_WA_ID: &m.contact_wa_id,
+            Conversation::STATE: to_bson(&state),
+            Conversation::CREATED_AT: seconds(m.sent_at),
         },
         "$max": max,
     }
@@ -390,104 +389,112 @@ fn conversation_update(event: &WhatsAppEvent, m: &MessageEvent) -> Document {
 
 fn status_update(event: &WhatsAppEvent, s: &StatusEvent, status: DeliveryStatus) -> Document {
     let mut set = doc! {
-        "status": status.as_str(),
-        "status_rank": status as i32,
-        "status_at": seconds(s.at),
+        Message::STATUS: status.as_str(),
+        Message::STATUS_RANK: status as i32,
+        Message::STATUS_AT: seconds(s.at),
     };
     if let Some(error) = s.errors.first() {
-        set.insert("error", to_bson(error));
+        set.insert(Message::ERROR, to_bson(error));
     }
+    let mut on_insert = message_on_insert(event, &s.wamid);
+    on_insert.extend(doc! {
+        Message::CONVERSATION_ID: &s.conversation_id,
+        Message::CONTACT_WA_ID: &s.recipient_id,
+    });
     doc! {
         "$set": set,
         // A status can arrive before its message (sent from elsewhere, or reordered).
-        "$setOnInsert": {
-            "org": &event.org,
-            "id": &s.wamid,
-            "phone_number_id": &event.phone_number_id,
-            "conversation_id": &s.conversation_id,
-            "contact_wa_id": &s.recipient_id,
-        },
+        "$setOnInsert": on_insert,
     }
 }
 
 fn status_history(event: &WhatsAppEvent, s: &StatusEvent) -> Document {
     doc! {
         "$setOnInsert": {
-            "org": &event.org,
-            "wamid": &s.wamid,
-            "status": &s.status,
-            "at": seconds(s.at),
-            "errors": to_bson(&s.errors),
-            "raw": to_bson(&s.raw),
+            MessageStatus::ORG: &event.org,
+            MessageStatus::WAMID: &s.wamid,
+            MessageStatus::STATUS: &s.status,
+            MessageStatus::AT: seconds(s.at),
+            MessageStatus::ERRORS: to_bson(&s.errors),
+            MessageStatus::RAW: to_bson(&s.raw),
         }
     }
 }
 
 fn contact_sync_update(event: &WhatsAppEvent, c: &ContactSyncEvent) -> Document {
     let added = c.action == ContactAction::Upsert;
+    let change = BusinessAppChange {
+        action: if added { "add" } else { "remove" }.to_string(),
+        changed_at: Some(seconds(c.changed_at)),
+    };
     let mut set = doc! {
-        "in_business_app": added,
+        Contact::IN_BUSINESS_APP: added,
         // When and how the Business app last changed this contact.
-        "business_app": { "action": if added { "add" } else { "remove" }, "changed_at": seconds(c.changed_at) },
+        Contact::BUSINESS_APP: to_bson(&change),
     };
     if added {
-        set.insert("full_name", opt(&c.full_name));
-        set.insert("first_name", opt(&c.first_name));
+        set.insert(Contact::FULL_NAME, opt(&c.full_name));
+        set.insert(Contact::FIRST_NAME, opt(&c.first_name));
     }
     let mut update = doc! { "$set": set };
+    let mut on_insert = doc! { Contact::ORG: &event.org, Contact::WA_ID: &c.wa_id };
     if added {
-        update.insert(
-            "$setOnInsert",
-            doc! { "org": &event.org, "wa_id": &c.wa_id, "created_at": seconds(c.changed_at) },
-        );
+        on_insert.insert(Contact::CREATED_AT, seconds(c.changed_at));
         update.insert("$unset", doc! { SYNC_ONLY: "" });
     } else {
-        update.insert(
-            "$setOnInsert",
-            doc! { "org": &event.org, "wa_id": &c.wa_id, SYNC_ONLY: true },
-        );
+        on_insert.insert(SYNC_ONLY, true);
     }
+    update.insert("$setOnInsert", on_insert);
     update
 }
-
-/// Marks a contacts document that only records a Business-app remove of a number
-/// that never wrote: not a contact (the API does not show it) until the customer
-/// writes or the Business app adds them again.
-pub const SYNC_ONLY: &str = "sync_only";
 
 /// Meta's code for "the business declined sharing its chat history".
 pub const HISTORY_DECLINED: i64 = 2_593_109;
 
 fn history_update(event: &WhatsAppEvent, h: &HistoryProgressEvent) -> Document {
     let at = DateTime::from_millis(event.received_at_ms);
+    let mut on_insert = doc! {
+        HistorySync::ORG: &event.org,
+        HistorySync::PHONE_NUMBER_ID: &event.phone_number_id,
+    };
     let mut update = doc! {
-        "$setOnInsert": { "org": &event.org, "phone_number_id": &event.phone_number_id },
-        "$max": { "progress": h.progress, "updated_at": at, "phase": h.phase },
-        "$addToSet": { "chunks": format!("{}:{}", h.phase, h.chunk_order) },
+        "$max": {
+            HistorySync::PROGRESS: h.progress,
+            HistorySync::UPDATED_AT: at,
+            HistorySync::PHASE: h.phase,
+        },
+        "$addToSet": { HistorySync::CHUNKS: format!("{}:{}", h.phase, h.chunk_order) },
     };
     if let Some(error) = h.errors.first() {
         // Declined (2593109) or failed: Meta's code and words, for the admin.
         let status = if error.code == HISTORY_DECLINED {
-            "declined"
+            SyncStatus::Declined
         } else {
-            "failed"
+            SyncStatus::Failed
+        };
+        let error = SyncError {
+            code: error.code,
+            title: error.title.clone(),
+            message: error.message.clone(),
         };
         update.insert(
             "$set",
             doc! {
-                "status": status,
-                "error": { "code": error.code, "title": opt(&error.title), "message": opt(&error.message) },
-                "finished_at": at,
+                HistorySync::STATUS: status.as_str(),
+                HistorySync::ERROR: to_bson(&error),
+                HistorySync::FINISHED_AT: at,
             },
         );
     } else if h.progress >= 100 {
-        update.insert("$set", doc! { "status": "completed" });
-        update.insert("$min", doc! { "finished_at": at });
+        update.insert(
+            "$set",
+            doc! { HistorySync::STATUS: SyncStatus::Completed.as_str() },
+        );
+        update.insert("$min", doc! { HistorySync::FINISHED_AT: at });
     } else {
-        update.insert("$setOnInsert", doc! {
-            "org": &event.org, "phone_number_id": &event.phone_number_id, "status": "in_progress",
-        });
+        on_insert.insert(HistorySync::STATUS, SyncStatus::InProgress.as_str());
     }
+    update.insert("$setOnInsert", on_insert);
     update
 }
 
@@ -522,11 +529,11 @@ mod tests {
         assert_eq!(
             ids,
             vec![
-                (collections::MESSAGES, "acme:wamid.A".to_string()),
-                (collections::CONTACTS, "acme:222".to_string()),
-                (collections::CONVERSATIONS, "acme:111-222".to_string()),
+                (MESSAGES.name, "acme:wamid.A".to_string()),
+                (CONTACTS.name, "acme:222".to_string()),
+                (CONVERSATIONS.name, "acme:111-222".to_string()),
                 // Its last message, if not older than the one it shows.
-                (collections::CONVERSATIONS, "acme:111-222".to_string()),
+                (CONVERSATIONS.name, "acme:111-222".to_string()),
             ]
         );
         assert!(plan.iter().all(|u| !u.collision_means_done));
@@ -574,7 +581,7 @@ mod tests {
         let events = fixture("history_media");
         let plan = plan(events.iter().enumerate());
         let collections: Vec<_> = plan.iter().map(|u| u.collection).collect();
-        assert_eq!(collections, [collections::MESSAGES]);
+        assert_eq!(collections, [MESSAGES.name]);
         assert!(
             !plan[0]
                 .update
@@ -589,7 +596,7 @@ mod tests {
         for name in ["smb_app_state_sync_remove", "smb_app_state_sync"] {
             let events = fixture(name);
             for u in plan(events.iter().enumerate()) {
-                assert_eq!(u.collection, collections::CONTACTS);
+                assert_eq!(u.collection, CONTACTS.name);
                 let removing = name.ends_with("remove");
                 let on_insert = u.update.get_document("$setOnInsert").unwrap();
                 assert_eq!(on_insert.get_bool(SYNC_ONLY).is_ok(), removing, "{name}");
@@ -646,7 +653,7 @@ mod tests {
             let plan = plan(events.iter().enumerate());
             let messages: Vec<_> = plan
                 .iter()
-                .filter(|u| u.collection == collections::MESSAGES)
+                .filter(|u| u.collection == MESSAGES.name)
                 .collect();
             assert_eq!(messages.len(), 1, "{name}");
             assert_eq!(
@@ -661,13 +668,10 @@ mod tests {
                     || !update.get_document("$set").unwrap().contains_key("type"),
                 "{name}"
             );
-            assert!(
-                plan.iter().all(|u| u.collection != collections::CONTACTS),
-                "{name}"
-            );
+            assert!(plan.iter().all(|u| u.collection != CONTACTS.name), "{name}");
             assert!(
                 plan.iter()
-                    .filter(|u| u.collection == collections::CONVERSATIONS)
+                    .filter(|u| u.collection == CONVERSATIONS.name)
                     .all(|u| !u.upsert),
                 "{name}: may only touch an existing conversation's preview"
             );
@@ -682,10 +686,7 @@ mod tests {
         );
         let events = events_of(&json);
         let plan = plan(events.iter().enumerate());
-        let status = plan
-            .iter()
-            .find(|u| u.collection == collections::MESSAGES)
-            .unwrap();
+        let status = plan.iter().find(|u| u.collection == MESSAGES.name).unwrap();
         assert!(status.collision_means_done);
         let or = status.filter.get_array("$or").unwrap();
         assert_eq!(

@@ -1,4 +1,5 @@
-//! The MongoDB sink: the system of record for contacts, conversations and messages.
+//! The MongoDB sink: the system of record for contacts, conversations and messages,
+//! and the only writer of the read model whose documents `store` defines.
 //!
 //! A batch becomes one `update` command per collection (many statements, one round
 //! trip), which every MongoDB version and wire-compatible server understands.
@@ -16,7 +17,7 @@ use mongodb::{Client, Database, IndexModel};
 use runtime::{Record, Reject, Stage};
 
 pub use config::MongoConfig;
-use mapping::{Upsert, collections};
+use mapping::Upsert;
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -25,49 +26,24 @@ pub async fn connect(config: &MongoConfig) -> anyhow::Result<Database> {
     let client = Client::with_uri_str(config.uri.expose()).await?;
     let db = client.database(&config.database);
     ensure_indexes(&db).await?;
-    directory::ensure_indexes(&db).await?;
     Ok(db)
 }
 
+/// The read model's indexes ([`store::index::all`]): the sink owns the collections.
 async fn ensure_indexes(db: &Database) -> anyhow::Result<()> {
-    let unique = || IndexOptions::builder().unique(true).build();
-    let index = |keys: Document, options: Option<IndexOptions>| {
-        IndexModel::builder().keys(keys).options(options).build()
-    };
-    let specs: [(&str, Vec<IndexModel>); 4] = [
-        (
-            collections::MESSAGES,
-            vec![
-                index(doc! { "org": 1, "id": 1 }, Some(unique())),
-                index(doc! { "org": 1, "conversation_id": 1, "sent_at": -1 }, None),
-                // `GET /v1/media/{media_id}`: the message whose media the sink stored.
-                index(doc! { "org": 1, "stored_media.media_id": 1 }, None),
-            ],
-        ),
-        (
-            collections::CONTACTS,
-            vec![
-                index(doc! { "org": 1, "wa_id": 1 }, Some(unique())),
-                index(doc! { "org": 1, "profile_name": 1 }, None),
-            ],
-        ),
-        (
-            collections::CONVERSATIONS,
-            vec![
-                index(doc! { "org": 1, "id": 1 }, Some(unique())),
-                index(doc! { "org": 1, "state": 1, "last_message_at": -1 }, None),
-                index(
-                    doc! { "org": 1, "assignee": 1, "state": 1, "last_message_at": -1 },
-                    None,
-                ),
-            ],
-        ),
-        (
-            collections::MESSAGE_STATUSES,
-            vec![index(doc! { "org": 1, "wamid": 1, "at": 1 }, None)],
-        ),
-    ];
-    for (collection, models) in specs {
+    let mut by_collection: BTreeMap<&str, Vec<IndexModel>> = BTreeMap::new();
+    for index in store::index::all() {
+        let options = index
+            .unique
+            .then(|| IndexOptions::builder().unique(true).build());
+        by_collection.entry(index.collection).or_default().push(
+            IndexModel::builder()
+                .keys(index.keys)
+                .options(options)
+                .build(),
+        );
+    }
+    for (collection, models) in by_collection {
         db.collection::<Document>(collection)
             .create_indexes(models)
             .await?;
@@ -183,5 +159,199 @@ fn as_index(value: &Bson) -> Option<usize> {
         Bson::Int32(i) => usize::try_from(*i).ok(),
         Bson::Int64(i) => usize::try_from(*i).ok(),
         _ => None,
+    }
+}
+
+/// The writer's half of the read model's contract: every collection the API can
+/// read ([`store::collections`]) is written by some statement of this sink, and no
+/// statement writes a field its document type does not declare. A read of a
+/// collection or field nothing writes (the media route once read one) fails here.
+#[cfg(test)]
+mod contract_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use events::delivery::MediaStored;
+    use events::directory::{Change, DirectoryChange, Role, RoutingPolicy, Sealed};
+    use events::inbox::ConversationState;
+    use events::topics;
+    use mongodb::bson::{Bson, Document};
+
+    use super::inbox::tests as samples;
+    use super::{directory, inbox, mapping};
+
+    /// `(collection, filter, update)` of every kind of write the sink plans.
+    fn every_statement() -> Vec<(&'static str, Document, Document)> {
+        let mut out = Vec::new();
+        let dir = format!("{}/../events/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(webhook) = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()) else {
+                continue;
+            };
+            let events =
+                events::normalize(&webhook, 1, &events::OrgDirectory::new("acme", [])).events;
+            for u in mapping::plan(events.iter().enumerate()) {
+                out.push((u.collection, u.filter, u.update));
+            }
+        }
+        let mut assignment = samples::assignment_event(ConversationState::Assigned, Some("ann"));
+        assignment.command_id = Some("k1".into());
+        assignment.issued_by = Some("ann".into());
+        assignment.note = Some("call back".into());
+        let read = samples::command(serde_json::json!({"status": "read", "message_id": "wamid.A"}));
+        let stored = MediaStored {
+            media_id: "m1".into(),
+            org: "acme".into(),
+            wamid: "wamid.A".into(),
+            bucket: "b".into(),
+            key: "acme/abc".into(),
+            mime_type: "image/jpeg".into(),
+            bytes: 3,
+        };
+        let records = [
+            (
+                topics::CONVERSATION_ASSIGNMENTS,
+                serde_json::to_vec(&assignment),
+            ),
+            (
+                topics::OUTBOUND_RESULTS,
+                serde_json::to_vec(&samples::sent(Some("wamid.B"))),
+            ),
+            (
+                topics::OUTBOUND_RESULTS,
+                serde_json::to_vec(&samples::sent(None)),
+            ),
+            (topics::MESSAGES_OUTBOUND, serde_json::to_vec(&read)),
+            (topics::MEDIA_STORED, serde_json::to_vec(&stored)),
+        ];
+        for (topic, value) in records {
+            for u in inbox::plan_record(topic, 0, 7, &value.unwrap()).unwrap() {
+                out.push((u.collection, u.filter, u.update));
+            }
+        }
+        let sealed = Sealed {
+            key_id: "k".into(),
+            data: "x".into(),
+        };
+        let changes = [
+            Change::OrgCreated {
+                name: "Acme".into(),
+            },
+            Change::AgentInvited {
+                agent_id: "ann".into(),
+                name: "Ann".into(),
+                email: Some("ann@acme.test".into()),
+                phone: Some("+1555".into()),
+                role: Role::Admin,
+                capacity: 3,
+            },
+            Change::AgentUpdated {
+                agent_id: "ann".into(),
+                name: Some("Ann B".into()),
+                role: Some(Role::Agent),
+                capacity: Some(2),
+            },
+            Change::AgentDeactivated {
+                agent_id: "ann".into(),
+            },
+            Change::BusinessNumberUpserted {
+                phone_number_id: "111".into(),
+                display_phone_number: "+1".into(),
+                waba_id: Some("9".into()),
+                access_token: sealed.clone(),
+                app_secret: sealed,
+            },
+            Change::RoutingPolicySet {
+                phone_number_id: Some("111".into()),
+                policy: RoutingPolicy::Manual,
+            },
+            Change::RoutingPolicySet {
+                phone_number_id: None,
+                policy: RoutingPolicy::RoundRobin,
+            },
+            Change::PushTokenRegistered {
+                agent_id: "ann".into(),
+                device_id: "d1".into(),
+                token: "ExponentPushToken[x]".into(),
+                platform: "ios".into(),
+            },
+            Change::PushTokenUnregistered {
+                agent_id: "ann".into(),
+                token: "ExponentPushToken[x]".into(),
+            },
+        ]
+        .map(|change| DirectoryChange {
+            id: "c".into(),
+            org: "acme".into(),
+            issued_by: "root".into(),
+            at_ms: 5,
+            change,
+        });
+        for write in directory::plan(changes.iter().enumerate()) {
+            match write {
+                directory::Write::Upsert(u) => out.push((u.collection, u.filter, u.update)),
+                directory::Write::Delete { collection, filter } => {
+                    out.push((collection, filter, Document::new()))
+                }
+            }
+        }
+        out
+    }
+
+    /// The top-level fields a filter or an update names (`$or` branches included;
+    /// a dotted path names its first part).
+    fn named_fields(document: &Document, out: &mut BTreeSet<String>) {
+        for (key, value) in document {
+            if let Some(operator) = key.strip_prefix('$') {
+                match value {
+                    // An update operator (`$set`, ...): its keys are fields.
+                    Bson::Document(fields) if operator != "or" => {
+                        for field in fields.keys() {
+                            out.insert(field.split('.').next().unwrap_or_default().into());
+                        }
+                    }
+                    Bson::Array(branches) => {
+                        for branch in branches.iter().filter_map(Bson::as_document) {
+                            named_fields(branch, out);
+                        }
+                    }
+                    _ => {}
+                }
+            } else {
+                out.insert(key.split('.').next().unwrap_or_default().into());
+            }
+        }
+    }
+
+    #[test]
+    fn every_collection_of_the_read_model_is_written_with_its_own_fields() {
+        let declared: BTreeMap<&str, &[&str]> = store::collections()
+            .iter()
+            .map(|d| (d.name, d.fields))
+            .collect();
+        let mut written = BTreeSet::new();
+        for (collection, filter, update) in every_statement() {
+            let fields = declared
+                .get(collection)
+                .unwrap_or_else(|| panic!("{collection} is not a collection of the store"));
+            written.insert(collection);
+            let mut named = BTreeSet::new();
+            named_fields(&filter, &mut named);
+            named_fields(&update, &mut named);
+            for field in named {
+                assert!(
+                    fields.contains(&field.as_str()),
+                    "{collection}.{field} is not a field of its document type: {update}"
+                );
+            }
+        }
+        let unwritten: Vec<_> = declared.keys().filter(|c| !written.contains(*c)).collect();
+        assert!(
+            unwritten.is_empty(),
+            "read model collections nothing writes: {unwritten:?}"
+        );
     }
 }
