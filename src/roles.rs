@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ValueEnum;
 use events::topics;
+use runtime::RetryPolicy;
 use runtime::consume::{self, DeadLetters};
 use runtime::kafka::RebalanceLog;
 use runtime::observe;
@@ -493,24 +494,19 @@ where
     let readiness = &observe::global().readiness;
     let check = format!("{role}.{what}");
     readiness.set_not_ready(&check, "connecting");
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match connect().await {
-            Ok(value) => {
-                readiness.set_ready(&check);
-                return Some(value);
+    let value = RetryPolicy::default()
+        .until_ok(&check, shutdown, || {
+            let attempt = connect();
+            let check = &check;
+            async move {
+                attempt.await.inspect_err(|err| {
+                    readiness.set_not_ready(check, format!("{err:#}"));
+                })
             }
-            Err(err) => {
-                readiness.set_not_ready(&check, format!("{err:#}"));
-                tracing::warn!(%what, error = %format!("{err:#}"), "not ready; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+        })
+        .await?;
+    readiness.set_ready(&check);
+    Some(value)
 }
 
 /// The Graph API client of a role, calling with each number's own token from the

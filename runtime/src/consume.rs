@@ -4,7 +4,7 @@
 //! - A record the stage can never handle (unparseable, refused by the store) goes to
 //!   `deadletter` with headers naming why and where it came from; the partition
 //!   moves on.
-//! - A transient failure (store down) is retried with backoff, without committing, for
+//! - A transient failure (store down) is retried with backoff and jitter ([`crate::retry`]), without committing, for
 //!   as long as it takes; at shutdown the batch is left uncommitted, so the next owner
 //!   of the partition redoes it (writes are idempotent, by event id).
 //!
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{GroupConsumer, KafkaError, Outgoing, Publisher};
 use crate::observe;
+use crate::retry::RetryPolicy;
 
 /// A consumed record, owned, so a batch outlives the consumer's buffers.
 #[derive(Debug, Clone)]
@@ -102,9 +103,17 @@ pub struct LoopConfig {
     pub max_records: usize,
     /// How long to wait for a batch to fill once its first record is in.
     pub max_wait_ms: u64,
-    /// First retry delay after a transient failure; doubles up to `retry_max_ms`.
+    /// First retry delay after a transient failure; doubles up to `retry_max_ms`,
+    /// jittered (see [`crate::retry`]).
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+}
+
+impl LoopConfig {
+    /// The retry policy of this loop, and of anything else the role retries.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::from_millis(self.retry_initial_ms, self.retry_max_ms)
+    }
 }
 
 impl Default for LoopConfig {
@@ -166,6 +175,22 @@ impl DeadLetters {
             .await?;
         observe::global().metrics.dead_lettered(&self.role);
         Ok(())
+    }
+}
+
+impl DeadLetters {
+    /// [`Self::send`], retried with the one policy until the broker has it; false
+    /// only when `shutdown` came first (the record is then left uncommitted).
+    pub async fn send_until_ok(
+        &self,
+        record: &Record,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        RetryPolicy::default()
+            .until_ok("dead-lettering", shutdown, || self.send(record, reason))
+            .await
+            .is_some()
     }
 }
 
@@ -252,29 +277,52 @@ impl Drop for Batches {
 }
 
 /// Waits for the first record (or shutdown), then fills the batch for `max_wait_ms`.
-/// Not cancel-safe: see [`Batches`].
+/// A broker that stops answering is reported by the consumer as an error, and
+/// librdkafka reconnects by itself: such errors are logged and the wait goes on.
+/// Only a fatal consumer error ends the loop. Not cancel-safe: see [`Batches`].
 pub async fn next_batch(
     consumer: &GroupConsumer,
     config: &LoopConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Vec<Record>>> {
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(None),
-        message = consumer.recv() => message?,
+    let role = consumer.context().role();
+    let first = loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => break message,
+            Err(err) => transient(role, err)?,
+        }
     };
     let mut batch = vec![Record::from_message(&first)];
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.max_wait_ms);
     while batch.len() < config.max_records {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(message) => batch.push(Record::from_message(&message?)),
+            Ok(Ok(message)) => batch.push(Record::from_message(&message)),
+            Ok(Err(err)) => transient(role, err)?,
             Err(_elapsed) => break,
         }
     }
-    observe::global().metrics.consumed(
-        consumer.context().role(),
-        batch.iter().map(|r| r.topic.as_str()),
-    );
+    observe::global()
+        .metrics
+        .consumed(role, batch.iter().map(|r| r.topic.as_str()));
     Ok(Some(batch))
+}
+
+/// `Ok` (after logging) for a consumer error librdkafka recovers from by itself (a
+/// broker down or frozen, a lost connection); `Err` for a fatal one.
+fn transient(role: &str, err: rdkafka::error::KafkaError) -> anyhow::Result<()> {
+    match err {
+        fatal @ rdkafka::error::KafkaError::MessageConsumptionFatal(_) => {
+            Err(anyhow::Error::new(fatal).context(format!("{role}: fatal consumer error")))
+        }
+        other => {
+            tracing::warn!(%role, error = %other, "consumer error; librdkafka retries");
+            Ok(())
+        }
+    }
 }
 
 /// Returns false only when shutdown came before the batch could be written.
@@ -289,7 +337,7 @@ async fn write_with_retry<S: Stage>(
     let observer = observe::global();
     // A store that refuses writes makes the role not ready until a batch succeeds.
     let check = format!("{name}.writes");
-    let mut delay = Duration::from_millis(config.retry_initial_ms);
+    let mut backoff = config.retry().backoff();
     loop {
         let started = tokio::time::Instant::now();
         let outcome = match stage.handle(batch).await {
@@ -311,13 +359,12 @@ async fn write_with_retry<S: Stage>(
                 observer
                     .readiness
                     .set_not_ready(&check, format!("batch not written: {err:#}"));
+                let delay = backoff.next_delay();
                 tracing::warn!(stage = name, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64,
                     "batch not written; retrying without committing");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
+                if !backoff.sleep(delay, shutdown).await {
+                    return false;
                 }
-                delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms));
             }
         }
     }

@@ -47,7 +47,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut options = connection.options(&config.client_id);
     options.set_manual_acks(true);
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = runtime::RetryPolicy::default().backoff();
     while !shutdown.is_cancelled() {
         let (client, mut event_loop) = AsyncClient::new(options.clone(), 100);
         tracing::info!(client_id = %config.client_id, "presence bridge connecting");
@@ -62,7 +62,7 @@ pub async fn run(
                     for filter in parse::filters(&connection.topic_prefix) {
                         client.subscribe(filter, QoS::AtLeastOnce).await?;
                     }
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if let Err(err) = forward(&connection.topic_prefix, &publisher, &publish).await
@@ -80,11 +80,7 @@ pub async fn run(
             }
         }
         drop(client);
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.wait(&shutdown).await;
     }
     publisher.flush(Duration::from_secs(5));
     Ok(())

@@ -49,18 +49,21 @@ impl MqttSink {
             AsyncClient::new(connection.options(&config.client_id), 1024);
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let event_loop = tokio::spawn(async move {
+            let mut backoff = runtime::RetryPolicy::default().backoff();
             loop {
                 match event_loop.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         let _ = ack_tx.send(());
                     }
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff.reset();
                         tracing::info!(?ack.code, "mqtt connected")
                     }
                     Ok(_) => {}
                     Err(err) => {
-                        tracing::warn!(%err, "mqtt connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let delay = backoff.next_delay();
+                        tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost; reconnecting");
+                        tokio::time::sleep(delay).await;
                     }
                 }
             }
