@@ -18,7 +18,7 @@ use schema_registry_converter::schema_registry_common::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::observe;
 
@@ -263,18 +263,22 @@ impl KafkaConfig {
 
     /// The idempotent producer (`acks=all`) every role writes with.
     pub async fn publisher(&self, role: &str) -> Result<Publisher, KafkaError> {
-        let producer: FutureProducer = self
-            .base(role)
+        let mut config = self.base(role);
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
-            .set("message.timeout.ms", self.message_timeout_ms.to_string())
-            .create()?;
+            .set("message.timeout.ms", self.message_timeout_ms.to_string());
+        let producer = Arc::new(RwLock::new(config.create()?));
         let registry = (!self.schema_registry_url.is_empty()).then(|| Registry {
             encoder: EasyJsonEncoder::new(SrSettings::new(self.schema_registry_url.clone())),
             schemas: Arc::new(events::schema::topic_value_schemas().into_iter().collect()),
         });
-        Ok(Publisher { producer, registry })
+        Ok(Publisher {
+            producer,
+            config,
+            registry,
+        })
     }
 }
 
@@ -568,9 +572,17 @@ struct Registry {
 }
 
 /// Produces values and waits for the broker's acknowledgement.
+///
+/// An idempotent producer whose sends timed out (a broker that froze) bumps its
+/// epoch, and a broker may answer that with a fatal error (tansu: `ProducerFenced`):
+/// from then on that producer refuses everything. The publisher then replaces it
+/// with a new one, so the next attempt of the caller's retry goes through; a role
+/// never stays unable to produce after a broker hiccup.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
+    /// How to create the producer again.
+    config: ClientConfig,
     registry: Option<Registry>,
 }
 
@@ -608,6 +620,29 @@ impl Publisher {
             headers,
         })
         .await
+    }
+
+    /// Produces every `(key, value)` to `topic` as JSON, retrying them all with the
+    /// one policy until every one is acknowledged (a broker that is down or frozen
+    /// is waited for, never a reason to end the role). False only when `shutdown`
+    /// came first; a retry may produce some of them twice, which the readers' ids
+    /// absorb.
+    pub async fn send_all_until_ok<'a, T: Serialize + 'a>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (&'a str, &'a T)>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let records: Vec<(&str, &T)> = records.into_iter().collect();
+        crate::RetryPolicy::default()
+            .until_ok(&format!("producing to {topic}"), shutdown, || {
+                let sends = records
+                    .iter()
+                    .map(|(key, value)| self.send_json(topic, key, *value, vec![]));
+                futures::future::try_join_all(sends)
+            })
+            .await
+            .is_some()
     }
 
     /// JSON bytes as they go on the wire: framed with the registry's schema id when a
@@ -651,17 +686,58 @@ impl Publisher {
             .key(record.key)
             .payload(&record.value)
             .headers(headers);
+        let producer = self.producer();
+        let sent = producer.send(future, Duration::from_secs(5)).await;
+        sent.map(|_| ()).map_err(|(err, _)| {
+            self.replace_if_fatal(&producer, &err);
+            KafkaError::Client(err)
+        })
+    }
+
+    fn producer(&self) -> FutureProducer {
         self.producer
-            .send(future, Duration::from_secs(5))
-            .await
-            .map(|_| ())
-            .map_err(|(err, _)| KafkaError::Client(err))
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces `failed` with a new producer if it is in a fatal state or was fenced
+    /// (and no other send has replaced it already).
+    fn replace_if_fatal(&self, failed: &FutureProducer, err: &rdkafka::error::KafkaError) {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        let fenced = matches!(
+            err.rdkafka_error_code(),
+            Some(Code::ProducerFenced | Code::InvalidProducerEpoch | Code::Fatal)
+        );
+        let Some((code, reason)) = failed
+            .client()
+            .fatal_error()
+            .or_else(|| fenced.then(|| (Code::ProducerFenced, err.to_string())))
+        else {
+            return;
+        };
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(?code, %reason, "producer in a fatal state; replaced by a new one");
+                *current = fresh;
+            }
+            Err(err) => {
+                tracing::error!(?code, %reason, %err, "producer in a fatal state and cannot be replaced yet")
+            }
+        }
     }
 
     /// Whether the brokers answer a metadata request within `timeout` (ingest's
     /// readiness: it can store nothing without them).
     pub async fn reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -675,7 +751,7 @@ impl Publisher {
 
     /// Waits for everything in flight (used at shutdown).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(err) = self.producer.flush(timeout) {
+        if let Err(err) = self.producer().flush(timeout) {
             tracing::warn!(%err, "producer flush at shutdown did not complete");
         }
     }

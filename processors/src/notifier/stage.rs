@@ -28,24 +28,23 @@ pub async fn run(
     let dead_letters = DeadLetters::new(publisher.clone(), "process.notifier");
     let starts_at = config.new_group_starts_at.clone();
     let mut notifier = Notifier::new(config);
-    let (assignments, presence_table, presence_ends) = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let (assignments, _) =
-                table::read_whole(&kafka, topics::CONVERSATION_ASSIGNMENTS, "notifier-rebuild")?;
-            let (presence, ends) =
-                table::read_whole(&kafka, topics::AGENTS_PRESENCE, "notifier-presence")?;
-            Ok((assignments, presence, ends))
-        })
-        .await??
+    let read = |topic, purpose| table::read_until_ok(kafka, topic, None, purpose, &shutdown);
+    let Some((assignments, _)) = read(topics::CONVERSATION_ASSIGNMENTS, "notifier-rebuild").await
+    else {
+        return Ok(());
+    };
+    let Some((presence_table, presence_ends)) =
+        read(topics::AGENTS_PRESENCE, "notifier-presence").await
+    else {
+        return Ok(());
     };
     let now = now_ms();
-    for value in &presence_table {
+    for (_, value) in &presence_table {
         if let Ok(event) = codec::decode::<PresenceEvent>(value) {
             notifier.handle(NotifierInput::Presence(&event), now);
         }
     }
-    for value in &assignments {
+    for (_, value) in &assignments {
         if let Ok(assignment) = codec::decode::<AssignmentEvent>(value) {
             notifier.remember(&assignment);
         }
@@ -68,7 +67,7 @@ pub async fn run(
         batch,
         shutdown.clone(),
     );
-    loop {
+    'run: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = presence.recv() => {
@@ -81,13 +80,16 @@ pub async fn run(
                 for record in &records {
                     match push_for(&mut notifier, record) {
                         Ok(push) => pushes.extend(push),
-                        Err(reason) => dead_letters.send(record, &reason).await?,
+                        Err(reason) => {
+                            if !dead_letters.send_until_ok(record, &reason, &shutdown).await { break 'run }
+                        }
                     }
                 }
-                let sends = pushes.iter().map(|p| publisher.send_json(topics::NOTIFICATIONS_PUSH, &p.agent_id, p, vec![]));
-                // A push that cannot be produced is retried by redoing the batch; the
-                // collapse window then drops it, so push is at most once per window.
-                futures::future::try_join_all(sends).await?;
+                // Pushes are produced until acknowledged (a broker hiccup is waited
+                // for); at shutdown the batch is left uncommitted and redone by the
+                // next run, whose collapse window then drops what already went out.
+                let keyed = pushes.iter().map(|p| (p.agent_id.as_str(), p));
+                if !publisher.send_all_until_ok(topics::NOTIFICATIONS_PUSH, keyed, &shutdown).await { break }
                 observe::global().metrics.batch_done(ROLE, pushes.len(), started.elapsed());
                 consume::commit(batches.consumer(), &records)?;
             }

@@ -68,15 +68,19 @@ pub async fn run(
         router.handle(Input::Directory(Box::new(change), stamp), now_ms());
     }
     // Who is online, before routing anything: the presence table up to now, then live.
-    let (presence_table, ends) = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || {
-            table::read_whole(&kafka, topics::AGENTS_PRESENCE, "router-presence")
-        })
-        .await??
+    let Some((presence_table, ends)) = table::read_until_ok(
+        kafka,
+        topics::AGENTS_PRESENCE,
+        None,
+        "router-presence",
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
     };
     tracing::info!(records = presence_table.len(), ?ends, "presence table read");
-    for value in presence_table {
+    for (_, value) in presence_table {
         if let Ok(event) = codec::decode::<PresenceEvent>(&value) {
             // No conversation is owned yet, so this only records who is online.
             router.handle(Input::Presence(event), now_ms());
@@ -100,7 +104,7 @@ pub async fn run(
     }));
     // After a stall (a rebuild), one tick, not a burst of them.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    'run: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = presence.recv() => {
@@ -112,7 +116,7 @@ pub async fn run(
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
             _ = ticker.tick() => {
-                let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
+                let Some(mut outputs) = owned.sync(batches.consumer(), kafka, &mut router, &shutdown).await else { break };
                 outputs.extend(router.handle(Input::Tick, now_ms()));
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
@@ -122,7 +126,7 @@ pub async fn run(
                 // The group may have moved partitions while the batch was fetched:
                 // rebuild what was gained first, and leave records of partitions no
                 // longer ours to their new owner (uncommitted here).
-                let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
+                let Some(mut outputs) = owned.sync(batches.consumer(), kafka, &mut router, &shutdown).await else { break };
                 let records: Vec<Record> = records
                     .into_iter()
                     .filter(|r| owned.partitions.contains(&r.partition))
@@ -133,7 +137,9 @@ pub async fn run(
                             owned.note(&input, record.partition);
                             outputs.extend(router.handle(input, now_ms()));
                         }
-                        Err(reason) => dead_letters.send(record, &reason).await?,
+                        Err(reason) => {
+                            if !dead_letters.send_until_ok(record, &reason, &shutdown).await { break 'run }
+                        }
                     }
                 }
                 if !publish(&publisher, &outputs, &shutdown).await { break }
@@ -162,16 +168,18 @@ struct Ownership {
 impl Ownership {
     /// Follows the group's assignment: forgets partitions taken away, rebuilds the
     /// ones given from `conversations.assignments`, and returns what routing the
-    /// rebuilt queue produced (work a crashed owner left queued).
+    /// rebuilt queue produced (work a crashed owner left queued). `None` only when
+    /// shutdown came while the rebuild waited for the broker.
     async fn sync(
         &mut self,
         consumer: &GroupConsumer,
         kafka: &KafkaConfig,
         router: &mut Router,
-    ) -> anyhow::Result<Vec<AssignmentEvent>> {
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<AssignmentEvent>> {
         let (generation, assigned) = consumer.context().owned();
         if generation == self.generation {
-            return Ok(Vec::new());
+            return Some(Vec::new());
         }
         self.generation = generation;
         let now: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
@@ -190,21 +198,16 @@ impl Ownership {
             );
         }
         if gained.is_empty() {
-            return Ok(Vec::new());
+            return Some(Vec::new());
         }
-        let (values, _) = {
-            let kafka = kafka.clone();
-            let gained = gained.clone();
-            tokio::task::spawn_blocking(move || {
-                table::read_partitions(
-                    &kafka,
-                    topics::CONVERSATION_ASSIGNMENTS,
-                    Some(&gained),
-                    "router-rebuild",
-                )
-            })
-            .await??
-        };
+        let (values, _) = table::read_until_ok(
+            kafka,
+            topics::CONVERSATION_ASSIGNMENTS,
+            Some(gained.clone()),
+            "router-rebuild",
+            shutdown,
+        )
+        .await?;
         let count = values.len();
         for (partition, value) in values {
             if let Ok(assignment) = codec::decode::<AssignmentEvent>(&value) {
@@ -218,7 +221,7 @@ impl Ownership {
             outputs = count,
             "router partitions rebuilt from conversations.assignments"
         );
-        Ok(router.handle(Input::Tick, now_ms()))
+        Some(router.handle(Input::Tick, now_ms()))
     }
 
     /// Remembers the partition of an input's business number.
@@ -253,26 +256,16 @@ async fn publish(
     outputs: &[AssignmentEvent],
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let sends = outputs.iter().map(|a| {
-            publisher.send_json(
-                topics::CONVERSATION_ASSIGNMENTS,
-                &a.phone_number_id,
-                a,
-                vec![],
-            )
-        });
-        match futures::future::try_join_all(sends).await {
-            Ok(_) => return true,
-            Err(err) => tracing::warn!(%err, "assignments not produced; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+    if outputs.is_empty() {
+        return true;
     }
+    publisher
+        .send_all_until_ok(
+            topics::CONVERSATION_ASSIGNMENTS,
+            outputs.iter().map(|a| (a.phone_number_id.as_str(), a)),
+            shutdown,
+        )
+        .await
 }
 
 fn now_ms() -> i64 {
