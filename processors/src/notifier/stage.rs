@@ -7,27 +7,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use events::inbox::{AssignmentEvent, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
-use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::consume;
 use runtime::observe;
-use runtime::{KafkaConfig, Record};
-use tokio_util::sync::CancellationToken;
+use runtime::{Record, RoleContext};
 
 use super::{Notifier, NotifierConfig, NotifierInput};
 use runtime::table;
 
-const ROLE: &str = "process-notifier";
+/// What the notifier reads in its group (presence is read as a table besides).
+pub const TOPICS: &[&str] = &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS];
 
-/// Runs the notifier until `shutdown`.
-pub async fn run(
-    kafka: &KafkaConfig,
-    config: NotifierConfig,
-    batch: LoopConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let publisher = kafka.publisher(ROLE).await?;
-    let dead_letters = DeadLetters::new(publisher.clone(), "process.notifier");
+/// Runs the notifier until shutdown.
+pub async fn run(ctx: &RoleContext, config: &NotifierConfig) -> anyhow::Result<()> {
+    let (kafka, shutdown) = (&ctx.kafka, ctx.shutdown.clone());
+    let publisher = ctx.publisher().await?;
+    let dead_letters = ctx.dead_letters(&publisher);
     let starts_at = config.new_group_starts_at.clone();
-    let mut notifier = Notifier::new(config);
+    let mut notifier = Notifier::new(config.clone());
     let read = |topic, purpose| table::read_until_ok(kafka, topic, None, purpose, &shutdown);
     let Some((assignments, _)) = read(topics::CONVERSATION_ASSIGNMENTS, "notifier-rebuild").await
     else {
@@ -59,12 +55,8 @@ pub async fn run(
         table::presence_feed(kafka, &presence_ends, "notifier-presence", shutdown.clone())?;
     // A new notifier starts at the present: pushes about history are noise.
     let mut batches = consume::Batches::spawn(
-        kafka.consumer_from(
-            ROLE,
-            &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS],
-            &starts_at,
-        )?,
-        batch,
+        kafka.consumer_from(&ctx.role, TOPICS, &starts_at)?,
+        ctx.batch.clone(),
         shutdown.clone(),
     );
     'run: loop {
@@ -90,7 +82,7 @@ pub async fn run(
                 // next run, whose collapse window then drops what already went out.
                 let keyed = pushes.iter().map(|p| (p.agent_id.as_str(), p));
                 if !publisher.send_all_until_ok(topics::NOTIFICATIONS_PUSH, keyed, &shutdown).await { break }
-                observe::global().metrics.batch_done(ROLE, pushes.len(), started.elapsed());
+                observe::global().metrics.batch_done(&ctx.role, pushes.len(), started.elapsed());
                 consume::commit(batches.consumer(), &records)?;
             }
         }

@@ -26,16 +26,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
 use rdkafka::consumer::Consumer;
-use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::consume;
 use runtime::kafka::GroupConsumer;
 use runtime::observe;
-use runtime::{KafkaConfig, Publisher, Record};
+use runtime::{KafkaConfig, Publisher, Record, RoleContext};
 use tokio_util::sync::CancellationToken;
 
 use super::{Input, Router, RouterConfig};
 use runtime::table;
-
-const ROLE: &str = "process-router";
 
 /// `[processors.router]` plus the loop's own setting.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -47,16 +45,16 @@ pub struct RouterStageConfig {
     pub tick_ms: u64,
 }
 
-/// Runs the router until `shutdown`.
-pub async fn run(
-    kafka: &KafkaConfig,
-    config: RouterStageConfig,
-    batch: LoopConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// What the router reads in its group (presence and the directory are read as
+/// tables besides).
+pub const TOPICS: &[&str] = &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS];
+
+/// Runs the router until shutdown.
+pub async fn run(ctx: &RoleContext, config: &RouterStageConfig) -> anyhow::Result<()> {
     config.router.validate()?;
-    let publisher = kafka.publisher(ROLE).await?;
-    let dead_letters = DeadLetters::new(publisher.clone(), "process.router");
+    let (kafka, shutdown) = (&ctx.kafka, ctx.shutdown.clone());
+    let publisher = ctx.publisher().await?;
+    let dead_letters = ctx.dead_letters(&publisher);
     let mut router = Router::new(config.router.clone());
 
     // Who the agents are, before routing anything: the directory up to now, then live.
@@ -89,11 +87,8 @@ pub async fn run(
     let (mut presence, presence_task) =
         table::presence_feed(kafka, &ends, "router-presence", shutdown.clone())?;
     let mut batches = consume::Batches::spawn(
-        kafka.consumer(
-            ROLE,
-            &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS],
-        )?,
-        batch,
+        kafka.consumer(&ctx.role, TOPICS)?,
+        ctx.batch.clone(),
         shutdown.clone(),
     );
     let mut owned = Ownership::default();
@@ -143,7 +138,7 @@ pub async fn run(
                     }
                 }
                 if !publish(&publisher, &outputs, &shutdown).await { break }
-                observe::global().metrics.batch_done(ROLE, outputs.len(), started.elapsed());
+                observe::global().metrics.batch_done(&ctx.role, outputs.len(), started.elapsed());
                 if !records.is_empty() {
                     consume::commit(batches.consumer(), &records)?;
                 }

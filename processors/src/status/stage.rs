@@ -4,9 +4,9 @@
 
 use events::delivery::{OutboundResult, StatusTransition};
 use events::{WhatsAppEvent, codec, topics};
-use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
+use runtime::{Publisher, Record, Reject, RoleContext, Stage};
 
-use super::{StatusInput, StatusTracker};
+use super::{StatusConfig, StatusInput, StatusTracker};
 
 pub struct StatusStage {
     tracker: StatusTracker,
@@ -57,14 +57,37 @@ impl Stage for StatusStage {
     }
 }
 
-/// Reads `messages.status` from the start to its current end into a tracker.
-/// Blocking: call it from `spawn_blocking`.
-pub fn rebuild(kafka: &KafkaConfig, capacity: usize) -> anyhow::Result<StatusTracker> {
+/// What the status processor reads.
+pub const TOPICS: &[&str] = &[topics::WHATSAPP_EVENTS, topics::OUTBOUND_RESULTS];
+
+/// Runs the status processor until shutdown: the tracker rebuilt from
+/// `messages.status` itself, then the loop over [`TOPICS`].
+pub async fn run(ctx: &RoleContext, config: &StatusConfig) -> anyhow::Result<()> {
+    let publisher = ctx.publisher().await?;
+    let Some((values, _)) = runtime::table::read_until_ok(
+        &ctx.kafka,
+        topics::MESSAGES_STATUS,
+        None,
+        "status-rebuild",
+        &ctx.shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    let tracker = rebuild(config.capacity, values.iter().map(|(_, value)| value));
+    let stage = StatusStage::new(tracker, publisher.clone());
+    ctx.consume(&publisher, TOPICS, stage, ctx.batch.clone())
+        .await
+}
+
+/// A tracker holding the transitions `messages.status` already has.
+pub fn rebuild<'a>(capacity: usize, values: impl Iterator<Item = &'a Vec<u8>>) -> StatusTracker {
     let mut tracker = StatusTracker::new(capacity);
-    let (values, _) = runtime::table::read_whole(kafka, topics::MESSAGES_STATUS, "status-rebuild")?;
-    let replayed = values.len();
+    let mut replayed = 0;
     for value in values {
-        if let Ok(transition) = codec::decode::<StatusTransition>(&value) {
+        replayed += 1;
+        if let Ok(transition) = codec::decode::<StatusTransition>(value) {
             tracker.handle(StatusInput::Replayed(&transition));
         }
     }
@@ -72,5 +95,5 @@ pub fn rebuild(kafka: &KafkaConfig, capacity: usize) -> anyhow::Result<StatusTra
         transitions = replayed,
         "status tracker rebuilt from messages.status"
     );
-    Ok(tracker)
+    tracker
 }

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod mapping;
 pub mod migrations;
+mod run;
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 
 pub use config::ClickHouseConfig;
 use mapping::{AssignmentRow, Keyed, MessageEventRow, OutboundRow, StatusTransitionRow};
+pub use run::run;
 
 /// The topics this sink reads.
 pub const TOPICS: &[&str] = &[

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod mapping;
+mod run;
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 
 pub use config::ExpoConfig;
 use mapping::{Device, Disposition, Outcome, Planned, ReceiptsResponse, SendResponse, Ticket};
+pub use run::{TOPICS, run};
 
 /// One document per (notification, token): the ticket, then its receipt.
 pub const TICKETS: &str = "push_tickets";

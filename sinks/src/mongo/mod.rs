@@ -7,6 +7,7 @@ pub mod config;
 pub mod directory;
 pub mod inbox;
 pub mod mapping;
+mod run;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use runtime::{Record, Reject, Stage};
 
 pub use config::MongoConfig;
 use mapping::{Upsert, collections};
+pub use run::{TOPICS, run};
 
 const DUPLICATE_KEY: i32 = 11000;
 

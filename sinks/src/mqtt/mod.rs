@@ -11,6 +11,7 @@
 pub mod config;
 pub mod mapping;
 pub mod recent;
+mod run;
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 pub use config::MqttConfig;
 use mapping::{Owners, Undo};
 use recent::RecentIds;
+pub use run::{TOPICS, run};
 
 pub struct MqttSink {
     client: AsyncClient,

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod ledger;
 pub mod payload;
+mod run;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +32,7 @@ use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
 pub use config::WhatsAppConfig;
 use ledger::{Decision, Ledger};
 use payload::Call;
+pub use run::{TOPICS, run};
 use window::WindowBook;
 
 use crate::graph::{GraphClient, GraphError, Retry, api_error};
