@@ -5,8 +5,8 @@
 //! acknowledged by Kafka; if Kafka cannot take them the answer is 503, so Meta retries
 //! (it redelivers for days; the deterministic ids absorb the repeats).
 
+use events::clock::now_ms;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -376,13 +376,6 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(json!({ "error": { "code": code, "message": message } })),
     )
         .into_response()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

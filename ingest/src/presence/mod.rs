@@ -8,7 +8,8 @@
 
 pub mod parse;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use events::clock::now_ms;
+use std::time::Duration;
 
 use events::topics;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
@@ -155,11 +156,4 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

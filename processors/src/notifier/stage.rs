@@ -3,7 +3,8 @@
 //! agent). At start it folds the assignments and presence so far into its state
 //! with pushes suppressed: a restart must not push old news again.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use events::clock::now_ms;
+use std::time::Duration;
 
 use events::inbox::{AssignmentEvent, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
@@ -106,11 +107,4 @@ fn push_for(
             .map_err(|e| format!("not a whatsapp event: {e}")),
         other => Err(format!("the notifier does not read {other}")),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -20,8 +20,9 @@
 //!   instance (or an org whose numbers share a partition) that is every conversation
 //!   of the org; several instances each enforce it over their own numbers.
 
+use events::clock::now_ms;
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
@@ -261,11 +262,4 @@ async fn publish(
             shutdown,
         )
         .await
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

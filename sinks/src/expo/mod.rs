@@ -15,8 +15,9 @@ pub mod config;
 pub mod mapping;
 mod run;
 
+use events::clock::now_ms;
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use events::delivery::PushNotification;
@@ -521,11 +522,4 @@ async fn poll_receipts(
     bulk_upsert(db, TICKETS, updates).await?;
     unregister.tokens(&dead).await?;
     Ok(due.len())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -15,9 +15,10 @@ pub mod payload;
 mod run;
 pub mod window;
 
+use events::clock::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use events::delivery::{OutboundIntent, OutboundMessage, OutboundResult};
@@ -135,13 +136,6 @@ impl WhatsAppSink {
             .or_insert_with(|| Arc::new(RateLimiter::direct(quota)))
             .clone()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn result_of(
