@@ -69,6 +69,17 @@ impl Record {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// The value as a `T`, or why the record must be rejected (`not {what}: …`):
+    /// one codec and one wording for every stage that decodes by topic.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, String> {
+        events::codec::decode::<T>(&self.value).map_err(|err| format!("not {what}: {err}"))
+    }
+
+    /// Why a record of a topic `stage` does not read is rejected.
+    pub fn unread_topic(&self, stage: &str) -> String {
+        format!("{stage} does not read {}", self.topic)
+    }
+
     pub fn key_str(&self) -> &str {
         self.key
             .as_deref()
@@ -83,6 +94,23 @@ pub struct Reject {
     /// Index into the batch.
     pub index: usize,
     pub reason: String,
+}
+
+/// Reads each record of a batch with `read` (typically a `match` on its topic, then
+/// [`Record::decode`]); what `read` refuses becomes a [`Reject`] with its reason.
+pub fn read_batch<T>(
+    batch: &[Record],
+    mut read: impl FnMut(usize, &Record) -> Result<T, String>,
+) -> (Vec<(usize, T)>, Vec<Reject>) {
+    let mut read_ok = Vec::with_capacity(batch.len());
+    let mut rejects = Vec::new();
+    for (index, record) in batch.iter().enumerate() {
+        match read(index, record) {
+            Ok(value) => read_ok.push((index, value)),
+            Err(reason) => rejects.push(Reject { index, reason }),
+        }
+    }
+    (read_ok, rejects)
 }
 
 /// One stage of the pipeline, seen by the loop.

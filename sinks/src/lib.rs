@@ -19,16 +19,5 @@ use runtime::{Record, Reject};
 
 /// Decodes a batch of `whatsapp.events` records; undecodable ones become rejects.
 pub fn decode_events(batch: &[Record]) -> (Vec<(usize, WhatsAppEvent)>, Vec<Reject>) {
-    let mut events = Vec::with_capacity(batch.len());
-    let mut rejects = Vec::new();
-    for (index, record) in batch.iter().enumerate() {
-        match events::codec::decode::<WhatsAppEvent>(&record.value) {
-            Ok(event) => events.push((index, event)),
-            Err(err) => rejects.push(Reject {
-                index,
-                reason: format!("not a whatsapp event: {err}"),
-            }),
-        }
-    }
-    (events, rejects)
+    runtime::read_batch(batch, |_, record| record.decode("a whatsapp event"))
 }

@@ -99,12 +99,12 @@ fn push_for(
 ) -> Result<Option<events::delivery::PushNotification>, String> {
     let now = now_ms();
     match record.topic.as_str() {
-        topics::CONVERSATION_ASSIGNMENTS => codec::decode::<AssignmentEvent>(&record.value)
-            .map(|a| notifier.handle(NotifierInput::Assignment(&a), now))
-            .map_err(|e| format!("not an assignment: {e}")),
-        topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
-            .map(|e| notifier.handle(NotifierInput::Event(&e), now))
-            .map_err(|e| format!("not a whatsapp event: {e}")),
-        other => Err(format!("the notifier does not read {other}")),
+        topics::CONVERSATION_ASSIGNMENTS => record
+            .decode::<AssignmentEvent>("an assignment")
+            .map(|a| notifier.handle(NotifierInput::Assignment(&a), now)),
+        topics::WHATSAPP_EVENTS => record
+            .decode::<WhatsAppEvent>("a whatsapp event")
+            .map(|e| notifier.handle(NotifierInput::Event(&e), now)),
+        _ => Err(record.unread_topic("the notifier")),
     }
 }

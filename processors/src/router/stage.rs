@@ -235,13 +235,13 @@ impl Ownership {
 
 fn decode(record: &Record) -> Result<Input, String> {
     match record.topic.as_str() {
-        topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
-            .map(|e| Input::Event(Box::new(e)))
-            .map_err(|e| format!("not a whatsapp event: {e}")),
-        topics::CONVERSATION_COMMANDS => codec::decode::<ConversationCommand>(&record.value)
-            .map(Input::Command)
-            .map_err(|e| format!("not a conversation command: {e}")),
-        other => Err(format!("the router does not read {other}")),
+        topics::WHATSAPP_EVENTS => record
+            .decode::<WhatsAppEvent>("a whatsapp event")
+            .map(|e| Input::Event(Box::new(e))),
+        topics::CONVERSATION_COMMANDS => record
+            .decode::<ConversationCommand>("a conversation command")
+            .map(Input::Command),
+        _ => Err(record.unread_topic("the router")),
     }
 }
 

@@ -21,30 +21,21 @@ impl StatusStage {
 
 impl Stage for StatusStage {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let mut rejects = Vec::new();
-        let mut transitions = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            let decoded = match record.topic.as_str() {
-                topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
-                    .map(|e| self.tracker.handle(StatusInput::Event(&e))),
-                topics::OUTBOUND_RESULTS => codec::decode::<OutboundResult>(&record.value)
-                    .map(|r| self.tracker.handle(StatusInput::OutboundResult(&r))),
-                other => {
-                    rejects.push(Reject {
-                        index,
-                        reason: format!("status does not read {other}"),
-                    });
-                    continue;
+        let tracker = &mut self.tracker;
+        let (read, rejects) = runtime::read_batch(batch, |_, record| {
+            Ok(match record.topic.as_str() {
+                topics::WHATSAPP_EVENTS => {
+                    let event = record.decode::<WhatsAppEvent>("a whatsapp event")?;
+                    tracker.handle(StatusInput::Event(&event))
                 }
-            };
-            match decoded {
-                Ok(transition) => transitions.extend(transition),
-                Err(err) => rejects.push(Reject {
-                    index,
-                    reason: format!("undecodable: {err}"),
-                }),
-            }
-        }
+                topics::OUTBOUND_RESULTS => {
+                    let result = record.decode::<OutboundResult>("an outbound result")?;
+                    tracker.handle(StatusInput::OutboundResult(&result))
+                }
+                _ => return Err(record.unread_topic("status")),
+            })
+        });
+        let transitions: Vec<StatusTransition> = read.into_iter().filter_map(|(_, t)| t).collect();
         let sends = transitions.iter().map(|t| {
             self.publisher
                 .send_json(topics::MESSAGES_STATUS, &t.phone_number_id, t, vec![])

@@ -21,7 +21,6 @@ mod run;
 use std::collections::{HashMap, HashSet};
 
 use clickhouse::{Client, Row, RowOwned, RowWrite};
-use events::codec;
 use events::delivery::{OutboundMessage, OutboundResult, StatusTransition};
 use events::inbox::AssignmentEvent;
 use events::topics;
@@ -367,13 +366,11 @@ fn decode<T: DeserializeOwned, R>(
     map: impl Fn(&T) -> R,
     rejects: &mut Vec<Reject>,
 ) -> Option<R> {
-    match codec::decode::<T>(&record.value) {
+    let what = format!("a valid {} value", record.topic);
+    match record.decode::<T>(&what) {
         Ok(value) => Some(map(&value)),
-        Err(err) => {
-            rejects.push(Reject {
-                index,
-                reason: format!("not a valid {} value: {err}", record.topic),
-            });
+        Err(reason) => {
+            rejects.push(Reject { index, reason });
             None
         }
     }

@@ -213,17 +213,9 @@ impl ExpoSink {
 
 impl Stage for ExpoSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let mut rejects = Vec::new();
-        let mut notifications = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            match events::codec::decode::<PushNotification>(&record.value) {
-                Ok(n) => notifications.push((index, n)),
-                Err(err) => rejects.push(Reject {
-                    index,
-                    reason: format!("not a push notification: {err}"),
-                }),
-            }
-        }
+        let (mut notifications, mut rejects) = runtime::read_batch(batch, |_, record| {
+            record.decode::<PushNotification>("a push notification")
+        });
         let now = now_ms();
         let before = notifications.len();
         notifications.retain(|(_, n)| !mapping::is_stale(n.at_ms, now, self.config.max_age_ms));

@@ -114,9 +114,9 @@ impl MongoSink {
         let mut rejects = Vec::new();
         for (index, record) in batch.iter().enumerate() {
             let statements = if record.topic == events::topics::WHATSAPP_EVENTS {
-                events::codec::decode::<events::WhatsAppEvent>(&record.value)
+                record
+                    .decode::<events::WhatsAppEvent>("a whatsapp event")
                     .map(|event| mapping::plan([(index, &event)]))
-                    .map_err(|err| format!("not a whatsapp event: {err}"))
             } else {
                 inbox::plan_record(&record.topic, index, record.offset, &record.value)
             };

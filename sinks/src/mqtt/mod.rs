@@ -105,8 +105,7 @@ impl MqttSink {
         let prefix = &self.prefix;
         match record.topic.as_str() {
             topics::CONVERSATION_ASSIGNMENTS => {
-                let a = events::codec::decode::<AssignmentEvent>(&record.value)
-                    .map_err(|e| format!("not an assignment: {e}"))?;
+                let a = record.decode::<AssignmentEvent>("an assignment")?;
                 let key = format!("assignment:{}:{}", a.org, a.id);
                 if self.recent.contains(&key) || published.contains(&key) {
                     // A late copy must not move the owner back either.
@@ -117,21 +116,18 @@ impl MqttSink {
                 Ok((key, topics, None))
             }
             topics::OUTBOUND_RESULTS => {
-                let r = events::codec::decode::<OutboundResult>(&record.value)
-                    .map_err(|e| format!("not an outbound result: {e}"))?;
+                let r = record.decode::<OutboundResult>("an outbound result")?;
                 let topics = mapping::outbound_result_topics(prefix, &r);
                 Ok((format!("result:{}:{}", r.org, r.id), topics, None))
             }
             topics::MESSAGES_STATUS => {
-                let t = events::codec::decode::<StatusTransition>(&record.value)
-                    .map_err(|e| format!("not a status transition: {e}"))?;
+                let t = record.decode::<StatusTransition>("a status transition")?;
                 let topics = mapping::status_topics(prefix, &t);
                 let payload = mapping::status_payload(&t);
                 Ok((format!("status:{}:{}", t.org, t.id), topics, Some(payload)))
             }
             _ => {
-                let event = events::codec::decode::<WhatsAppEvent>(&record.value)
-                    .map_err(|e| format!("not a whatsapp event: {e}"))?;
+                let event = record.decode::<WhatsAppEvent>("a whatsapp event")?;
                 let topics = mapping::event_topics(prefix, &event, &self.owners);
                 Ok((event.scoped_id(), topics, None))
             }
