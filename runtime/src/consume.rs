@@ -165,40 +165,84 @@ pub mod dlq_headers {
 }
 
 /// Writes what could not be handled to `deadletter`, the original bytes untouched.
+/// Every dead letter of every path is built and counted here (metric
+/// `coexist_deadletters_total` under the role).
 #[derive(Clone)]
 pub struct DeadLetters {
     publisher: Publisher,
     stage: String,
-    /// The metrics' role label: the stage header is the role name with dots
+    /// The metrics' role label: by default the stage header with dashes
     /// (`sink.mongo` is role `sink-mongo`).
     role: String,
+}
+
+/// One dead letter: the bytes, why, and where they came from.
+pub struct DeadLetter<'a> {
+    pub key: &'a str,
+    pub value: Vec<u8>,
+    pub reason: String,
+    /// A topic, or another source (`mqtt:{topic}`).
+    pub source: String,
+    /// The source's partition and offset, when it is a topic.
+    pub position: Option<(i32, i64)>,
+    /// Further headers (`coexist.reason`: a machine-readable code, ...).
+    pub extra: Vec<(&'a str, String)>,
 }
 
 impl DeadLetters {
     pub fn new(publisher: Publisher, stage: impl Into<String>) -> Self {
         let stage = stage.into();
+        let role = stage.replace('.', "-");
+        Self::with_role(publisher, stage, role)
+    }
+
+    /// Dead letters of `stage` counted under metrics role `role` (ingest's paths
+    /// all count under `ingest`).
+    pub fn with_role(
+        publisher: Publisher,
+        stage: impl Into<String>,
+        role: impl Into<String>,
+    ) -> Self {
         Self {
             publisher,
-            role: stage.replace('.', "-"),
-            stage,
+            stage: stage.into(),
+            role: role.into(),
         }
     }
 
+    /// Dead-letters a consumed record.
     pub async fn send(&self, record: &Record, reason: &str) -> Result<(), KafkaError> {
-        tracing::warn!(stage = %self.stage, topic = %record.topic, partition = record.partition,
-            offset = record.offset, %reason, "dead-lettered");
+        self.send_letter(DeadLetter {
+            key: record.key_str(),
+            value: record.value.clone(),
+            reason: reason.to_string(),
+            source: record.topic.clone(),
+            position: Some((record.partition, record.offset)),
+            extra: Vec::new(),
+        })
+        .await
+    }
+
+    /// Dead-letters anything: the one place a dead letter's headers are written.
+    pub async fn send_letter(&self, letter: DeadLetter<'_>) -> Result<(), KafkaError> {
+        tracing::warn!(stage = %self.stage, source = %letter.source, position = ?letter.position,
+            reason = %letter.reason, "dead-lettered");
+        let mut headers = vec![
+            (dlq_headers::ERROR, letter.reason),
+            (dlq_headers::STAGE, self.stage.clone()),
+            (dlq_headers::SOURCE_TOPIC, letter.source),
+        ];
+        if let Some((partition, offset)) = letter.position {
+            headers.push((dlq_headers::SOURCE_PARTITION, partition.to_string()));
+            headers.push((dlq_headers::SOURCE_OFFSET, offset.to_string()));
+        }
+        headers.extend(letter.extra);
         self.publisher
             .send(Outgoing {
                 topic: events::topics::DEADLETTER,
-                key: record.key_str(),
-                value: record.value.clone(),
-                headers: vec![
-                    (dlq_headers::ERROR, reason.to_string()),
-                    (dlq_headers::STAGE, self.stage.clone()),
-                    (dlq_headers::SOURCE_TOPIC, record.topic.clone()),
-                    (dlq_headers::SOURCE_PARTITION, record.partition.to_string()),
-                    (dlq_headers::SOURCE_OFFSET, record.offset.to_string()),
-                ],
+                key: letter.key,
+                value: letter.value,
+                headers,
             })
             .await?;
         observe::global().metrics.dead_lettered(&self.role);

@@ -15,7 +15,7 @@ pub mod shutdown;
 pub mod table;
 
 pub use config::Secret;
-pub use consume::{DeadLetters, LoopConfig, Record, Reject, Stage, read_batch};
+pub use consume::{DeadLetter, DeadLetters, LoopConfig, Record, Reject, Stage, read_batch};
 pub use kafka::{KafkaConfig, Publisher};
 pub use retry::RetryPolicy;
 pub use role::RoleContext;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use events::topics;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use runtime::Publisher;
-use runtime::consume::dlq_headers;
-use runtime::kafka::{KafkaError, Outgoing};
+use runtime::consume::{DeadLetter, DeadLetters};
+use runtime::kafka::KafkaError;
 use runtime::mqtt::MqttConnection;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -107,22 +107,15 @@ async fn forward(prefix: &str, publisher: &Publisher, publish: &Publish) -> Resu
         Ok(None) => return Ok(()),
         Err(err) => err.to_string(),
     };
-    tracing::warn!(topic = %truncate(&publish.topic, 200), %error, "presence message dead-lettered");
     let kept = publish.payload.len().min(parse::MAX_PAYLOAD_BYTES);
-    publisher
-        .send(Outgoing {
-            topic: topics::DEADLETTER,
+    DeadLetters::with_role(publisher.clone(), "ingest.presence", crate::webhook::ROLE)
+        .send_letter(DeadLetter {
             key: truncate(&publish.topic, 512),
             value: publish.payload[..kept].to_vec(),
-            headers: vec![
-                (dlq_headers::ERROR, error),
-                (dlq_headers::STAGE, "ingest.presence".into()),
-                (
-                    dlq_headers::SOURCE_TOPIC,
-                    format!("mqtt:{}", truncate(&publish.topic, 512)),
-                ),
-                (DEADLETTER_ORIGINAL_BYTES, publish.payload.len().to_string()),
-            ],
+            reason: error,
+            source: format!("mqtt:{}", truncate(&publish.topic, 512)),
+            position: None,
+            extra: vec![(DEADLETTER_ORIGINAL_BYTES, publish.payload.len().to_string())],
         })
         .await
 }
