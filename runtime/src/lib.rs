@@ -1,5 +1,8 @@
-//! The plumbing every role shares: configuration, the Kafka edges, the
-//! consume→write→commit loop with its dead letters, and shutdown.
+//! The plumbing every role shares: configuration, the Kafka edges ([`kafka`]), the
+//! consume→write→commit loop with its dead letters ([`consume`]), the one retry
+//! policy ([`retry`]), reading a topic as a table ([`table`]) and following the
+//! directory ([`directory`]), what each component's `run` gets ([`role`]),
+//! metrics and readiness ([`observe`]), sealing, S3, MQTT settings and shutdown.
 
 pub mod config;
 pub mod consume;

@@ -1,8 +1,10 @@
-//! Sinks: the only writers of external stores. Each consumes a topic, writes
+//! Sinks: the only writers of external stores. Each consumes its topics, writes
 //! idempotently (by event id), and lets the loop commit only after the write.
 //!
 //! One folder per sink, each with the same rooms: `config.rs` (its settings),
-//! `mapping.rs` (events → writes, pure) and `mod.rs` (the I/O edge, as a [`Stage`]).
+//! `mapping.rs` (events → writes, pure), `mod.rs` (the I/O edge, as a [`Stage`])
+//! and `run.rs` (its wiring: `TOPICS` and `run(ctx, config)`, which the binary's
+//! dispatcher calls). `graph` is not a sink but the Graph API client two sinks use.
 //!
 //! [`Stage`]: runtime::Stage
 

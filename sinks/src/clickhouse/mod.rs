@@ -1,4 +1,4 @@
-//! The ClickHouse sink: delivery and agent analytics. It reads four topics and
+//! The ClickHouse sink: delivery and agent analytics. It reads five topics and
 //! writes one table per kind of event; materialized views built on those tables
 //! (see [`migrations`]) feed the dashboards (`dashboards/`).
 //!
