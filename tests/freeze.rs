@@ -157,17 +157,10 @@ async fn a_frozen_broker_ends_no_role_and_loses_nothing() {
     })
     .await;
     // Every role's group consumer has its partitions: every role is running.
-    let roles = [
-        "process-router",
-        "process-notifier",
-        "process-status",
-        "sink-mongo",
-        "sink-clickhouse",
-        "sink-mqtt",
-        "sink-whatsapp",
-        "sink-media",
-        "sink-expo",
-    ];
+    use coexist::roles::{ProcessorName, SinkName};
+    let roles: Vec<String> = (ProcessorName::ALL.iter().map(|p| p.role()))
+        .chain(SinkName::ALL.iter().map(|s| s.role()))
+        .collect();
     wait_for("every role to start", Duration::from_secs(180), || async {
         let ready = ready_checks();
         roles

@@ -29,7 +29,7 @@ use crate::observe;
 use crate::retry::RetryPolicy;
 
 /// A consumed record, owned, so a batch outlives the consumer's buffers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Record {
     pub topic: String,
     pub partition: i32,

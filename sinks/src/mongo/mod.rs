@@ -118,7 +118,7 @@ impl MongoSink {
                     .decode::<events::WhatsAppEvent>("a whatsapp event")
                     .map(|event| mapping::plan([(index, &event)]))
             } else {
-                inbox::plan_record(&record.topic, index, record.offset, &record.value)
+                inbox::plan_record(record, index)
             };
             match statements {
                 Ok(statements) => plan.extend(statements),

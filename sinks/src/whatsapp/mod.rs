@@ -168,17 +168,14 @@ impl Stage for WhatsAppSink {
                     }
                 }
                 topics::MESSAGES_OUTBOUND => {
-                    match codec::decode::<OutboundMessage>(&record.value) {
+                    match record.decode::<OutboundMessage>("an outbound message") {
                         Ok(command) => commands.push(command),
-                        Err(err) => rejects.push(Reject {
-                            index,
-                            reason: format!("not an outbound message: {err}"),
-                        }),
+                        Err(reason) => rejects.push(Reject { index, reason }),
                     }
                 }
-                other => rejects.push(Reject {
+                _ => rejects.push(Reject {
                     index,
-                    reason: format!("sink.whatsapp does not read {other}"),
+                    reason: record.unread_topic("sink.whatsapp"),
                 }),
             }
         }
