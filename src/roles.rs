@@ -1,19 +1,17 @@
-//! What each subcommand runs. `all` runs every role in one process, sharing one
-//! shutdown signal; the separate subcommands run one role each, for scaling out.
+//! What each subcommand runs: a dispatcher. Every sink and processor wires itself
+//! in its own folder (`sinks/src/<name>/run.rs`, `processors/src/<name>/stage.rs`):
+//! its input topics, readiness checks and state rebuilds, from a [`RoleContext`]
+//! and its own config section. Adding a sink is one folder and one line here.
+//!
+//! `all` runs every role in one process, sharing one shutdown signal; the separate
+//! subcommands run one role each, for scaling out.
 
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use events::topics;
-use runtime::consume::{self, DeadLetters};
-use runtime::kafka::RebalanceLog;
-use runtime::observe;
-use sinks::clickhouse::ClickHouseSink;
-use sinks::expo::ExpoSink;
-use sinks::mongo::MongoSink;
-use sinks::mqtt::MqttSink;
+use runtime::{RoleContext, observe};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -57,222 +55,42 @@ pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Res
         &config.ingest.listen,
         &crate::fail_closed::missing_ingest_secrets(config),
     )?;
-    let role = ingest::webhook::ROLE;
-    let publisher = config.kafka.publisher(role).await?;
-    let check = format!("{role}.kafka");
-    observe::global()
-        .readiness
-        .set_not_ready(&check, "not probed yet");
-    tokio::spawn({
-        let (publisher, shutdown) = (publisher.clone(), shutdown.clone());
-        async move {
-            observe::probe(&check, PROBE_EVERY, shutdown, || async {
-                publisher
-                    .reachable(PROBE_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-        }
-    });
-    // Numbers, orgs and app secrets: the directory, followed live.
-    let (directory, _follower) = runtime::directory::follow(
-        &config.kafka,
-        Vec::new(),
-        "ingest-directory",
-        shutdown.clone(),
-    )
-    .await?;
-    let numbers = ingest::webhook::NumberSource::Directory {
-        directory,
-        sealer: runtime::seal::Sealer::from_config(&config.sealing)?,
-    };
-    let webhooks = ingest::serve(
-        config.ingest.clone(),
-        publisher.clone(),
-        numbers,
-        shutdown.clone(),
-    );
-    if !config.ingest.presence.enabled {
-        return webhooks.await;
-    }
-    let presence = ingest::presence::run(
-        config.mqtt.clone(),
-        config.ingest.presence.clone(),
-        publisher,
-        shutdown.clone(),
-    );
-    // Either half stopping (failure or shutdown) stops the other.
-    let stop_all = |result: anyhow::Result<()>| {
-        shutdown.cancel();
-        result
-    };
-    let (webhooks, presence) = tokio::join!(async { stop_all(webhooks.await) }, async {
-        stop_all(presence.await)
-    });
-    webhooks.and(presence)
+    let ctx = context(config, ingest::webhook::ROLE.into(), shutdown);
+    ingest::run(&ctx, &config.ingest).await
 }
 
-/// Runs one sink: each reads the topics its module names (see topics.yaml).
+/// The context every component's `run` gets: the role's name and the shared
+/// connections' settings.
+pub fn context(config: &Config, role: String, shutdown: CancellationToken) -> RoleContext {
+    RoleContext {
+        role,
+        kafka: config.kafka.clone(),
+        batch: config.sinks.batch.clone(),
+        mqtt: config.mqtt.clone(),
+        s3: config.s3.clone(),
+        sealing: config.sealing.clone(),
+        shutdown,
+    }
+}
+
+/// Runs one sink: each wires itself (topics, readiness checks, rebuilds) in its
+/// own folder.
 pub async fn sink(
     config: &Config,
     name: SinkName,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let role = name.role();
-    starting(&role);
-    let publisher = config.kafka.publisher(&role).await?;
-    let dead_letters = DeadLetters::new(publisher.clone(), role.replace('-', "."));
-    let batch = config.sinks.batch.clone();
-    let result = match name {
-        SinkName::Mongo => {
-            let mongo = &config.sinks.mongo;
-            let Some(db) =
-                until_ready(&role, "mongodb", &shutdown, || sinks::mongo::connect(mongo)).await
-            else {
-                return Ok(());
-            };
-            let consumer = config.kafka.consumer(
-                &role,
-                &[
-                    topics::WHATSAPP_EVENTS,
-                    topics::CONVERSATION_ASSIGNMENTS,
-                    topics::MESSAGES_OUTBOUND,
-                    topics::OUTBOUND_RESULTS,
-                    topics::MEDIA_STORED,
-                    topics::DIRECTORY_CHANGES,
-                ],
-            )?;
-            consume::run(
-                &role,
-                consumer,
-                MongoSink::new(db),
-                dead_letters,
-                mongo.batching(&batch),
-                shutdown,
-            )
-            .await
-        }
-        SinkName::Clickhouse => {
-            let ch = &config.sinks.clickhouse;
-            if until_ready(&role, "clickhouse", &shutdown, || {
-                sinks::clickhouse::migrate(ch)
-            })
-            .await
-            .is_none()
-            {
-                return Ok(());
-            }
-            let consumer = config.kafka.consumer(&role, sinks::clickhouse::TOPICS)?;
-            consume::run(
-                &role,
-                consumer,
-                ClickHouseSink::new(ch),
-                dead_letters,
-                ch.batching(&batch),
-                shutdown,
-            )
-            .await
-        }
-        SinkName::Mqtt => {
-            let mut sink = MqttSink::new(&config.mqtt, config.sinks.mqtt.clone());
-            // Who owns each conversation, so new messages reach the owner's inbox.
-            let kafka = config.kafka.clone();
-            let (assignments, _) = tokio::task::spawn_blocking(move || {
-                runtime::table::read_whole(
-                    &kafka,
-                    topics::CONVERSATION_ASSIGNMENTS,
-                    "sink-mqtt-owners",
-                )
-            })
-            .await??;
-            for value in &assignments {
-                if let Ok(assignment) = events::codec::decode(value) {
-                    sink.remember(&assignment);
-                }
-            }
-            tracing::info!(
-                owned = sink.owned_conversations(),
-                "mqtt sink rebuilt conversation owners"
-            );
-            let consumer = config.kafka.consumer(
-                &role,
-                &[
-                    topics::WHATSAPP_EVENTS,
-                    topics::CONVERSATION_ASSIGNMENTS,
-                    // Statuses reach devices from here, forward only.
-                    topics::MESSAGES_STATUS,
-                    topics::OUTBOUND_RESULTS,
-                ],
-            )?;
-            let batching = config.sinks.mqtt.batching(&batch);
-            consume::run(&role, consumer, sink, dead_letters, batching, shutdown).await
-        }
-        SinkName::Expo => {
-            let mongo = &config.sinks.mongo;
-            let connect = || async {
-                let db = sinks::mongo::connect(mongo).await?;
-                sinks::expo::ensure_indexes(&db).await?;
-                Ok(db)
-            };
-            let Some(db) = until_ready(&role, "mongodb", &shutdown, connect).await else {
-                return Ok(());
-            };
-            // Push tokens: the directory, followed live.
-            let (directory, _follower) = runtime::directory::follow(
-                &config.kafka,
-                Vec::new(),
-                "sink-expo-directory",
-                shutdown.clone(),
-            )
-            .await?;
-            let sink = ExpoSink::new(db, config.sinks.expo.clone(), directory, publisher.clone())?;
-            let consumer = config
-                .kafka
-                .consumer(&role, &[topics::NOTIFICATIONS_PUSH])?;
-            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
-        }
-        SinkName::Whatsapp => {
-            let graph = graph_client(config, &role, &shutdown).await?;
-            let (kafka, wa) = (config.kafka.clone(), config.sinks.whatsapp.clone());
-            let state = tokio::task::spawn_blocking(move || sinks::whatsapp::rebuild(&kafka, &wa))
-                .await??;
-            let s3 = (config.s3.client(), config.s3.bucket.clone());
-            let sink = sinks::whatsapp::WhatsAppSink::new(
-                graph,
-                config.sinks.whatsapp.clone(),
-                publisher.clone(),
-                Some(s3),
-                state,
-            )
-            .rebuild_on_new_partitions(config.kafka.clone());
-            let consumer = config
-                .kafka
-                .consumer(&role, &[topics::MESSAGES_OUTBOUND, topics::WHATSAPP_EVENTS])?;
-            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
-        }
-        SinkName::Media => {
-            let graph = graph_client(config, &role, &shutdown).await?;
-            let s3 = config.s3.client();
-            let s3_config = &config.s3;
-            if until_ready(&role, "s3", &shutdown, || s3_config.ensure_bucket(&s3))
-                .await
-                .is_none()
-            {
-                return Ok(());
-            }
-            let consumer = config.kafka.consumer(&role, &[topics::WHATSAPP_EVENTS])?;
-            let sink = sinks::media::MediaSink::new(
-                graph,
-                s3,
-                config.s3.bucket.clone(),
-                publisher.clone(),
-            );
-            consume::run(&role, consumer, sink, dead_letters, batch, shutdown).await
-        }
-    };
-    publisher.flush(Duration::from_secs(5));
-    result
+    let ctx = context(config, name.role(), shutdown);
+    ctx.starting();
+    let sinks = &config.sinks;
+    match name {
+        SinkName::Mongo => sinks::mongo::run(&ctx, &sinks.mongo).await,
+        SinkName::Clickhouse => sinks::clickhouse::run(&ctx, &sinks.clickhouse).await,
+        SinkName::Mqtt => sinks::mqtt::run(&ctx, &sinks.mqtt).await,
+        SinkName::Whatsapp => sinks::whatsapp::run(&ctx, &config.graph, &sinks.whatsapp).await,
+        SinkName::Media => sinks::media::run(&ctx, &config.graph).await,
+        SinkName::Expo => sinks::expo::run(&ctx, &sinks.mongo, &sinks.expo).await,
+    }
 }
 
 /// The processors, by name.
@@ -300,49 +118,20 @@ impl ProcessorName {
     }
 }
 
-/// Runs one processor.
+/// Runs one processor, wired in its own folder.
 pub async fn process(
     config: &Config,
     name: ProcessorName,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    starting(&name.role());
+    let ctx = context(config, name.role(), shutdown);
+    ctx.starting();
+    let processors = &config.processors;
     match name {
-        ProcessorName::Status => {
-            let role = "process-status";
-            let publisher = config.kafka.publisher(role).await?;
-            let kafka = config.kafka.clone();
-            let capacity = config.processors.status.capacity;
-            let tracker = tokio::task::spawn_blocking(move || {
-                processors::status::stage::rebuild(&kafka, capacity)
-            })
-            .await??;
-            let consumer = config
-                .kafka
-                .consumer(role, &[topics::WHATSAPP_EVENTS, topics::OUTBOUND_RESULTS])?;
-            let stage = processors::status::stage::StatusStage::new(tracker, publisher.clone());
-            let dead_letters = DeadLetters::new(publisher.clone(), "process.status");
-            let result = consume::run(
-                role,
-                consumer,
-                stage,
-                dead_letters,
-                config.sinks.batch.clone(),
-                shutdown,
-            )
-            .await;
-            publisher.flush(Duration::from_secs(5));
-            result
-        }
-        ProcessorName::Router => {
-            let router = config.processors.router.clone();
-            let batch = config.sinks.batch.clone();
-            processors::router::stage::run(&config.kafka, router, batch, shutdown).await
-        }
+        ProcessorName::Status => processors::status::stage::run(&ctx, &processors.status).await,
+        ProcessorName::Router => processors::router::stage::run(&ctx, &processors.router).await,
         ProcessorName::Notifier => {
-            let notifier = config.processors.notifier.clone();
-            let batch = config.sinks.batch.clone();
-            processors::notifier::stage::run(&config.kafka, notifier, batch, shutdown).await
+            processors::notifier::stage::run(&ctx, &processors.notifier).await
         }
     }
 }
@@ -463,70 +252,7 @@ pub async fn apply_topics(
     Ok(outcomes)
 }
 
-/// How often ingest's Kafka and the API's MongoDB are probed for readiness, and how
-/// long a probe may take.
+/// How often the API's MongoDB is probed for readiness, and how long a probe may
+/// take.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A consumer role is not ready until its group assigns it partitions (the
-/// consumer context flips the check then); until then it is "starting", which also
-/// covers rebuilding state before the consumer exists.
-fn starting(role: &str) {
-    observe::global()
-        .readiness
-        .set_not_ready(&RebalanceLog::readiness_check(role), "starting");
-}
-
-/// Retries `connect` until it succeeds or shutdown (a store that is down at start
-/// delays its sink, it does not crash the process). Meanwhile readiness check
-/// `{role}.{what}` says why the role is not ready.
-async fn until_ready<T, F, Fut>(
-    role: &str,
-    what: &str,
-    shutdown: &CancellationToken,
-    mut connect: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let readiness = &observe::global().readiness;
-    let check = format!("{role}.{what}");
-    readiness.set_not_ready(&check, "connecting");
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match connect().await {
-            Ok(value) => {
-                readiness.set_ready(&check);
-                return Some(value);
-            }
-            Err(err) => {
-                readiness.set_not_ready(&check, format!("{err:#}"));
-                tracing::warn!(%what, error = %format!("{err:#}"), "not ready; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// The Graph API client of a role, calling with each number's own token from the
-/// directory (followed live in the background until `shutdown`).
-async fn graph_client(
-    config: &Config,
-    role: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<sinks::graph::GraphClient> {
-    let (directory, _follower) = runtime::directory::follow(
-        &config.kafka,
-        Vec::new(),
-        &format!("{role}-directory"),
-        shutdown.clone(),
-    )
-    .await?;
-    let sealer = runtime::seal::Sealer::from_config(&config.sealing)?;
-    Ok(sinks::graph::GraphClient::new(config.graph.clone())?.with_directory(directory, sealer))
-}

@@ -33,12 +33,8 @@ use mongodb::bson::{Document, doc};
 pub use config::ApiConfig;
 pub use state::{AppState, Deps, Inner};
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Milliseconds since the epoch: the one clock.
+pub use events::clock::now_ms;
 
 /// The served OpenAPI document (for tests and tooling).
 pub fn openapi() -> utoipa::openapi::OpenApi {

@@ -9,8 +9,7 @@ use events::{Webhook, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use runtime::consume::dlq_headers;
-use runtime::kafka::Outgoing;
+use runtime::consume::{DeadLetter, DeadLetters};
 use runtime::{KafkaConfig, Publisher};
 
 use crate::webhook::{publish_normalized, raw_headers};
@@ -129,6 +128,7 @@ pub async fn run(
     if plan.is_empty() {
         return Ok(summary);
     }
+    let dead_letters = DeadLetters::new(publisher.clone(), "replay");
     let consumer: BaseConsumer<runtime::kafka::EndIsNews> = reader_config(kafka)
         .set("enable.partition.eof", "true")
         .create_with_context(runtime::kafka::EndIsNews)?;
@@ -194,18 +194,13 @@ pub async fn run(
         };
         let was_unowned = header(raw_headers::OWNER).as_deref() == Some("unknown");
         let signature = header(raw_headers::SIGNATURE);
-        let dead_letter = |reason: String, code: &'static str| Outgoing {
-            topic: topics::DEADLETTER,
+        let dead_letter = |reason: String, code: &'static str| DeadLetter {
             key: &key,
             value: body.to_vec(),
-            headers: vec![
-                (dlq_headers::ERROR, reason),
-                ("coexist.reason", code.into()),
-                (dlq_headers::STAGE, "replay".into()),
-                (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
-                (dlq_headers::SOURCE_PARTITION, partition.to_string()),
-                (dlq_headers::SOURCE_OFFSET, message.offset().to_string()),
-            ],
+            reason,
+            source: topics::WEBHOOKS_RAW.into(),
+            position: Some((partition, message.offset())),
+            extra: vec![("coexist.reason", code.into())],
         };
         match serde_json::from_slice::<Webhook>(events::codec::json_part(body)) {
             Ok(webhook)
@@ -215,8 +210,8 @@ pub async fn run(
                         .is_err() =>
             {
                 let reason = "invalid_signature: not signed by the app secret of the number that now owns it";
-                publisher
-                    .send(dead_letter(reason.into(), "invalid_signature"))
+                dead_letters
+                    .send_letter(dead_letter(reason.into(), "invalid_signature"))
                     .await?;
                 summary.dead_lettered += 1;
             }
@@ -228,8 +223,8 @@ pub async fn run(
             }
             Err(err) => {
                 let reason = format!("not a WhatsApp webhook: {err}");
-                publisher
-                    .send(dead_letter(reason, "malformed_body"))
+                dead_letters
+                    .send_letter(dead_letter(reason, "malformed_body"))
                     .await?;
                 summary.dead_lettered += 1;
             }

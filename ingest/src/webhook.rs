@@ -5,8 +5,8 @@
 //! acknowledged by Kafka; if Kafka cannot take them the answer is 503, so Meta retries
 //! (it redelivers for days; the deterministic ids absorb the repeats).
 
+use events::clock::now_ms;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -327,23 +327,19 @@ pub async fn publish_reject(
     rejected: &Rejected,
     key: &str,
 ) -> Result<(), KafkaError> {
-    use runtime::consume::dlq_headers;
-    publisher
-        .send(Outgoing {
-            topic: topics::DEADLETTER,
+    runtime::DeadLetters::with_role(publisher.clone(), "ingest.normalize", ROLE)
+        .send_letter(runtime::DeadLetter {
             key,
             value: serde_json::to_vec(&rejected.value).unwrap_or_default(),
-            headers: vec![
-                (dlq_headers::ERROR, rejected.reason.clone()),
+            reason: rejected.reason.clone(),
+            source: topics::WEBHOOKS_RAW.into(),
+            position: None,
+            extra: vec![
                 ("coexist.reason", rejected.code.to_string()),
-                (dlq_headers::STAGE, "ingest.normalize".into()),
-                (dlq_headers::SOURCE_TOPIC, topics::WEBHOOKS_RAW.into()),
                 ("coexist.field", rejected.field.clone()),
             ],
         })
-        .await?;
-    observe::global().metrics.dead_lettered(ROLE);
-    Ok(())
+        .await
 }
 
 /// The raw topic is keyed like the others, by the first business number in the body,
@@ -376,13 +372,6 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(json!({ "error": { "code": code, "message": message } })),
     )
         .into_response()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

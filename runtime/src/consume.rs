@@ -4,7 +4,7 @@
 //! - A record the stage can never handle (unparseable, refused by the store) goes to
 //!   `deadletter` with headers naming why and where it came from; the partition
 //!   moves on.
-//! - A transient failure (store down) is retried with backoff, without committing, for
+//! - A transient failure (store down) is retried with backoff and jitter ([`crate::retry`]), without committing, for
 //!   as long as it takes; at shutdown the batch is left uncommitted, so the next owner
 //!   of the partition redoes it (writes are idempotent, by event id).
 //!
@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::{GroupConsumer, KafkaError, Outgoing, Publisher};
 use crate::observe;
+use crate::retry::RetryPolicy;
 
 /// A consumed record, owned, so a batch outlives the consumer's buffers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Record {
     pub topic: String,
     pub partition: i32,
@@ -68,6 +69,17 @@ impl Record {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
+    /// The value as a `T`, or why the record must be rejected (`not {what}: …`):
+    /// one codec and one wording for every stage that decodes by topic.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, String> {
+        events::codec::decode::<T>(&self.value).map_err(|err| format!("not {what}: {err}"))
+    }
+
+    /// Why a record of a topic `stage` does not read is rejected.
+    pub fn unread_topic(&self, stage: &str) -> String {
+        format!("{stage} does not read {}", self.topic)
+    }
+
     pub fn key_str(&self) -> &str {
         self.key
             .as_deref()
@@ -82,6 +94,23 @@ pub struct Reject {
     /// Index into the batch.
     pub index: usize,
     pub reason: String,
+}
+
+/// Reads each record of a batch with `read` (typically a `match` on its topic, then
+/// [`Record::decode`]); what `read` refuses becomes a [`Reject`] with its reason.
+pub fn read_batch<T>(
+    batch: &[Record],
+    mut read: impl FnMut(usize, &Record) -> Result<T, String>,
+) -> (Vec<(usize, T)>, Vec<Reject>) {
+    let mut read_ok = Vec::with_capacity(batch.len());
+    let mut rejects = Vec::new();
+    for (index, record) in batch.iter().enumerate() {
+        match read(index, record) {
+            Ok(value) => read_ok.push((index, value)),
+            Err(reason) => rejects.push(Reject { index, reason }),
+        }
+    }
+    (read_ok, rejects)
 }
 
 /// One stage of the pipeline, seen by the loop.
@@ -102,9 +131,17 @@ pub struct LoopConfig {
     pub max_records: usize,
     /// How long to wait for a batch to fill once its first record is in.
     pub max_wait_ms: u64,
-    /// First retry delay after a transient failure; doubles up to `retry_max_ms`.
+    /// First retry delay after a transient failure; doubles up to `retry_max_ms`,
+    /// jittered (see [`crate::retry`]).
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+}
+
+impl LoopConfig {
+    /// The retry policy of this loop, and of anything else the role retries.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::from_millis(self.retry_initial_ms, self.retry_max_ms)
+    }
 }
 
 impl Default for LoopConfig {
@@ -128,44 +165,104 @@ pub mod dlq_headers {
 }
 
 /// Writes what could not be handled to `deadletter`, the original bytes untouched.
+/// Every dead letter of every path is built and counted here (metric
+/// `coexist_deadletters_total` under the role).
 #[derive(Clone)]
 pub struct DeadLetters {
     publisher: Publisher,
     stage: String,
-    /// The metrics' role label: the stage header is the role name with dots
+    /// The metrics' role label: by default the stage header with dashes
     /// (`sink.mongo` is role `sink-mongo`).
     role: String,
+}
+
+/// One dead letter: the bytes, why, and where they came from.
+pub struct DeadLetter<'a> {
+    pub key: &'a str,
+    pub value: Vec<u8>,
+    pub reason: String,
+    /// A topic, or another source (`mqtt:{topic}`).
+    pub source: String,
+    /// The source's partition and offset, when it is a topic.
+    pub position: Option<(i32, i64)>,
+    /// Further headers (`coexist.reason`: a machine-readable code, ...).
+    pub extra: Vec<(&'a str, String)>,
 }
 
 impl DeadLetters {
     pub fn new(publisher: Publisher, stage: impl Into<String>) -> Self {
         let stage = stage.into();
+        let role = stage.replace('.', "-");
+        Self::with_role(publisher, stage, role)
+    }
+
+    /// Dead letters of `stage` counted under metrics role `role` (ingest's paths
+    /// all count under `ingest`).
+    pub fn with_role(
+        publisher: Publisher,
+        stage: impl Into<String>,
+        role: impl Into<String>,
+    ) -> Self {
         Self {
             publisher,
-            role: stage.replace('.', "-"),
-            stage,
+            stage: stage.into(),
+            role: role.into(),
         }
     }
 
+    /// Dead-letters a consumed record.
     pub async fn send(&self, record: &Record, reason: &str) -> Result<(), KafkaError> {
-        tracing::warn!(stage = %self.stage, topic = %record.topic, partition = record.partition,
-            offset = record.offset, %reason, "dead-lettered");
+        self.send_letter(DeadLetter {
+            key: record.key_str(),
+            value: record.value.clone(),
+            reason: reason.to_string(),
+            source: record.topic.clone(),
+            position: Some((record.partition, record.offset)),
+            extra: Vec::new(),
+        })
+        .await
+    }
+
+    /// Dead-letters anything: the one place a dead letter's headers are written.
+    pub async fn send_letter(&self, letter: DeadLetter<'_>) -> Result<(), KafkaError> {
+        tracing::warn!(stage = %self.stage, source = %letter.source, position = ?letter.position,
+            reason = %letter.reason, "dead-lettered");
+        let mut headers = vec![
+            (dlq_headers::ERROR, letter.reason),
+            (dlq_headers::STAGE, self.stage.clone()),
+            (dlq_headers::SOURCE_TOPIC, letter.source),
+        ];
+        if let Some((partition, offset)) = letter.position {
+            headers.push((dlq_headers::SOURCE_PARTITION, partition.to_string()));
+            headers.push((dlq_headers::SOURCE_OFFSET, offset.to_string()));
+        }
+        headers.extend(letter.extra);
         self.publisher
             .send(Outgoing {
                 topic: events::topics::DEADLETTER,
-                key: record.key_str(),
-                value: record.value.clone(),
-                headers: vec![
-                    (dlq_headers::ERROR, reason.to_string()),
-                    (dlq_headers::STAGE, self.stage.clone()),
-                    (dlq_headers::SOURCE_TOPIC, record.topic.clone()),
-                    (dlq_headers::SOURCE_PARTITION, record.partition.to_string()),
-                    (dlq_headers::SOURCE_OFFSET, record.offset.to_string()),
-                ],
+                key: letter.key,
+                value: letter.value,
+                headers,
             })
             .await?;
         observe::global().metrics.dead_lettered(&self.role);
         Ok(())
+    }
+}
+
+impl DeadLetters {
+    /// [`Self::send`], retried with the one policy until the broker has it; false
+    /// only when `shutdown` came first (the record is then left uncommitted).
+    pub async fn send_until_ok(
+        &self,
+        record: &Record,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        RetryPolicy::default()
+            .until_ok("dead-lettering", shutdown, || self.send(record, reason))
+            .await
+            .is_some()
     }
 }
 
@@ -252,29 +349,52 @@ impl Drop for Batches {
 }
 
 /// Waits for the first record (or shutdown), then fills the batch for `max_wait_ms`.
-/// Not cancel-safe: see [`Batches`].
+/// A broker that stops answering is reported by the consumer as an error, and
+/// librdkafka reconnects by itself: such errors are logged and the wait goes on.
+/// Only a fatal consumer error ends the loop. Not cancel-safe: see [`Batches`].
 pub async fn next_batch(
     consumer: &GroupConsumer,
     config: &LoopConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Vec<Record>>> {
-    let first = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(None),
-        message = consumer.recv() => message?,
+    let role = consumer.context().role();
+    let first = loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => break message,
+            Err(err) => transient(role, err)?,
+        }
     };
     let mut batch = vec![Record::from_message(&first)];
     let deadline = tokio::time::Instant::now() + Duration::from_millis(config.max_wait_ms);
     while batch.len() < config.max_records {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(message) => batch.push(Record::from_message(&message?)),
+            Ok(Ok(message)) => batch.push(Record::from_message(&message)),
+            Ok(Err(err)) => transient(role, err)?,
             Err(_elapsed) => break,
         }
     }
-    observe::global().metrics.consumed(
-        consumer.context().role(),
-        batch.iter().map(|r| r.topic.as_str()),
-    );
+    observe::global()
+        .metrics
+        .consumed(role, batch.iter().map(|r| r.topic.as_str()));
     Ok(Some(batch))
+}
+
+/// `Ok` (after logging) for a consumer error librdkafka recovers from by itself (a
+/// broker down or frozen, a lost connection); `Err` for a fatal one.
+fn transient(role: &str, err: rdkafka::error::KafkaError) -> anyhow::Result<()> {
+    match err {
+        fatal @ rdkafka::error::KafkaError::MessageConsumptionFatal(_) => {
+            Err(anyhow::Error::new(fatal).context(format!("{role}: fatal consumer error")))
+        }
+        other => {
+            tracing::warn!(%role, error = %other, "consumer error; librdkafka retries");
+            Ok(())
+        }
+    }
 }
 
 /// Returns false only when shutdown came before the batch could be written.
@@ -289,7 +409,7 @@ async fn write_with_retry<S: Stage>(
     let observer = observe::global();
     // A store that refuses writes makes the role not ready until a batch succeeds.
     let check = format!("{name}.writes");
-    let mut delay = Duration::from_millis(config.retry_initial_ms);
+    let mut backoff = config.retry().backoff();
     loop {
         let started = tokio::time::Instant::now();
         let outcome = match stage.handle(batch).await {
@@ -311,13 +431,12 @@ async fn write_with_retry<S: Stage>(
                 observer
                     .readiness
                     .set_not_ready(&check, format!("batch not written: {err:#}"));
+                let delay = backoff.next_delay();
                 tracing::warn!(stage = name, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64,
                     "batch not written; retrying without committing");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
+                if !backoff.sleep(delay, shutdown).await {
+                    return false;
                 }
-                delay = (delay * 2).min(Duration::from_millis(config.retry_max_ms));
             }
         }
     }

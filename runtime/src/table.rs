@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::KafkaConfig;
 use crate::kafka::EndIsNews;
+use crate::retry::RetryPolicy;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,32 @@ pub fn read_partitions(
             .collect(),
         ends,
     ))
+}
+
+/// [`read_partitions`] off the async runtime, retried with the one policy until the
+/// broker answers: a broker that is down when a role starts, or when it gains a
+/// partition, delays the role; it does not end it. `None` only at shutdown.
+pub async fn read_until_ok(
+    kafka: &KafkaConfig,
+    topic: &'static str,
+    only: Option<BTreeSet<i32>>,
+    purpose: &str,
+    shutdown: &CancellationToken,
+) -> Option<(PartitionedValues, PartitionEnds)> {
+    let what = format!("reading {topic} ({purpose})");
+    RetryPolicy::default()
+        .until_ok(&what, shutdown, || {
+            let (kafka, only, purpose) = (kafka.clone(), only.clone(), purpose.to_string());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    read_partitions(&kafka, topic, only.as_ref(), &purpose)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|read| read)
+            }
+        })
+        .await
 }
 
 /// One record of a table, with where it sits in the topic.
@@ -162,6 +189,7 @@ where
     let consumer = stream_from(kafka, topic, from, purpose)?;
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(async move {
+        let mut backoff = RetryPolicy::default().backoff();
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -170,11 +198,16 @@ where
             let message = match message {
                 Ok(message) => message,
                 Err(err) => {
-                    tracing::warn!(%err, topic, "table reader: broker error; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%err, topic, retry_in_ms = delay.as_millis() as u64,
+                        "table reader: broker error; retrying");
+                    if !backoff.sleep(delay, &shutdown).await {
+                        return;
+                    }
                     continue;
                 }
             };
+            backoff.reset();
             let Ok(value) = events::codec::decode::<T>(message.payload().unwrap_or_default())
             else {
                 tracing::warn!(

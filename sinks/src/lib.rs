@@ -1,8 +1,10 @@
-//! Sinks: the only writers of external stores. Each consumes a topic, writes
+//! Sinks: the only writers of external stores. Each consumes its topics, writes
 //! idempotently (by event id), and lets the loop commit only after the write.
 //!
 //! One folder per sink, each with the same rooms: `config.rs` (its settings),
-//! `mapping.rs` (events → writes, pure) and `mod.rs` (the I/O edge, as a [`Stage`]).
+//! `mapping.rs` (events → writes, pure), `mod.rs` (the I/O edge, as a [`Stage`])
+//! and `run.rs` (its wiring: `TOPICS` and `run(ctx, config)`, which the binary's
+//! dispatcher calls). `graph` is not a sink but the Graph API client two sinks use.
 //!
 //! [`Stage`]: runtime::Stage
 
@@ -19,16 +21,5 @@ use runtime::{Record, Reject};
 
 /// Decodes a batch of `whatsapp.events` records; undecodable ones become rejects.
 pub fn decode_events(batch: &[Record]) -> (Vec<(usize, WhatsAppEvent)>, Vec<Reject>) {
-    let mut events = Vec::with_capacity(batch.len());
-    let mut rejects = Vec::new();
-    for (index, record) in batch.iter().enumerate() {
-        match events::codec::decode::<WhatsAppEvent>(&record.value) {
-            Ok(event) => events.push((index, event)),
-            Err(err) => rejects.push(Reject {
-                index,
-                reason: format!("not a whatsapp event: {err}"),
-            }),
-        }
-    }
-    (events, rejects)
+    runtime::read_batch(batch, |_, record| record.decode("a whatsapp event"))
 }

@@ -3,6 +3,7 @@
 //! own, next to a raw consume of the same records by the same client library.
 //! Run it pinned to one core (`taskset -c 0`) for the per-core figure.
 
+use events::clock::now_ms;
 use std::time::Instant;
 
 use events::event::{Direction, EventBody, MessageEvent, Origin, StatusEvent};
@@ -377,11 +378,4 @@ fn notifier_inputs(org: &str, events: usize, spread: usize) -> Vec<(String, Vec<
             }
         })
         .collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

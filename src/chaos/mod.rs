@@ -12,6 +12,7 @@ pub mod faults;
 pub mod tally;
 pub mod traffic;
 
+use events::clock::now_ms;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -930,11 +931,4 @@ async fn wait_http(http: &reqwest::Client, url: &str, limit: Duration) -> anyhow
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

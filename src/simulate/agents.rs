@@ -6,7 +6,8 @@
 //! simulator), whose status webhooks come back through ingest, so a demo shows the
 //! whole loop: customer → assignment → agent reply → sent → delivered → read.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use events::clock::now_ms;
+use std::time::Duration;
 
 use anyhow::Context;
 use events::delivery::OutboundMessage;
@@ -178,13 +179,6 @@ async fn agent_app(
     })
     .await;
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

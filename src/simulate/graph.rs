@@ -27,10 +27,11 @@
 
 pub mod plan;
 
+use events::clock::now_ms;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, State};
@@ -182,13 +183,6 @@ pub fn router(config: &crate::Config) -> Router {
             post(smb_app_data),
         )
         .with_state(state)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// A refusal in Meta's error envelope.

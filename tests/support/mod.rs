@@ -220,6 +220,11 @@ impl Pipeline {
         }
     }
 
+    /// Whether `coexist all` is still running (no role has ended it).
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|task| !task.is_finished())
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {

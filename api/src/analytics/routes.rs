@@ -1,7 +1,7 @@
 //! The HTTP edge: list panels, run one, and serve the dashboard page. Handlers are
 //! thin: read the org from [`OrgScope`], check the range, call [`run_panel`].
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use events::clock::now_ms;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -105,12 +105,6 @@ fn to_query(org: String, params: PanelParams, now_ms: i64) -> AnalyticsQuery {
         from_ms: params.from.unwrap_or(to_ms - DEFAULT_RANGE_MS),
         to_ms,
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn forbidden() -> Response {

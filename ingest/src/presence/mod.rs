@@ -8,13 +8,14 @@
 
 pub mod parse;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use events::clock::now_ms;
+use std::time::Duration;
 
 use events::topics;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use runtime::Publisher;
-use runtime::consume::dlq_headers;
-use runtime::kafka::{KafkaError, Outgoing};
+use runtime::consume::{DeadLetter, DeadLetters};
+use runtime::kafka::KafkaError;
 use runtime::mqtt::MqttConnection;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut options = connection.options(&config.client_id);
     options.set_manual_acks(true);
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = runtime::RetryPolicy::default().backoff();
     while !shutdown.is_cancelled() {
         let (client, mut event_loop) = AsyncClient::new(options.clone(), 100);
         tracing::info!(client_id = %config.client_id, "presence bridge connecting");
@@ -62,7 +63,7 @@ pub async fn run(
                     for filter in parse::filters(&connection.topic_prefix) {
                         client.subscribe(filter, QoS::AtLeastOnce).await?;
                     }
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if let Err(err) = forward(&connection.topic_prefix, &publisher, &publish).await
@@ -80,11 +81,7 @@ pub async fn run(
             }
         }
         drop(client);
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.wait(&shutdown).await;
     }
     publisher.flush(Duration::from_secs(5));
     Ok(())
@@ -110,22 +107,15 @@ async fn forward(prefix: &str, publisher: &Publisher, publish: &Publish) -> Resu
         Ok(None) => return Ok(()),
         Err(err) => err.to_string(),
     };
-    tracing::warn!(topic = %truncate(&publish.topic, 200), %error, "presence message dead-lettered");
     let kept = publish.payload.len().min(parse::MAX_PAYLOAD_BYTES);
-    publisher
-        .send(Outgoing {
-            topic: topics::DEADLETTER,
+    DeadLetters::with_role(publisher.clone(), "ingest.presence", crate::webhook::ROLE)
+        .send_letter(DeadLetter {
             key: truncate(&publish.topic, 512),
             value: publish.payload[..kept].to_vec(),
-            headers: vec![
-                (dlq_headers::ERROR, error),
-                (dlq_headers::STAGE, "ingest.presence".into()),
-                (
-                    dlq_headers::SOURCE_TOPIC,
-                    format!("mqtt:{}", truncate(&publish.topic, 512)),
-                ),
-                (DEADLETTER_ORIGINAL_BYTES, publish.payload.len().to_string()),
-            ],
+            reason: error,
+            source: format!("mqtt:{}", truncate(&publish.topic, 512)),
+            position: None,
+            extra: vec![(DEADLETTER_ORIGINAL_BYTES, publish.payload.len().to_string())],
         })
         .await
 }
@@ -159,11 +149,4 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -3,49 +3,45 @@
 //! agent). At start it folds the assignments and presence so far into its state
 //! with pushes suppressed: a restart must not push old news again.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use events::clock::now_ms;
+use std::time::Duration;
 
 use events::inbox::{AssignmentEvent, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
-use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::consume;
 use runtime::observe;
-use runtime::{KafkaConfig, Record};
-use tokio_util::sync::CancellationToken;
+use runtime::{Record, RoleContext};
 
 use super::{Notifier, NotifierConfig, NotifierInput};
 use runtime::table;
 
-const ROLE: &str = "process-notifier";
+/// What the notifier reads in its group (presence is read as a table besides).
+pub const TOPICS: &[&str] = &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS];
 
-/// Runs the notifier until `shutdown`.
-pub async fn run(
-    kafka: &KafkaConfig,
-    config: NotifierConfig,
-    batch: LoopConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let publisher = kafka.publisher(ROLE).await?;
-    let dead_letters = DeadLetters::new(publisher.clone(), "process.notifier");
+/// Runs the notifier until shutdown.
+pub async fn run(ctx: &RoleContext, config: &NotifierConfig) -> anyhow::Result<()> {
+    let (kafka, shutdown) = (&ctx.kafka, ctx.shutdown.clone());
+    let publisher = ctx.publisher().await?;
+    let dead_letters = ctx.dead_letters(&publisher);
     let starts_at = config.new_group_starts_at.clone();
-    let mut notifier = Notifier::new(config);
-    let (assignments, presence_table, presence_ends) = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let (assignments, _) =
-                table::read_whole(&kafka, topics::CONVERSATION_ASSIGNMENTS, "notifier-rebuild")?;
-            let (presence, ends) =
-                table::read_whole(&kafka, topics::AGENTS_PRESENCE, "notifier-presence")?;
-            Ok((assignments, presence, ends))
-        })
-        .await??
+    let mut notifier = Notifier::new(config.clone());
+    let read = |topic, purpose| table::read_until_ok(kafka, topic, None, purpose, &shutdown);
+    let Some((assignments, _)) = read(topics::CONVERSATION_ASSIGNMENTS, "notifier-rebuild").await
+    else {
+        return Ok(());
+    };
+    let Some((presence_table, presence_ends)) =
+        read(topics::AGENTS_PRESENCE, "notifier-presence").await
+    else {
+        return Ok(());
     };
     let now = now_ms();
-    for value in &presence_table {
+    for (_, value) in &presence_table {
         if let Ok(event) = codec::decode::<PresenceEvent>(value) {
             notifier.handle(NotifierInput::Presence(&event), now);
         }
     }
-    for value in &assignments {
+    for (_, value) in &assignments {
         if let Ok(assignment) = codec::decode::<AssignmentEvent>(value) {
             notifier.remember(&assignment);
         }
@@ -60,15 +56,11 @@ pub async fn run(
         table::presence_feed(kafka, &presence_ends, "notifier-presence", shutdown.clone())?;
     // A new notifier starts at the present: pushes about history are noise.
     let mut batches = consume::Batches::spawn(
-        kafka.consumer_from(
-            ROLE,
-            &[topics::CONVERSATION_ASSIGNMENTS, topics::WHATSAPP_EVENTS],
-            &starts_at,
-        )?,
-        batch,
+        kafka.consumer_from(&ctx.role, TOPICS, &starts_at)?,
+        ctx.batch.clone(),
         shutdown.clone(),
     );
-    loop {
+    'run: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = presence.recv() => {
@@ -81,14 +73,17 @@ pub async fn run(
                 for record in &records {
                     match push_for(&mut notifier, record) {
                         Ok(push) => pushes.extend(push),
-                        Err(reason) => dead_letters.send(record, &reason).await?,
+                        Err(reason) => {
+                            if !dead_letters.send_until_ok(record, &reason, &shutdown).await { break 'run }
+                        }
                     }
                 }
-                let sends = pushes.iter().map(|p| publisher.send_json(topics::NOTIFICATIONS_PUSH, &p.agent_id, p, vec![]));
-                // A push that cannot be produced is retried by redoing the batch; the
-                // collapse window then drops it, so push is at most once per window.
-                futures::future::try_join_all(sends).await?;
-                observe::global().metrics.batch_done(ROLE, pushes.len(), started.elapsed());
+                // Pushes are produced until acknowledged (a broker hiccup is waited
+                // for); at shutdown the batch is left uncommitted and redone by the
+                // next run, whose collapse window then drops what already went out.
+                let keyed = pushes.iter().map(|p| (p.agent_id.as_str(), p));
+                if !publisher.send_all_until_ok(topics::NOTIFICATIONS_PUSH, keyed, &shutdown).await { break }
+                observe::global().metrics.batch_done(&ctx.role, pushes.len(), started.elapsed());
                 consume::commit(batches.consumer(), &records)?;
             }
         }
@@ -104,19 +99,12 @@ fn push_for(
 ) -> Result<Option<events::delivery::PushNotification>, String> {
     let now = now_ms();
     match record.topic.as_str() {
-        topics::CONVERSATION_ASSIGNMENTS => codec::decode::<AssignmentEvent>(&record.value)
-            .map(|a| notifier.handle(NotifierInput::Assignment(&a), now))
-            .map_err(|e| format!("not an assignment: {e}")),
-        topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
-            .map(|e| notifier.handle(NotifierInput::Event(&e), now))
-            .map_err(|e| format!("not a whatsapp event: {e}")),
-        other => Err(format!("the notifier does not read {other}")),
+        topics::CONVERSATION_ASSIGNMENTS => record
+            .decode::<AssignmentEvent>("an assignment")
+            .map(|a| notifier.handle(NotifierInput::Assignment(&a), now)),
+        topics::WHATSAPP_EVENTS => record
+            .decode::<WhatsAppEvent>("a whatsapp event")
+            .map(|e| notifier.handle(NotifierInput::Event(&e), now)),
+        _ => Err(record.unread_topic("the notifier")),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -20,22 +20,21 @@
 //!   instance (or an org whose numbers share a partition) that is every conversation
 //!   of the org; several instances each enforce it over their own numbers.
 
+use events::clock::now_ms;
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
 use events::{WhatsAppEvent, codec, topics};
 use rdkafka::consumer::Consumer;
-use runtime::consume::{self, DeadLetters, LoopConfig};
+use runtime::consume;
 use runtime::kafka::GroupConsumer;
 use runtime::observe;
-use runtime::{KafkaConfig, Publisher, Record};
+use runtime::{KafkaConfig, Publisher, Record, RoleContext};
 use tokio_util::sync::CancellationToken;
 
 use super::{Input, Router, RouterConfig};
 use runtime::table;
-
-const ROLE: &str = "process-router";
 
 /// `[processors.router]` plus the loop's own setting.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -47,16 +46,16 @@ pub struct RouterStageConfig {
     pub tick_ms: u64,
 }
 
-/// Runs the router until `shutdown`.
-pub async fn run(
-    kafka: &KafkaConfig,
-    config: RouterStageConfig,
-    batch: LoopConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// What the router reads in its group (presence and the directory are read as
+/// tables besides).
+pub const TOPICS: &[&str] = &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS];
+
+/// Runs the router until shutdown.
+pub async fn run(ctx: &RoleContext, config: &RouterStageConfig) -> anyhow::Result<()> {
     config.router.validate()?;
-    let publisher = kafka.publisher(ROLE).await?;
-    let dead_letters = DeadLetters::new(publisher.clone(), "process.router");
+    let (kafka, shutdown) = (&ctx.kafka, ctx.shutdown.clone());
+    let publisher = ctx.publisher().await?;
+    let dead_letters = ctx.dead_letters(&publisher);
     let mut router = Router::new(config.router.clone());
 
     // Who the agents are, before routing anything: the directory up to now, then live.
@@ -68,15 +67,19 @@ pub async fn run(
         router.handle(Input::Directory(Box::new(change), stamp), now_ms());
     }
     // Who is online, before routing anything: the presence table up to now, then live.
-    let (presence_table, ends) = {
-        let kafka = kafka.clone();
-        tokio::task::spawn_blocking(move || {
-            table::read_whole(&kafka, topics::AGENTS_PRESENCE, "router-presence")
-        })
-        .await??
+    let Some((presence_table, ends)) = table::read_until_ok(
+        kafka,
+        topics::AGENTS_PRESENCE,
+        None,
+        "router-presence",
+        &shutdown,
+    )
+    .await
+    else {
+        return Ok(());
     };
     tracing::info!(records = presence_table.len(), ?ends, "presence table read");
-    for value in presence_table {
+    for (_, value) in presence_table {
         if let Ok(event) = codec::decode::<PresenceEvent>(&value) {
             // No conversation is owned yet, so this only records who is online.
             router.handle(Input::Presence(event), now_ms());
@@ -85,11 +88,8 @@ pub async fn run(
     let (mut presence, presence_task) =
         table::presence_feed(kafka, &ends, "router-presence", shutdown.clone())?;
     let mut batches = consume::Batches::spawn(
-        kafka.consumer(
-            ROLE,
-            &[topics::WHATSAPP_EVENTS, topics::CONVERSATION_COMMANDS],
-        )?,
-        batch,
+        kafka.consumer(&ctx.role, TOPICS)?,
+        ctx.batch.clone(),
         shutdown.clone(),
     );
     let mut owned = Ownership::default();
@@ -100,7 +100,7 @@ pub async fn run(
     }));
     // After a stall (a rebuild), one tick, not a burst of them.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    'run: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = presence.recv() => {
@@ -112,7 +112,7 @@ pub async fn run(
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
             _ = ticker.tick() => {
-                let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
+                let Some(mut outputs) = owned.sync(batches.consumer(), kafka, &mut router, &shutdown).await else { break };
                 outputs.extend(router.handle(Input::Tick, now_ms()));
                 if !publish(&publisher, &outputs, &shutdown).await { break }
             }
@@ -122,7 +122,7 @@ pub async fn run(
                 // The group may have moved partitions while the batch was fetched:
                 // rebuild what was gained first, and leave records of partitions no
                 // longer ours to their new owner (uncommitted here).
-                let mut outputs = owned.sync(batches.consumer(), kafka, &mut router).await?;
+                let Some(mut outputs) = owned.sync(batches.consumer(), kafka, &mut router, &shutdown).await else { break };
                 let records: Vec<Record> = records
                     .into_iter()
                     .filter(|r| owned.partitions.contains(&r.partition))
@@ -133,11 +133,13 @@ pub async fn run(
                             owned.note(&input, record.partition);
                             outputs.extend(router.handle(input, now_ms()));
                         }
-                        Err(reason) => dead_letters.send(record, &reason).await?,
+                        Err(reason) => {
+                            if !dead_letters.send_until_ok(record, &reason, &shutdown).await { break 'run }
+                        }
                     }
                 }
                 if !publish(&publisher, &outputs, &shutdown).await { break }
-                observe::global().metrics.batch_done(ROLE, outputs.len(), started.elapsed());
+                observe::global().metrics.batch_done(&ctx.role, outputs.len(), started.elapsed());
                 if !records.is_empty() {
                     consume::commit(batches.consumer(), &records)?;
                 }
@@ -162,16 +164,18 @@ struct Ownership {
 impl Ownership {
     /// Follows the group's assignment: forgets partitions taken away, rebuilds the
     /// ones given from `conversations.assignments`, and returns what routing the
-    /// rebuilt queue produced (work a crashed owner left queued).
+    /// rebuilt queue produced (work a crashed owner left queued). `None` only when
+    /// shutdown came while the rebuild waited for the broker.
     async fn sync(
         &mut self,
         consumer: &GroupConsumer,
         kafka: &KafkaConfig,
         router: &mut Router,
-    ) -> anyhow::Result<Vec<AssignmentEvent>> {
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<AssignmentEvent>> {
         let (generation, assigned) = consumer.context().owned();
         if generation == self.generation {
-            return Ok(Vec::new());
+            return Some(Vec::new());
         }
         self.generation = generation;
         let now: BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
@@ -190,21 +194,16 @@ impl Ownership {
             );
         }
         if gained.is_empty() {
-            return Ok(Vec::new());
+            return Some(Vec::new());
         }
-        let (values, _) = {
-            let kafka = kafka.clone();
-            let gained = gained.clone();
-            tokio::task::spawn_blocking(move || {
-                table::read_partitions(
-                    &kafka,
-                    topics::CONVERSATION_ASSIGNMENTS,
-                    Some(&gained),
-                    "router-rebuild",
-                )
-            })
-            .await??
-        };
+        let (values, _) = table::read_until_ok(
+            kafka,
+            topics::CONVERSATION_ASSIGNMENTS,
+            Some(gained.clone()),
+            "router-rebuild",
+            shutdown,
+        )
+        .await?;
         let count = values.len();
         for (partition, value) in values {
             if let Ok(assignment) = codec::decode::<AssignmentEvent>(&value) {
@@ -218,7 +217,7 @@ impl Ownership {
             outputs = count,
             "router partitions rebuilt from conversations.assignments"
         );
-        Ok(router.handle(Input::Tick, now_ms()))
+        Some(router.handle(Input::Tick, now_ms()))
     }
 
     /// Remembers the partition of an input's business number.
@@ -236,13 +235,13 @@ impl Ownership {
 
 fn decode(record: &Record) -> Result<Input, String> {
     match record.topic.as_str() {
-        topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
-            .map(|e| Input::Event(Box::new(e)))
-            .map_err(|e| format!("not a whatsapp event: {e}")),
-        topics::CONVERSATION_COMMANDS => codec::decode::<ConversationCommand>(&record.value)
-            .map(Input::Command)
-            .map_err(|e| format!("not a conversation command: {e}")),
-        other => Err(format!("the router does not read {other}")),
+        topics::WHATSAPP_EVENTS => record
+            .decode::<WhatsAppEvent>("a whatsapp event")
+            .map(|e| Input::Event(Box::new(e))),
+        topics::CONVERSATION_COMMANDS => record
+            .decode::<ConversationCommand>("a conversation command")
+            .map(Input::Command),
+        _ => Err(record.unread_topic("the router")),
     }
 }
 
@@ -253,31 +252,14 @@ async fn publish(
     outputs: &[AssignmentEvent],
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let sends = outputs.iter().map(|a| {
-            publisher.send_json(
-                topics::CONVERSATION_ASSIGNMENTS,
-                &a.phone_number_id,
-                a,
-                vec![],
-            )
-        });
-        match futures::future::try_join_all(sends).await {
-            Ok(_) => return true,
-            Err(err) => tracing::warn!(%err, "assignments not produced; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+    if outputs.is_empty() {
+        return true;
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    publisher
+        .send_all_until_ok(
+            topics::CONVERSATION_ASSIGNMENTS,
+            outputs.iter().map(|a| (a.phone_number_id.as_str(), a)),
+            shutdown,
+        )
+        .await
 }

@@ -4,9 +4,9 @@
 
 use events::delivery::{OutboundResult, StatusTransition};
 use events::{WhatsAppEvent, codec, topics};
-use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
+use runtime::{Publisher, Record, Reject, RoleContext, Stage};
 
-use super::{StatusInput, StatusTracker};
+use super::{StatusConfig, StatusInput, StatusTracker};
 
 pub struct StatusStage {
     tracker: StatusTracker,
@@ -21,30 +21,21 @@ impl StatusStage {
 
 impl Stage for StatusStage {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let mut rejects = Vec::new();
-        let mut transitions = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            let decoded = match record.topic.as_str() {
-                topics::WHATSAPP_EVENTS => codec::decode::<WhatsAppEvent>(&record.value)
-                    .map(|e| self.tracker.handle(StatusInput::Event(&e))),
-                topics::OUTBOUND_RESULTS => codec::decode::<OutboundResult>(&record.value)
-                    .map(|r| self.tracker.handle(StatusInput::OutboundResult(&r))),
-                other => {
-                    rejects.push(Reject {
-                        index,
-                        reason: format!("status does not read {other}"),
-                    });
-                    continue;
+        let tracker = &mut self.tracker;
+        let (read, rejects) = runtime::read_batch(batch, |_, record| {
+            Ok(match record.topic.as_str() {
+                topics::WHATSAPP_EVENTS => {
+                    let event = record.decode::<WhatsAppEvent>("a whatsapp event")?;
+                    tracker.handle(StatusInput::Event(&event))
                 }
-            };
-            match decoded {
-                Ok(transition) => transitions.extend(transition),
-                Err(err) => rejects.push(Reject {
-                    index,
-                    reason: format!("undecodable: {err}"),
-                }),
-            }
-        }
+                topics::OUTBOUND_RESULTS => {
+                    let result = record.decode::<OutboundResult>("an outbound result")?;
+                    tracker.handle(StatusInput::OutboundResult(&result))
+                }
+                _ => return Err(record.unread_topic("status")),
+            })
+        });
+        let transitions: Vec<StatusTransition> = read.into_iter().filter_map(|(_, t)| t).collect();
         let sends = transitions.iter().map(|t| {
             self.publisher
                 .send_json(topics::MESSAGES_STATUS, &t.phone_number_id, t, vec![])
@@ -57,14 +48,37 @@ impl Stage for StatusStage {
     }
 }
 
-/// Reads `messages.status` from the start to its current end into a tracker.
-/// Blocking: call it from `spawn_blocking`.
-pub fn rebuild(kafka: &KafkaConfig, capacity: usize) -> anyhow::Result<StatusTracker> {
+/// What the status processor reads.
+pub const TOPICS: &[&str] = &[topics::WHATSAPP_EVENTS, topics::OUTBOUND_RESULTS];
+
+/// Runs the status processor until shutdown: the tracker rebuilt from
+/// `messages.status` itself, then the loop over [`TOPICS`].
+pub async fn run(ctx: &RoleContext, config: &StatusConfig) -> anyhow::Result<()> {
+    let publisher = ctx.publisher().await?;
+    let Some((values, _)) = runtime::table::read_until_ok(
+        &ctx.kafka,
+        topics::MESSAGES_STATUS,
+        None,
+        "status-rebuild",
+        &ctx.shutdown,
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    let tracker = rebuild(config.capacity, values.iter().map(|(_, value)| value));
+    let stage = StatusStage::new(tracker, publisher.clone());
+    ctx.consume(&publisher, TOPICS, stage, ctx.batch.clone())
+        .await
+}
+
+/// A tracker holding the transitions `messages.status` already has.
+pub fn rebuild<'a>(capacity: usize, values: impl Iterator<Item = &'a Vec<u8>>) -> StatusTracker {
     let mut tracker = StatusTracker::new(capacity);
-    let (values, _) = runtime::table::read_whole(kafka, topics::MESSAGES_STATUS, "status-rebuild")?;
-    let replayed = values.len();
+    let mut replayed = 0;
     for value in values {
-        if let Ok(transition) = codec::decode::<StatusTransition>(&value) {
+        replayed += 1;
+        if let Ok(transition) = codec::decode::<StatusTransition>(value) {
             tracker.handle(StatusInput::Replayed(&transition));
         }
     }
@@ -72,5 +86,5 @@ pub fn rebuild(kafka: &KafkaConfig, capacity: usize) -> anyhow::Result<StatusTra
         transitions = replayed,
         "status tracker rebuilt from messages.status"
     );
-    Ok(tracker)
+    tracker
 }

@@ -1,4 +1,4 @@
-//! The ClickHouse sink: delivery and agent analytics. It reads four topics and
+//! The ClickHouse sink: delivery and agent analytics. It reads five topics and
 //! writes one table per kind of event; materialized views built on those tables
 //! (see [`migrations`]) feed the dashboards (`dashboards/`).
 //!
@@ -16,11 +16,11 @@
 pub mod config;
 pub mod mapping;
 pub mod migrations;
+mod run;
 
 use std::collections::{HashMap, HashSet};
 
 use clickhouse::{Client, Row, RowOwned, RowWrite};
-use events::codec;
 use events::delivery::{OutboundMessage, OutboundResult, StatusTransition};
 use events::inbox::AssignmentEvent;
 use events::topics;
@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 pub use config::ClickHouseConfig;
 use mapping::{AssignmentRow, Keyed, MessageEventRow, OutboundRow, StatusTransitionRow};
+pub use run::run;
 
 /// The topics this sink reads.
 pub const TOPICS: &[&str] = &[
@@ -365,13 +366,11 @@ fn decode<T: DeserializeOwned, R>(
     map: impl Fn(&T) -> R,
     rejects: &mut Vec<Reject>,
 ) -> Option<R> {
-    match codec::decode::<T>(&record.value) {
+    let what = format!("a valid {} value", record.topic);
+    match record.decode::<T>(&what) {
         Ok(value) => Some(map(&value)),
-        Err(err) => {
-            rejects.push(Reject {
-                index,
-                reason: format!("not a valid {} value: {err}", record.topic),
-            });
+        Err(reason) => {
+            rejects.push(Reject { index, reason });
             None
         }
     }

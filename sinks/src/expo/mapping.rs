@@ -226,7 +226,8 @@ pub fn disposition(
     }
 }
 
-/// The delay before try `attempt + 1` (attempt counts from 0).
+/// The delay before try `attempt + 1` (attempt counts from 0): Expo's
+/// `Retry-After`, else the one retry policy (doubling, capped, jittered).
 pub fn backoff(
     retry_after: Option<&str>,
     attempt: u32,
@@ -236,9 +237,7 @@ pub fn backoff(
     if let Some(seconds) = retry_after.and_then(|v| v.trim().parse::<u64>().ok()) {
         return Duration::from_secs(seconds).min(max);
     }
-    initial
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(max)
+    runtime::RetryPolicy::new(initial, max).delay(attempt.min(16))
 }
 
 #[cfg(test)]
@@ -349,9 +348,12 @@ mod tests {
             disposition(429, Some("2"), 0, i, m),
             Disposition::Retry(Duration::from_secs(2))
         );
-        assert_eq!(
-            disposition(503, None, 3, i, m),
-            Disposition::Retry(Duration::from_millis(800))
+        let Disposition::Retry(delay) = disposition(503, None, 3, i, m) else {
+            panic!("a 503 is retried");
+        };
+        assert!(
+            (Duration::from_millis(400)..=Duration::from_millis(800)).contains(&delay),
+            "{delay:?}"
         );
         assert_eq!(disposition(400, None, 0, i, m), Disposition::Refused);
         assert_eq!(backoff(Some("3600"), 0, i, m), m);

@@ -13,9 +13,11 @@
 
 pub mod config;
 pub mod mapping;
+mod run;
 
+use events::clock::now_ms;
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use events::delivery::PushNotification;
@@ -34,6 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use config::ExpoConfig;
 use mapping::{Device, Disposition, Outcome, Planned, ReceiptsResponse, SendResponse, Ticket};
+pub use run::{TOPICS, run};
 
 /// One document per (notification, token): the ticket, then its receipt.
 pub const TICKETS: &str = "push_tickets";
@@ -210,17 +213,9 @@ impl ExpoSink {
 
 impl Stage for ExpoSink {
     async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let mut rejects = Vec::new();
-        let mut notifications = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            match events::codec::decode::<PushNotification>(&record.value) {
-                Ok(n) => notifications.push((index, n)),
-                Err(err) => rejects.push(Reject {
-                    index,
-                    reason: format!("not a push notification: {err}"),
-                }),
-            }
-        }
+        let (mut notifications, mut rejects) = runtime::read_batch(batch, |_, record| {
+            record.decode::<PushNotification>("a push notification")
+        });
         let now = now_ms();
         let before = notifications.len();
         notifications.retain(|(_, n)| !mapping::is_stale(n.at_ms, now, self.config.max_age_ms));
@@ -519,11 +514,4 @@ async fn poll_receipts(
     bulk_upsert(db, TICKETS, updates).await?;
     unregister.tokens(&dead).await?;
     Ok(due.len())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

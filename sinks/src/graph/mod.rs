@@ -3,6 +3,7 @@
 //! and the one rule of which failures are worth retrying ([`GraphError::retry`]).
 
 pub mod config;
+mod follow;
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use config::{GraphConfig, GraphNumber};
+pub use follow::following_directory;
 
 /// Why a Graph API call did not succeed.
 #[derive(Debug, thiserror::Error)]

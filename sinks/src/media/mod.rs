@@ -7,6 +7,8 @@
 //! Meta, the network or S3 being down pauses the partition.
 
 pub mod mapping;
+mod run;
+pub use run::{TOPICS, run};
 
 use anyhow::Context;
 use events::delivery::MediaStored;

@@ -172,12 +172,9 @@ pub async fn write(
     let mut changes = Vec::new();
     let mut rejects = Vec::new();
     for &index in indexes {
-        match events::codec::decode::<DirectoryChange>(&batch[index].value) {
+        match batch[index].decode::<DirectoryChange>("a directory change") {
             Ok(change) => changes.push((index, change)),
-            Err(err) => rejects.push(Reject {
-                index,
-                reason: format!("not a directory change: {err}"),
-            }),
+            Err(reason) => rejects.push(Reject { index, reason }),
         }
     }
     let writes = plan(changes.iter().map(|(i, c)| (*i, c)));

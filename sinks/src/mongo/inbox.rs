@@ -15,8 +15,9 @@
 use events::delivery::{MediaStored, OutboundMessage, OutboundResult};
 use events::event::{Direction, Origin};
 use events::inbox::{AssignmentEvent, ConversationState};
-use events::{DeliveryStatus, codec, topics};
+use events::{DeliveryStatus, topics};
 use mongodb::bson::{Bson, DateTime, Document, doc};
+use runtime::Record;
 use store::inbox::{
     COMMAND_RESULTS, CONVERSATIONS, CommandResult, Conversation, INTERNAL, MESSAGES, Message,
     StoredMedia,
@@ -26,34 +27,22 @@ use store::{key, to_bson};
 use super::mapping::Upsert;
 
 /// The statements for one record of a topic other than `whatsapp.events`.
-pub fn plan_record(
-    topic: &str,
-    source: usize,
-    offset: i64,
-    value: &[u8],
-) -> Result<Vec<Upsert>, String> {
-    let statements = match topic {
-        topics::CONVERSATION_ASSIGNMENTS => {
-            let a: AssignmentEvent =
-                codec::decode(value).map_err(|e| format!("not an assignment: {e}"))?;
-            assignment(&a, offset)
-        }
+pub fn plan_record(record: &Record, source: usize) -> Result<Vec<Upsert>, String> {
+    let statements = match record.topic.as_str() {
+        topics::CONVERSATION_ASSIGNMENTS => assignment(
+            &record.decode::<AssignmentEvent>("an assignment")?,
+            record.offset,
+        ),
         topics::OUTBOUND_RESULTS => {
-            let r: OutboundResult =
-                codec::decode(value).map_err(|e| format!("not an outbound result: {e}"))?;
-            outbound_result(&r)
+            outbound_result(&record.decode::<OutboundResult>("an outbound result")?)
         }
         topics::MESSAGES_OUTBOUND => {
-            let m: OutboundMessage =
-                codec::decode(value).map_err(|e| format!("not an outbound message: {e}"))?;
-            outbound(&m)
+            outbound(&record.decode::<OutboundMessage>("an outbound message")?)
         }
-        topics::MEDIA_STORED => {
-            let m: MediaStored =
-                codec::decode(value).map_err(|e| format!("not a media.stored record: {e}"))?;
-            vec![media(&m)]
-        }
-        other => return Err(format!("the mongo sink does not read {other}")),
+        topics::MEDIA_STORED => vec![media(
+            &record.decode::<MediaStored>("a media.stored record")?,
+        )],
+        _ => return Err(record.unread_topic("the mongo sink")),
     };
     Ok(statements
         .into_iter()
@@ -492,7 +481,12 @@ pub(super) mod tests {
 
     #[test]
     fn undecodable_records_are_rejected_with_a_reason() {
-        let err = plan_record(topics::CONVERSATION_ASSIGNMENTS, 0, 0, b"{}").unwrap_err();
+        let record = Record {
+            topic: topics::CONVERSATION_ASSIGNMENTS.into(),
+            value: b"{}".to_vec(),
+            ..Record::default()
+        };
+        let err = plan_record(&record, 0).unwrap_err();
         assert!(err.starts_with("not an assignment"), "{err}");
     }
 }

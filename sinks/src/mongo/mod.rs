@@ -8,6 +8,7 @@ pub mod config;
 pub mod directory;
 pub mod inbox;
 pub mod mapping;
+mod run;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use runtime::{Record, Reject, Stage};
 
 pub use config::MongoConfig;
 use mapping::Upsert;
+pub use run::{TOPICS, run};
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -88,11 +90,11 @@ impl MongoSink {
         let mut rejects = Vec::new();
         for (index, record) in batch.iter().enumerate() {
             let statements = if record.topic == events::topics::WHATSAPP_EVENTS {
-                events::codec::decode::<events::WhatsAppEvent>(&record.value)
+                record
+                    .decode::<events::WhatsAppEvent>("a whatsapp event")
                     .map(|event| mapping::plan([(index, &event)]))
-                    .map_err(|err| format!("not a whatsapp event: {err}"))
             } else {
-                inbox::plan_record(&record.topic, index, record.offset, &record.value)
+                inbox::plan_record(record, index)
             };
             match statements {
                 Ok(statements) => plan.extend(statements),
@@ -228,7 +230,13 @@ mod contract_tests {
             (topics::MEDIA_STORED, serde_json::to_vec(&stored)),
         ];
         for (topic, value) in records {
-            for u in inbox::plan_record(topic, 0, 7, &value.unwrap()).unwrap() {
+            let record = runtime::Record {
+                topic: topic.to_string(),
+                offset: 7,
+                value: value.unwrap(),
+                ..Default::default()
+            };
+            for u in inbox::plan_record(&record, 0).unwrap() {
                 out.push((u.collection, u.filter, u.update));
             }
         }

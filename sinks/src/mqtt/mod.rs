@@ -12,6 +12,7 @@ pub mod config;
 pub mod followups;
 pub mod mapping;
 pub mod recent;
+mod run;
 
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub use config::MqttConfig;
 use followups::Followups;
 use mapping::{Owners, Undo};
 use recent::RecentIds;
+pub use run::{TOPICS, run};
 
 pub struct MqttSink {
     client: AsyncClient,
@@ -52,18 +54,21 @@ impl MqttSink {
             AsyncClient::new(connection.options(&config.client_id), 1024);
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let event_loop = tokio::spawn(async move {
+            let mut backoff = runtime::RetryPolicy::default().backoff();
             loop {
                 match event_loop.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         let _ = ack_tx.send(());
                     }
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff.reset();
                         tracing::info!(?ack.code, "mqtt connected")
                     }
                     Ok(_) => {}
                     Err(err) => {
-                        tracing::warn!(%err, "mqtt connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let delay = backoff.next_delay();
+                        tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost; reconnecting");
+                        tokio::time::sleep(delay).await;
                     }
                 }
             }
@@ -104,8 +109,7 @@ impl MqttSink {
         let prefix = &self.prefix;
         match record.topic.as_str() {
             topics::CONVERSATION_ASSIGNMENTS => {
-                let a = events::codec::decode::<AssignmentEvent>(&record.value)
-                    .map_err(|e| format!("not an assignment: {e}"))?;
+                let a = record.decode::<AssignmentEvent>("an assignment")?;
                 let key = format!("assignment:{}:{}", a.org, a.id);
                 if self.recent.contains(&key) || published.contains(&key) {
                     // A late copy must not move the owner back either.
@@ -116,8 +120,7 @@ impl MqttSink {
                 Ok((key, topics, None, Follow::No))
             }
             topics::OUTBOUND_RESULTS => {
-                let r = events::codec::decode::<OutboundResult>(&record.value)
-                    .map_err(|e| format!("not an outbound result: {e}"))?;
+                let r = record.decode::<OutboundResult>("an outbound result")?;
                 let topics = mapping::outbound_result_topics(prefix, &r);
                 Ok((
                     format!("result:{}:{}", r.org, r.id),
@@ -127,16 +130,14 @@ impl MqttSink {
                 ))
             }
             topics::MESSAGES_STATUS => {
-                let t = events::codec::decode::<StatusTransition>(&record.value)
-                    .map_err(|e| format!("not a status transition: {e}"))?;
+                let t = record.decode::<StatusTransition>("a status transition")?;
                 let topics = mapping::status_topics(prefix, &t);
                 let payload = mapping::status_payload(&t);
                 let key = format!("status:{}:{}", t.org, t.id);
                 Ok((key, topics, Some(payload), Follow::No))
             }
             _ => {
-                let event = events::codec::decode::<WhatsAppEvent>(&record.value)
-                    .map_err(|e| format!("not a whatsapp event: {e}"))?;
+                let event = record.decode::<WhatsAppEvent>("a whatsapp event")?;
                 let topics = mapping::event_topics(prefix, &event, &self.owners);
                 let follow = match followups::original_of(&event) {
                     Some(original)

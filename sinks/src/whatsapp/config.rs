@@ -60,14 +60,11 @@ impl WhatsAppConfig {
         Quota::per_second(rate).allow_burst(burst)
     }
 
-    /// The delay before attempt `attempt` (1-based) of a throttled send.
+    /// The delay before attempt `attempt` (1-based) of a throttled send: the one
+    /// retry policy (doubling, capped, jittered; [`runtime::retry`]).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u64.saturating_pow(attempt.saturating_sub(1));
-        Duration::from_millis(
-            self.retry_initial_ms
-                .saturating_mul(factor)
-                .min(self.retry_max_ms),
-        )
+        runtime::RetryPolicy::from_millis(self.retry_initial_ms, self.retry_max_ms)
+            .delay(attempt.saturating_sub(1))
     }
 }
 
@@ -92,11 +89,15 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_up_to_the_cap_jittered() {
         let config = WhatsAppConfig::default();
-        let delays: Vec<u64> = (1..=7)
-            .map(|a| config.backoff(a).as_millis() as u64)
-            .collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        let steps = [500, 1000, 2000, 4000, 8000, 10_000, 10_000];
+        for (attempt, step) in (1..=7).zip(steps) {
+            let delay = config.backoff(attempt).as_millis() as u64;
+            assert!(
+                (step / 2..=step).contains(&delay),
+                "attempt {attempt}: {delay} ms"
+            );
+        }
     }
 }

@@ -12,11 +12,13 @@
 pub mod config;
 pub mod ledger;
 pub mod payload;
+mod run;
 pub mod window;
 
+use events::clock::now_ms;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use events::delivery::{OutboundIntent, OutboundMessage, OutboundResult};
@@ -31,6 +33,7 @@ use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
 pub use config::WhatsAppConfig;
 use ledger::{Decision, Ledger};
 use payload::Call;
+pub use run::{TOPICS, run};
 use window::WindowBook;
 
 use crate::graph::{GraphClient, GraphError, Retry, api_error};
@@ -135,13 +138,6 @@ impl WhatsAppSink {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 fn result_of(
     command: &OutboundMessage,
     wamid: Option<String>,
@@ -172,17 +168,14 @@ impl Stage for WhatsAppSink {
                     }
                 }
                 topics::MESSAGES_OUTBOUND => {
-                    match codec::decode::<OutboundMessage>(&record.value) {
+                    match record.decode::<OutboundMessage>("an outbound message") {
                         Ok(command) => commands.push(command),
-                        Err(err) => rejects.push(Reject {
-                            index,
-                            reason: format!("not an outbound message: {err}"),
-                        }),
+                        Err(reason) => rejects.push(Reject { index, reason }),
                     }
                 }
-                other => rejects.push(Reject {
+                _ => rejects.push(Reject {
                     index,
-                    reason: format!("sink.whatsapp does not read {other}"),
+                    reason: record.unread_topic("sink.whatsapp"),
                 }),
             }
         }
