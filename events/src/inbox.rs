@@ -69,6 +69,11 @@ pub enum CommandAction {
     },
 }
 
+/// The owner id of conversations answered from the WhatsApp Business app. It holds a
+/// conversation like an agent does (an [`AssignmentEvent::assignee`]) but has no
+/// inbox and no capacity, and is never routed to. The one definition every role uses.
+pub const BUSINESS_APP: &str = "business_app";
+
 /// Who owns a conversation now (`conversations.assignments`), or a command's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AssignmentEvent {

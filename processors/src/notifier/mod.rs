@@ -169,7 +169,7 @@ impl Notifier {
         {
             return None; // an online device already has it over MQTT
         }
-        if agent == "business_app" {
+        if agent == events::inbox::BUSINESS_APP {
             return None;
         }
         let collapse_key = format!("{agent_key}:{conversation_id}");
