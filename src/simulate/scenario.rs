@@ -372,7 +372,7 @@ impl Generator<'_> {
         let result = message.result(wamid.clone(), refused.clone(), answered);
         self.push(topics::OUTBOUND_RESULTS, number, &result);
         let Some(wamid) = wamid else {
-            let wamid = format!("outbound:{id}");
+            let wamid = events::delivery::unsent_id(&id);
             self.transition(
                 number,
                 conversation,

@@ -12,7 +12,7 @@
 //! one partition, so a redelivered older one never overwrites a newer one, and the
 //! time keeps the order after a broker whose offsets restarted.
 
-use events::delivery::{MediaStored, OutboundMessage, OutboundResult};
+use events::delivery::{MediaStored, OutboundMessage, OutboundOutcome, OutboundResult};
 use events::inbox::{AssignmentEvent, ConversationState};
 use events::{DeliveryStatus, codec, topics};
 use mongodb::bson::{Bson, DateTime, Document, doc};
@@ -188,6 +188,7 @@ fn command_result(org: &str, command_id: &str, fields: Document) -> Statement {
 }
 
 fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
+    let outcome = r.outcome();
     let reason = r
         .error
         .as_ref()
@@ -210,7 +211,7 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         &r.id,
         doc! {
             "kind": kind,
-            "accepted": r.wamid.is_some(),
+            "accepted": matches!(outcome, OutboundOutcome::Accepted { .. }),
             "reason": reason,
             "wamid": r.wamid.clone().map_or(Bson::Null, Bson::String),
             "conversation_id": &r.conversation_id,
@@ -223,10 +224,7 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         return out;
     }
     let at = DateTime::from_millis(r.at_ms);
-    let (id, status) = match &r.wamid {
-        Some(wamid) => (wamid.clone(), DeliveryStatus::Accepted),
-        None => (format!("outbound:{}", r.id), DeliveryStatus::Failed),
-    };
+    let (id, status) = (outcome.message_id(), outcome.status());
     let mut set = doc! {
         "org": &r.org,
         "id": &id,
@@ -450,6 +448,23 @@ mod tests {
                 .get_bool("accepted")
                 .unwrap()
         );
+    }
+
+    /// Meta named it and reported an error: failed, as the status processor says
+    /// (this sink once showed it accepted).
+    #[test]
+    fn a_send_named_with_an_error_is_failed_as_the_status_processor_says() {
+        let mut r = sent(Some("wamid.Y"));
+        r.error = sent(None).error;
+        let plan = outbound_result(&r);
+        let message = plan.iter().find(|s| s.0 == collections::MESSAGES).unwrap();
+        assert_eq!(message.1.get_str("_id").unwrap(), "acme:wamid.Y");
+        let set = message.2.get_document("$set").unwrap();
+        assert_eq!(
+            set.get_str("status").unwrap(),
+            r.outcome().status().as_str()
+        );
+        assert_eq!(set.get_str("status").unwrap(), "failed");
     }
 
     #[test]
