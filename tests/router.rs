@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coexist::Config;
-use events::event::{Direction, EventBody, MessageEvent, Origin};
+use events::event::MessageEvent;
 use events::inbox::{AssignmentEvent, ConversationState, PresenceEvent, PresenceState};
-use events::{WhatsAppEvent, ids, topics};
+use events::{WhatsAppEvent, topics};
 use processors::router::{AgentConfig, Input, Policy, Router};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -88,30 +88,12 @@ impl Scenario {
 
     fn message_on(&self, number: &str, i: usize) -> WhatsAppEvent {
         let contact = format!("1555{i:07}");
-        WhatsAppEvent {
-            id: format!("wamid.router.{number}.{i}"),
-            org: self.org.clone(),
-            phone_number_id: number.to_owned(),
-            display_phone_number: String::new(),
-            waba_id: String::new(),
-            received_at_ms: now_ms(),
-            body: EventBody::Message(MessageEvent {
-                wamid: format!("wamid.router.{number}.{i}"),
-                conversation_id: ids::conversation_id(number, &contact),
-                contact_wa_id: contact,
-                contact_name: None,
-                direction: Direction::Inbound,
-                origin: Origin::Customer,
-                sent_at: now_ms() / 1000,
-                message_type: "text".into(),
-                preview: Some("hi".into()),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: serde_json::Value::Null,
-            }),
-        }
+        let wamid = format!("wamid.router.{number}.{i}");
+        MessageEvent::builder(&self.org, number, &contact, &wamid)
+            .sent_at(now_ms() / 1000)
+            .received_at_ms(now_ms())
+            .preview("hi")
+            .event()
     }
 
     async fn send_messages(&self, range: std::ops::Range<usize>) {

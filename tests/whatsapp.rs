@@ -14,8 +14,8 @@ use coexist::Config;
 use coexist::roles::SinkName;
 use coexist::simulate::graph::SentRecord;
 use events::delivery::{OutboundMessage, OutboundResult};
-use events::event::{Direction, EventBody, MessageEvent, Origin};
-use events::{WhatsAppEvent, ids, topics};
+use events::event::MessageEvent;
+use events::{ids, topics};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
@@ -100,30 +100,12 @@ impl Scenario {
     /// A customer's message on `whatsapp.events`, as ingest would write it.
     async fn customer_writes(&self, contact: &str, sent_at: i64) {
         let wamid = format!("wamid.in.{}", unique());
-        let event = WhatsAppEvent {
-            id: wamid.clone(),
-            org: self.org.clone(),
-            phone_number_id: self.number.clone(),
-            display_phone_number: String::new(),
-            waba_id: String::new(),
-            received_at_ms: now_ms(),
-            body: EventBody::Message(MessageEvent {
-                wamid,
-                conversation_id: ids::conversation_id(&self.number, contact),
-                contact_wa_id: contact.to_string(),
-                contact_name: None,
-                direction: Direction::Inbound,
-                origin: Origin::Customer,
-                sent_at,
-                message_type: "text".into(),
-                preview: Some("hi".into()),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: json!({}),
-            }),
-        };
+        let event = MessageEvent::builder(&self.org, &self.number, contact, &wamid)
+            .sent_at(sent_at)
+            .received_at_ms(now_ms())
+            .preview("hi")
+            .raw(json!({}))
+            .event();
         self.publisher
             .send_json(topics::WHATSAPP_EVENTS, &self.number, &event, vec![])
             .await

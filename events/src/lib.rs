@@ -14,6 +14,8 @@ pub mod normalize;
 pub mod schema;
 pub mod semantics;
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod topics;
 pub mod webhook;
 

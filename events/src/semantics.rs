@@ -265,31 +265,11 @@ pub mod samples {
         origin: Origin,
         sent_at: i64,
     ) -> WhatsAppEvent {
-        let direction = match origin {
-            Origin::Customer | Origin::History => Direction::Inbound,
-            Origin::BusinessApp | Origin::Api => Direction::Outbound,
-        };
-        event(
-            org,
-            pn,
-            wamid,
-            EventBody::Message(MessageEvent {
-                wamid: wamid.into(),
-                conversation_id: ids::conversation_id(pn, contact),
-                contact_wa_id: contact.into(),
-                contact_name: None,
-                direction,
-                origin,
-                sent_at,
-                message_type: "text".into(),
-                preview: Some(format!("{origin:?} says hi")),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: Value::Null,
-            }),
-        )
+        MessageEvent::builder(org, pn, contact, wamid)
+            .origin(origin)
+            .sent_at(sent_at)
+            .preview(&format!("{origin:?} says hi"))
+            .event()
     }
 
     /// Everything about customer `contact` that is not the customer writing: history
