@@ -19,7 +19,10 @@ pub struct OutboundMessage {
     pub to: String,
     pub sent_by: String,
     pub at_ms: i64,
-    /// The Graph API message body (`type` plus the object named by it).
+    /// What to send: an `OutboundPayload`, the Graph API body without its envelope
+    /// (the whatsapp sink adds it). Decoded by the sink, so that a payload it cannot
+    /// send is answered to the issuer with the reason rather than dead-lettered.
+    #[schemars(with = "crate::outbound::OutboundPayload")]
     pub payload: Value,
 }
 

@@ -11,6 +11,7 @@ pub mod event;
 pub mod ids;
 pub mod inbox;
 pub mod normalize;
+pub mod outbound;
 pub mod schema;
 pub mod semantics;
 pub mod status;

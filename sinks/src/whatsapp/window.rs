@@ -89,9 +89,7 @@ impl WindowBook {
 /// Templates open conversations; read receipts and coexistence sync requests are not
 /// messages to the customer. Everything else is free-form.
 pub fn needs_window(payload: &Value) -> bool {
-    let kind = payload["type"].as_str().unwrap_or_default();
-    let read_receipt = payload["status"] == "read";
-    !(kind == "template" || kind == "smb_app_data" || read_receipt)
+    events::outbound::OutboundPayload::from_value(payload).map_or(true, |p| p.needs_window())
 }
 
 #[cfg(test)]
@@ -117,7 +115,7 @@ mod tests {
         let mut book = WindowBook::default();
         book.observe(&inbound("111", "222", T0, Origin::Customer));
         let text = json!({"type": "text", "text": {"body": "hi"}});
-        let template = json!({"type": "template", "template": {"name": "hello_world"}});
+        let template = json!({"type": "template", "template": {"name": "hello_world", "language": {"code": "en"}}});
         let now = T0 * 1000;
         assert!(
             book.check("111", "+222", &text, now + 23 * HOUR_MS, 24)
