@@ -34,21 +34,11 @@ async fn pushes_for(
 async fn an_agent_with_no_online_device_is_pushed_once_per_conversation() {
     let mut s = Scenario::new("notify").await;
     s.config.processors.router.router.offline_grace_ms = 600_000; // keeps its conversations
-    s.config
-        .processors
-        .router
-        .router
-        .orgs
-        .values_mut()
-        .for_each(|agents| agents.truncate(1));
     let agent = format!("agent0-{}", s.number);
-    s.config
-        .processors
-        .router
-        .router
-        .orgs
-        .values_mut()
-        .for_each(|agents| agents[0].agent_id = agent.clone());
+    for agents in s.config.processors.router.router.orgs.values_mut() {
+        agents.truncate(1); // one agent, named for this test
+        agents[0].agent_id = agent.clone();
+    }
     let mut online = s.presence(0, PresenceState::Online);
     online.agent_id = agent.clone();
     s.send_presence(&online).await;

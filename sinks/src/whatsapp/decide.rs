@@ -107,16 +107,9 @@ mod tests {
     const NOW: i64 = 100 * 3_600_000;
 
     fn command(payload: Value) -> OutboundMessage {
-        OutboundMessage {
-            id: "cmd-1".into(),
-            org: "acme".into(),
-            phone_number_id: "111".into(),
-            conversation_id: "111-222".into(),
-            to: "222".into(),
-            sent_by: "ann".into(),
-            at_ms: NOW - 1_000,
-            payload,
-        }
+        let mut command = payload::tests::command(payload);
+        command.at_ms = NOW - 1_000;
+        command
     }
 
     fn text() -> Value {
