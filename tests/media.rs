@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use coexist::Config;
 use coexist::roles::SinkName;
 use events::delivery::MediaStored;
-use events::event::{Direction, EventBody, MediaRef, MessageEvent, Origin};
-use events::{WhatsAppEvent, ids, topics};
+use events::event::{MediaRef, MessageEvent};
+use events::{WhatsAppEvent, topics};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::{free_port, unique};
@@ -20,38 +20,22 @@ use tokio_util::sync::CancellationToken;
 const TOKEN: &str = "sim-media-token";
 
 fn image_event(org: &str, number: &str, wamid: &str, media_id: &str) -> WhatsAppEvent {
-    WhatsAppEvent {
-        id: wamid.to_string(),
-        org: org.to_string(),
-        phone_number_id: number.to_string(),
-        display_phone_number: String::new(),
-        waba_id: String::new(),
-        received_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-        body: EventBody::Message(MessageEvent {
-            wamid: wamid.to_string(),
-            conversation_id: ids::conversation_id(number, "16505551234"),
-            contact_wa_id: "16505551234".into(),
-            contact_name: None,
-            direction: Direction::Inbound,
-            origin: Origin::Customer,
-            sent_at: 1_750_000_000,
-            message_type: "image".into(),
-            preview: None,
-            reply_to: None,
-            media: Some(MediaRef {
-                id: Some(media_id.to_string()),
-                mime_type: Some("image/jpeg".into()),
-                sha256: None,
-                filename: None,
-            }),
-            history_status: None,
-            errors: vec![],
-            raw: json!({}),
-        }),
-    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    MessageEvent::builder(org, number, "16505551234", wamid)
+        .sent_at(1_750_000_000)
+        .received_at_ms(now_ms)
+        .message_type("image")
+        .media(MediaRef {
+            id: Some(media_id.to_string()),
+            mime_type: Some("image/jpeg".into()),
+            sha256: None,
+            filename: None,
+        })
+        .raw(json!({}))
+        .event()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

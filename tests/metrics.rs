@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coexist::Config;
-use events::event::{Direction, EventBody, MessageEvent, Origin};
-use events::{WhatsAppEvent, ids, topics};
+use events::event::MessageEvent;
+use events::{WhatsAppEvent, topics};
 use mongodb::bson::doc;
 use runtime::kafka::Outgoing;
 use support::{free_port, now_ms, unique, wait_for};
@@ -153,30 +153,11 @@ async fn caught_up(scrape: &Scrape, partitions: usize) -> bool {
 fn message(org: &str, number: &str, i: usize) -> WhatsAppEvent {
     let contact = format!("1555{i:07}");
     let wamid = format!("wamid.metrics.{number}.{i}");
-    WhatsAppEvent {
-        id: wamid.clone(),
-        org: org.to_owned(),
-        phone_number_id: number.to_owned(),
-        display_phone_number: String::new(),
-        waba_id: String::new(),
-        received_at_ms: now_ms(),
-        body: EventBody::Message(MessageEvent {
-            wamid,
-            conversation_id: ids::conversation_id(number, &contact),
-            contact_wa_id: contact,
-            contact_name: None,
-            direction: Direction::Inbound,
-            origin: Origin::Customer,
-            sent_at: now_ms() / 1000,
-            message_type: "text".into(),
-            preview: Some("hi".into()),
-            reply_to: None,
-            media: None,
-            history_status: None,
-            errors: vec![],
-            raw: serde_json::Value::Null,
-        }),
-    }
+    MessageEvent::builder(org, number, &contact, &wamid)
+        .sent_at(now_ms() / 1000)
+        .received_at_ms(now_ms())
+        .preview("hi")
+        .event()
 }
 
 /// An event the broker's schema accepts (it is an integer, and the schema does not

@@ -13,9 +13,9 @@ use std::time::Duration;
 use coexist::Config;
 use coexist::roles::SinkName;
 use events::delivery::OutboundResult;
-use events::event::{Direction, EventBody, MessageEvent, Origin};
+use events::event::MessageEvent;
 use events::inbox::{AssignmentEvent, ConversationState};
-use events::{WhatsAppEvent, topics};
+use events::topics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use support::{MqttRecorder, unique, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -105,30 +105,12 @@ impl Scenario {
     }
 
     async fn send_customer_message(&self, wamid: &str, conversation: &str) {
-        let event = WhatsAppEvent {
-            id: wamid.into(),
-            org: self.org.clone(),
-            phone_number_id: self.number.clone(),
-            display_phone_number: String::new(),
-            waba_id: String::new(),
-            received_at_ms: now_ms(),
-            body: EventBody::Message(MessageEvent {
-                wamid: wamid.into(),
-                conversation_id: conversation.into(),
-                contact_wa_id: "15550001111".into(),
-                contact_name: None,
-                direction: Direction::Inbound,
-                origin: Origin::Customer,
-                sent_at: now_ms() / 1000,
-                message_type: "text".into(),
-                preview: Some("hi".into()),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: serde_json::Value::Null,
-            }),
-        };
+        let event = MessageEvent::builder(&self.org, &self.number, "15550001111", wamid)
+            .conversation(conversation)
+            .sent_at(now_ms() / 1000)
+            .received_at_ms(now_ms())
+            .preview("hi")
+            .event();
         self.publisher
             .send_json(topics::WHATSAPP_EVENTS, &self.number, &event, vec![])
             .await
@@ -136,20 +118,20 @@ impl Scenario {
     }
 
     async fn send_edit(&self, change_wamid: &str, original: &str, conversation: &str) {
-        let event = WhatsAppEvent {
+        let event = events::WhatsAppEvent {
             id: change_wamid.into(),
             org: self.org.clone(),
             phone_number_id: self.number.clone(),
             display_phone_number: String::new(),
             waba_id: String::new(),
             received_at_ms: now_ms(),
-            body: EventBody::Edit(events::event::MessageChangeEvent {
+            body: events::event::EventBody::Edit(events::event::MessageChangeEvent {
                 wamid: original.into(),
                 change_wamid: change_wamid.into(),
                 conversation_id: conversation.into(),
                 contact_wa_id: "15550001111".into(),
-                direction: Direction::Outbound,
-                origin: Origin::BusinessApp,
+                direction: events::event::Direction::Outbound,
+                origin: events::event::Origin::BusinessApp,
                 sent_at: now_ms() / 1000,
                 message_type: Some("text".into()),
                 preview: Some("edited".into()),

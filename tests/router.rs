@@ -2,201 +2,23 @@
 //! goes offline loses their conversations, a router killed with SIGKILL mid-burst
 //! restarts to the assignments a run without the kill makes, and two routers in one
 //! group hand partitions to each other (kill, restart) without a conflicting owner.
+//! (The notifier, which follows the router's assignments, is tests/notifier.rs.)
 
 mod support;
-use support::now_ms;
+use support::router::{AGENTS, BURST, CAPACITY, Scenario, loads, owners};
+use support::{Guard, now_ms};
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use coexist::Config;
-use events::event::{Direction, EventBody, MessageEvent, Origin};
-use events::inbox::{AssignmentEvent, ConversationState, PresenceEvent, PresenceState};
-use events::{WhatsAppEvent, ids, topics};
-use processors::router::{AgentConfig, Input, Policy, Router};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use events::inbox::{ConversationState, PresenceEvent, PresenceState};
+use events::{WhatsAppEvent, topics};
+use processors::router::{Input, Policy, Router};
 use support::unique;
 
 /// A deployment has one router group; two test routers over the shared topic would
 /// each route the other's conversations too (queued, for want of its agents). So the
 /// router tests take turns.
 static ONE_ROUTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const AGENTS: usize = 5;
-const CAPACITY: usize = 10;
-const BURST: usize = 40;
-
-struct Scenario {
-    config: Config,
-    org: String,
-    number: String,
-    publisher: runtime::Publisher,
-}
-
-impl Scenario {
-    async fn new(name: &str) -> Self {
-        let id = unique();
-        let mut config = Config::load(None).unwrap();
-        let org = format!("{name}-{id}");
-        config.kafka.client_id = format!("test-router-{id}");
-        config.kafka.new_group_start = now_ms().to_string();
-        let router = &mut config.processors.router;
-        router.router.default_policy = Policy::LeastLoaded;
-        router.router.offline_grace_ms = 300;
-        router.tick_ms = 100;
-        let agents = (0..AGENTS)
-            .map(|i| AgentConfig {
-                agent_id: format!("agent{i}"),
-                capacity: CAPACITY,
-            })
-            .collect();
-        router.router.orgs = BTreeMap::from([(org.clone(), agents)]);
-        coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
-            .await
-            .unwrap();
-        let publisher = config.kafka.publisher("router-test").await.unwrap();
-        Self {
-            config,
-            number: format!("6{id}"),
-            org,
-            publisher,
-        }
-    }
-
-    fn presence(&self, agent: usize, state: PresenceState) -> PresenceEvent {
-        PresenceEvent {
-            org: self.org.clone(),
-            agent_id: format!("agent{agent}"),
-            device_id: "phone".into(),
-            state,
-            conversation_id: None,
-            at_ms: now_ms(),
-        }
-    }
-
-    async fn send_presence(&self, event: &PresenceEvent) {
-        self.publisher
-            .send_json(topics::AGENTS_PRESENCE, &self.org, event, vec![])
-            .await
-            .unwrap();
-    }
-
-    fn message(&self, i: usize) -> WhatsAppEvent {
-        self.message_on(&self.number, i)
-    }
-
-    fn message_on(&self, number: &str, i: usize) -> WhatsAppEvent {
-        let contact = format!("1555{i:07}");
-        WhatsAppEvent {
-            id: format!("wamid.router.{number}.{i}"),
-            org: self.org.clone(),
-            phone_number_id: number.to_owned(),
-            display_phone_number: String::new(),
-            waba_id: String::new(),
-            received_at_ms: now_ms(),
-            body: EventBody::Message(MessageEvent {
-                wamid: format!("wamid.router.{number}.{i}"),
-                conversation_id: ids::conversation_id(number, &contact),
-                contact_wa_id: contact,
-                contact_name: None,
-                direction: Direction::Inbound,
-                origin: Origin::Customer,
-                sent_at: now_ms() / 1000,
-                message_type: "text".into(),
-                preview: Some("hi".into()),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: serde_json::Value::Null,
-            }),
-        }
-    }
-
-    async fn send_messages(&self, range: std::ops::Range<usize>) {
-        for i in range {
-            let event = self.message(i);
-            self.publisher
-                .send_json(topics::WHATSAPP_EVENTS, &self.number, &event, vec![])
-                .await
-                .unwrap();
-        }
-    }
-
-    /// Reads this org's assignments from the start until `done` holds for the
-    /// current owners; returns every output read, in order.
-    async fn assignments_until(
-        &self,
-        what: &str,
-        done: impl Fn(&BTreeMap<String, String>) -> bool,
-    ) -> Vec<AssignmentEvent> {
-        // No consumer group: every partition assigned explicitly from its start, so
-        // nothing depends on a group's join or offset reset.
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.config.kafka.brokers)
-            .set("group.id", format!("reader-{}", unique()))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let metadata = consumer
-            .fetch_metadata(
-                Some(topics::CONVERSATION_ASSIGNMENTS),
-                Duration::from_secs(10),
-            )
-            .unwrap();
-        let mut assignment = rdkafka::TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            assignment
-                .add_partition_offset(
-                    topics::CONVERSATION_ASSIGNMENTS,
-                    partition.id(),
-                    rdkafka::Offset::Beginning,
-                )
-                .unwrap();
-        }
-        consumer.assign(&assignment).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        let mut outputs = Vec::new();
-        loop {
-            let owners = owners(&outputs);
-            if done(&owners) {
-                return outputs;
-            }
-            let message = tokio::time::timeout_at(deadline, consumer.recv())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}; owners now {owners:?}"))
-                .unwrap();
-            let output: AssignmentEvent =
-                events::codec::decode(message.payload().unwrap_or_default()).unwrap();
-            if output.org == self.org {
-                outputs.push(output);
-            }
-        }
-    }
-}
-
-/// Conversation → current owner, folded from the outputs in order.
-fn owners(outputs: &[AssignmentEvent]) -> BTreeMap<String, String> {
-    let mut owners = BTreeMap::new();
-    for a in outputs.iter().filter(|a| a.rejected.is_none()) {
-        match (&a.state, &a.assignee) {
-            (ConversationState::Assigned, Some(agent)) => {
-                owners.insert(a.conversation_id.clone(), agent.clone())
-            }
-            _ => owners.remove(&a.conversation_id),
-        };
-    }
-    owners
-}
-
-fn loads(owners: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
-    let mut loads = BTreeMap::new();
-    for agent in owners.values() {
-        *loads.entry(agent.clone()).or_default() += 1;
-    }
-    loads
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_least_loaded_burst_ends_balanced_and_an_offline_agent_is_relieved() {
@@ -206,9 +28,9 @@ async fn a_least_loaded_burst_ends_balanced_and_an_offline_agent_is_relieved() {
         s.send_presence(&s.presence(agent, PresenceState::Online))
             .await;
     }
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (config, stop) = (s.config.clone(), shutdown.clone());
-    let router = tokio::spawn(async move {
+    let mut roles = Guard::new();
+    let (config, stop) = (s.config.clone(), roles.shutdown.clone());
+    roles.spawn(async move {
         coexist::roles::process(&config, coexist::roles::ProcessorName::Router, stop).await
     });
     s.send_messages(0..BURST).await;
@@ -235,8 +57,10 @@ async fn a_least_loaded_burst_ends_balanced_and_an_offline_agent_is_relieved() {
         per_agent.values().all(|&n| n <= CAPACITY),
         "over capacity: {per_agent:?}"
     );
-    shutdown.cancel();
-    router.await.unwrap().unwrap();
+    roles.shutdown.cancel();
+    for router in roles.take() {
+        router.await.unwrap().unwrap();
+    }
 }
 
 /// A router process that is killed when the test ends, however it ends: a router
@@ -316,118 +140,6 @@ async fn a_router_killed_mid_burst_restarts_to_the_same_assignments() {
             "conversation {} was given to two agents",
             a.conversation_id
         );
-    }
-}
-
-/// Pushes keyed by `agent` on `notifications.push`, read from the start for `for_ms`.
-async fn pushes_for(
-    s: &Scenario,
-    agent: &str,
-    until: &str,
-) -> Vec<events::delivery::PushNotification> {
-    let values = support::read_until(
-        &s.config.kafka.brokers,
-        topics::NOTIFICATIONS_PUSH,
-        agent,
-        until,
-    )
-    .await;
-    values
-        .iter()
-        .map(|v| serde_json::from_str(v).unwrap())
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_with_no_online_device_is_pushed_once_per_conversation() {
-    let _turn = ONE_ROUTER_AT_A_TIME.lock().await;
-    let mut s = Scenario::new("notify").await;
-    s.config.processors.router.router.offline_grace_ms = 600_000; // keeps its conversations
-    s.config
-        .processors
-        .router
-        .router
-        .orgs
-        .values_mut()
-        .for_each(|agents| agents.truncate(1));
-    let agent = format!("agent0-{}", s.number);
-    s.config
-        .processors
-        .router
-        .router
-        .orgs
-        .values_mut()
-        .for_each(|agents| agents[0].agent_id = agent.clone());
-    let mut online = s.presence(0, PresenceState::Online);
-    online.agent_id = agent.clone();
-    s.send_presence(&online).await;
-
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut roles = Vec::new();
-    for name in [
-        coexist::roles::ProcessorName::Router,
-        coexist::roles::ProcessorName::Notifier,
-    ] {
-        let (config, stop) = (s.config.clone(), shutdown.clone());
-        roles.push(tokio::spawn(async move {
-            coexist::roles::process(&config, name, stop).await
-        }));
-    }
-    // The notifier's group starts at the present: let it join first (about half
-    // the session timeout, STACK.md).
-    tokio::time::sleep(Duration::from_millis(u64::from(
-        s.config.kafka.session_timeout_ms,
-    )))
-    .await;
-    // Online: assigned, no push (the device has it over MQTT).
-    s.send_messages(0..1).await;
-    s.assignments_until("the conversation to be assigned", |o| o.len() == 1)
-        .await;
-    // Offline (within the grace): the customer writes twice; one push.
-    let mut offline = online.clone();
-    offline.state = PresenceState::Offline;
-    offline.at_ms = now_ms();
-    s.send_presence(&offline).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // the notifier sees presence live
-    let mut again = s.message(0);
-    again.id = format!("{}-again", again.id);
-    let mut third = s.message(0);
-    third.id = format!("{}-third", third.id);
-    for event in [&again, &third] {
-        s.publisher
-            .send_json(topics::WHATSAPP_EVENTS, &s.number, event, vec![])
-            .await
-            .unwrap();
-    }
-    let pushes = pushes_for(&s, &agent, &again.id).await;
-    assert_eq!(pushes.len(), 1, "{pushes:?}");
-    assert_eq!(pushes[0].id, format!("{}:{agent}", again.id));
-    assert_eq!(
-        (pushes[0].title.as_str(), pushes[0].body.as_str()),
-        ("+15550000000", "hi")
-    );
-    // Everything on the topic to its end: the third message was collapsed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let kafka = s.config.kafka.clone();
-    let (values, _) = tokio::task::spawn_blocking(move || {
-        runtime::table::read_whole(&kafka, topics::NOTIFICATIONS_PUSH, "test-pushes")
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let for_agent: Vec<String> = values
-        .iter()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .filter(|v| v.contains(&agent))
-        .collect();
-    assert_eq!(
-        for_agent.len(),
-        1,
-        "the third message was not collapsed: {for_agent:?}"
-    );
-    shutdown.cancel();
-    for role in roles {
-        role.await.unwrap().unwrap();
     }
 }
 

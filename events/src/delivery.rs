@@ -19,7 +19,10 @@ pub struct OutboundMessage {
     pub to: String,
     pub sent_by: String,
     pub at_ms: i64,
-    /// The Graph API message body (`type` plus the object named by it).
+    /// What to send: an `OutboundPayload`, the Graph API body without its envelope
+    /// (the whatsapp sink adds it). Decoded by the sink, so that a payload it cannot
+    /// send is answered to the issuer with the reason rather than dead-lettered.
+    #[schemars(with = "crate::outbound::OutboundPayload")]
     pub payload: Value,
 }
 
@@ -49,22 +52,66 @@ pub struct OutboundResult {
     pub preview: Option<String>,
 }
 
+/// What became of one outbound message, read from its result: the one rule every
+/// reader of `messages.outbound.results` follows (the status processor, the mongo and
+/// clickhouse sinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundOutcome<'a> {
+    /// Meta accepted it and named it `wamid`.
+    Accepted { wamid: &'a str },
+    /// Meta named it `wamid` but answered with an error.
+    Failed { wamid: &'a str },
+    /// Refused before Meta named it (invalid, expired, outside the window, outcome
+    /// unknown, or Meta's error): it goes by [`unsent_id`] of its outbound id.
+    Refused { outbound_id: &'a str },
+}
+
+impl OutboundOutcome<'_> {
+    /// The status the message has on this outcome.
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Self::Accepted { .. } => DeliveryStatus::Accepted,
+            Self::Failed { .. } | Self::Refused { .. } => DeliveryStatus::Failed,
+        }
+    }
+
+    /// The id the message and its statuses go by: Meta's wamid, or [`unsent_id`].
+    pub fn message_id(&self) -> String {
+        match self {
+            Self::Accepted { wamid } | Self::Failed { wamid } => (*wamid).to_string(),
+            Self::Refused { outbound_id } => unsent_id(outbound_id),
+        }
+    }
+}
+
+const UNSENT_PREFIX: &str = "outbound:";
+
+/// The message id of an outbound message Meta never named: `outbound:{id}`, which
+/// cannot collide with a wamid.
+pub fn unsent_id(outbound_id: &str) -> String {
+    format!("{UNSENT_PREFIX}{outbound_id}")
+}
+
+/// The outbound id inside an [`unsent_id`]; `None` for a wamid.
+pub fn unsent_outbound_id(message_id: &str) -> Option<&str> {
+    message_id.strip_prefix(UNSENT_PREFIX)
+}
+
 /// `sent_by` of the login codes the API sends: not a message of any conversation.
 pub const SENT_BY_AUTH: &str = "auth";
 
-/// The `type` of a payload sealed by the API: `{"type":"sealed","sealed":{key_id,
-/// data}}` holds the real Graph API body, encrypted with the `[sealing] keys`. Login
-/// codes go out this way, so the code is never in clear on `messages.outbound` (kept
-/// for days and read by data teams) nor in any store or log; only the whatsapp sink
-/// opens it, just before the call.
-pub const SEALED_PAYLOAD: &str = "sealed";
-
-/// A sealed payload's body.
-pub fn sealed_payload(sealed: &crate::directory::Sealed) -> Value {
-    serde_json::json!({ "type": SEALED_PAYLOAD, SEALED_PAYLOAD: sealed })
-}
-
 impl OutboundResult {
+    /// What became of the message ([`OutboundOutcome`]).
+    pub fn outcome(&self) -> OutboundOutcome<'_> {
+        match (&self.wamid, &self.error) {
+            (Some(wamid), None) => OutboundOutcome::Accepted { wamid },
+            (Some(wamid), Some(_)) => OutboundOutcome::Failed { wamid },
+            (None, _) => OutboundOutcome::Refused {
+                outbound_id: &self.id,
+            },
+        }
+    }
+
     /// Is this a message of a conversation, to show in the inbox? Not a login code
     /// (sent to an agent, not a customer) nor a request with no recipient (a
     /// coexistence sync request).
@@ -74,12 +121,13 @@ impl OutboundResult {
 }
 
 impl OutboundMessage {
-    /// The sealed body, if the payload is sealed ([`SEALED_PAYLOAD`]).
+    /// The sealed body, if the payload is sealed
+    /// ([`OutboundPayload::Sealed`](crate::outbound::OutboundPayload::Sealed)).
     pub fn sealed(&self) -> Option<crate::directory::Sealed> {
-        if self.payload.get("type").and_then(Value::as_str) != Some(SEALED_PAYLOAD) {
-            return None;
+        match crate::outbound::OutboundPayload::from_value(&self.payload) {
+            Ok(crate::outbound::OutboundPayload::Sealed(s)) => Some(s.sealed),
+            _ => None,
         }
-        serde_json::from_value(self.payload.get(SEALED_PAYLOAD)?.clone()).ok()
     }
 
     /// The Graph API `type` of the payload (`text`, `template`, `image`, ...), or
@@ -185,4 +233,50 @@ pub struct MediaStored {
     pub key: String,
     pub mime_type: String,
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_has_one_status_and_one_message_id() {
+        let error: ApiError = serde_json::from_value(serde_json::json!({"code": 1})).unwrap();
+        let result = |wamid: Option<&str>, error: Option<ApiError>| OutboundResult {
+            id: "cmd".into(),
+            org: "o".into(),
+            phone_number_id: "1".into(),
+            conversation_id: "1-2".into(),
+            wamid: wamid.map(str::to_owned),
+            error,
+            at_ms: 0,
+            to: String::new(),
+            sent_by: String::new(),
+            message_type: String::new(),
+            preview: None,
+        };
+        let cases = [
+            (result(Some("w"), None), DeliveryStatus::Accepted, "w"),
+            (
+                result(Some("w"), Some(error.clone())),
+                DeliveryStatus::Failed,
+                "w",
+            ),
+            (
+                result(None, Some(error)),
+                DeliveryStatus::Failed,
+                "outbound:cmd",
+            ),
+            (result(None, None), DeliveryStatus::Failed, "outbound:cmd"),
+        ];
+        for (r, status, id) in cases {
+            let outcome = r.outcome();
+            assert_eq!(
+                (outcome.status(), outcome.message_id().as_str()),
+                (status, id)
+            );
+        }
+        assert_eq!(unsent_outbound_id("outbound:cmd"), Some("cmd"));
+        assert_eq!(unsent_outbound_id("wamid.X"), None);
+    }
 }

@@ -69,6 +69,11 @@ pub enum CommandAction {
     },
 }
 
+/// The owner id of conversations answered from the WhatsApp Business app. It holds a
+/// conversation like an agent does (an [`AssignmentEvent::assignee`]) but has no
+/// inbox and no capacity, and is never routed to. The one definition every role uses.
+pub const BUSINESS_APP: &str = "business_app";
+
 /// Who owns a conversation now (`conversations.assignments`), or a command's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AssignmentEvent {
@@ -96,10 +101,6 @@ pub struct AssignmentEvent {
     pub note: Option<String>,
     pub at_ms: i64,
 }
-
-/// The assignee of a conversation someone answers from the WhatsApp Business app
-/// (the router hands it there; the API shows it as `handled_by: business_app`).
-pub const BUSINESS_APP: &str = "business_app";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

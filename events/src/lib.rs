@@ -12,9 +12,12 @@ pub mod event;
 pub mod ids;
 pub mod inbox;
 pub mod normalize;
+pub mod outbound;
 pub mod schema;
 pub mod semantics;
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod topics;
 pub mod webhook;
 

@@ -152,22 +152,15 @@ mod tests {
     /// Any body, with the message kinds weighted up.
     pub(crate) fn body() -> impl Strategy<Value = EventBody> {
         (0u8..6, origin(), any::<bool>()).prop_map(|(k, origin, empty)| match k {
-            0 | 1 => EventBody::Message(MessageEvent {
-                wamid: "m".into(),
-                conversation_id: if empty { String::new() } else { "p-c".into() },
-                contact_wa_id: if empty { String::new() } else { "c".into() },
-                contact_name: None,
-                direction: direction(origin),
-                origin,
-                sent_at: 1,
-                message_type: "text".into(),
-                preview: None,
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: Value::Null,
-            }),
+            0 | 1 => {
+                let (contact, conversation) = if empty { ("", "") } else { ("c", "p-c") };
+                let message = MessageEvent::builder("o", "p", contact, "m")
+                    .conversation(conversation)
+                    .origin(origin)
+                    .sent_at(1)
+                    .message();
+                EventBody::Message(message)
+            }
             2 => EventBody::Edit(change(origin)),
             3 => EventBody::Revoke(change(origin)),
             4 => EventBody::Reaction(ReactionEvent {
@@ -265,31 +258,11 @@ pub mod samples {
         origin: Origin,
         sent_at: i64,
     ) -> WhatsAppEvent {
-        let direction = match origin {
-            Origin::Customer | Origin::History => Direction::Inbound,
-            Origin::BusinessApp | Origin::Api => Direction::Outbound,
-        };
-        event(
-            org,
-            pn,
-            wamid,
-            EventBody::Message(MessageEvent {
-                wamid: wamid.into(),
-                conversation_id: ids::conversation_id(pn, contact),
-                contact_wa_id: contact.into(),
-                contact_name: None,
-                direction,
-                origin,
-                sent_at,
-                message_type: "text".into(),
-                preview: Some(format!("{origin:?} says hi")),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: Value::Null,
-            }),
-        )
+        MessageEvent::builder(org, pn, contact, wamid)
+            .origin(origin)
+            .sent_at(sent_at)
+            .preview(&format!("{origin:?} says hi"))
+            .event()
     }
 
     /// Everything about customer `contact` that is not the customer writing: history

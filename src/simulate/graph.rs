@@ -270,19 +270,8 @@ fn is_phone(to: &str) -> bool {
     (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-const TYPES: &[&str] = &[
-    "text",
-    "template",
-    "image",
-    "audio",
-    "video",
-    "document",
-    "sticker",
-    "interactive",
-    "reaction",
-    "location",
-    "contacts",
-];
+/// Meta's message types (one list, the outbound contract's).
+const TYPES: &[&str] = events::outbound::MESSAGE_TYPES;
 
 /// Checks a send body as Meta would; `(to, type)` when it is well formed.
 fn validate(body: &Value) -> Result<(String, String), MetaError> {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use events::delivery::{OutboundMessage, StatusTransition};
 use events::event::{Direction, EventBody, MessageEvent, Origin};
-use events::inbox::{AssignmentEvent, ConversationState};
+use events::inbox::{AssignmentEvent, BUSINESS_APP, ConversationState};
 use events::webhook::ApiError;
 use events::{DeliveryStatus, WhatsAppEvent, ids, topics};
 use futures::StreamExt;
@@ -292,11 +292,11 @@ impl Generator<'_> {
                 number,
                 &conversation,
                 ConversationState::Assigned,
-                Some(events_business_app()),
+                Some(BUSINESS_APP),
                 echo_at + 200,
             );
             (
-                events_business_app().to_string(),
+                BUSINESS_APP.to_string(),
                 echo_at + self.rng.wait_ms(30.0, 900.0),
             )
         } else {
@@ -317,7 +317,7 @@ impl Generator<'_> {
             (agent, assigned_at + self.rng.wait_ms(15.0, 2400.0))
         };
         for _ in 0..1 + self.rng.below(3) {
-            if owner == events_business_app() {
+            if owner == BUSINESS_APP {
                 self.message(number, &contact, Origin::BusinessApp, "text", reply_at);
             } else {
                 let template = self.rng.chance(0.08).then(|| *self.rng.pick(TEMPLATES));
@@ -372,7 +372,7 @@ impl Generator<'_> {
         let result = message.result(wamid.clone(), refused.clone(), answered);
         self.push(topics::OUTBOUND_RESULTS, number, &result);
         let Some(wamid) = wamid else {
-            let wamid = format!("outbound:{id}");
+            let wamid = events::delivery::unsent_id(&id);
             self.transition(
                 number,
                 conversation,
@@ -501,11 +501,6 @@ impl Generator<'_> {
         };
         self.push(topics::MESSAGES_STATUS, number, &transition);
     }
-}
-
-/// The router's owner name for conversations the Business app holds.
-fn events_business_app() -> &'static str {
-    "business_app"
 }
 
 /// Generates the week and produces it, with a progress bar.

@@ -12,7 +12,7 @@ use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{free_port, read_until, unique, wait_for};
+use crate::support::{Guard, free_port, read_until, unique, wait_for};
 
 /// Known signing key, so tests can mint expired and foreign tokens.
 pub const JWT_SECRET: &str = "api-test-jwt-secret";
@@ -27,8 +27,8 @@ pub struct ApiStack {
     /// checks webhooks for the number against that secret, and the sinks call the
     /// Graph API with that token (the directory wins over any static config).
     pub credentials: (String, String),
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Stops the roles and deletes the test's database, even on a panic.
+    guard: Guard,
 }
 
 /// An org with its admin's phone and its business number.
@@ -87,24 +87,18 @@ impl ApiStack {
         // Another test may be creating the same topics right now: drift or a race is
         // fine here, the topics exist afterwards either way.
         let _ = coexist::roles::apply_topics(&config).await;
-        let shutdown = CancellationToken::new();
-        let tasks = if all {
-            vec![tokio::spawn({
-                let (c, s) = (config.clone(), shutdown.clone());
-                async move { coexist::roles::all(c, s).await }
-            })]
+        // Only MongoDB's database is the test's own: ClickHouse's is shared.
+        let mut guard = Guard::new().databases(&config, false);
+        if all {
+            guard.spawn(coexist::roles::all(config.clone(), guard.shutdown.clone()));
         } else {
-            vec![
-                tokio::spawn({
-                    let (c, s) = (config.clone(), shutdown.clone());
-                    async move { coexist::roles::sink(&c, coexist::roles::SinkName::Mongo, s).await }
-                }),
-                tokio::spawn({
-                    let (c, s) = (config.clone(), shutdown.clone());
-                    async move { coexist::roles::api(&c, s).await }
-                }),
-            ]
-        };
+            let (c, s) = (config.clone(), guard.shutdown.clone());
+            guard.spawn(async move {
+                coexist::roles::sink(&c, coexist::roles::SinkName::Mongo, s).await
+            });
+            let (c, s) = (config.clone(), guard.shutdown.clone());
+            guard.spawn(async move { coexist::roles::api(&c, s).await });
+        }
         let base = format!("http://{}", config.api.listen);
         let http = reqwest::Client::new();
         wait_for("api to answer", Duration::from_secs(60), || async {
@@ -128,8 +122,7 @@ impl ApiStack {
                 "bootstrap-access-token".into(),
                 crate::support::APP_SECRET.into(),
             ),
-            shutdown,
-            tasks,
+            guard,
         }
     }
 
@@ -140,8 +133,8 @@ impl ApiStack {
         F: FnOnce(Config, CancellationToken) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let fut = role(self.config.clone(), self.shutdown.clone());
-        self.tasks.push(tokio::spawn(fut));
+        let fut = role(self.config.clone(), self.guard.shutdown.clone());
+        self.guard.spawn(fut);
     }
 
     /// Bootstraps `name` (unique per run) with an admin and a business number, and
@@ -307,11 +300,11 @@ impl ApiStack {
         }
     }
 
+    /// Stops the roles, letting them end; the database goes with the guard.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        for task in self.tasks.drain(..) {
+        self.guard.shutdown.cancel();
+        for task in self.guard.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
         }
-        let _ = self.mongo.drop().await;
     }
 }

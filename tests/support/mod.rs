@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod router;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,8 +27,107 @@ pub struct Pipeline {
     pub mongo: mongodb::Database,
     pub clickhouse: clickhouse::Client,
     pub mqtt: MqttRecorder,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Stops `coexist all` and deletes this pipeline's databases, even on a panic.
+    guard: Guard,
+}
+
+/// What a test started, undone when it goes out of scope, whether the test passed or
+/// panicked: the roles are stopped (their shutdown signal, then aborted) and the
+/// test's own MongoDB and ClickHouse databases are deleted, so a failed test leaves
+/// nothing running and nothing behind on the shared stack.
+///
+/// A test that wants to see its roles end cleanly takes them with [`Guard::take`]
+/// and awaits them first; what the guard still holds is cut off.
+pub struct Guard {
+    pub shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// `(uri, database)` to delete.
+    mongo: Option<(String, String)>,
+    clickhouse: Option<sinks::clickhouse::ClickHouseConfig>,
+}
+
+impl Guard {
+    /// Whether every task it holds is still running.
+    pub fn is_running(&self) -> bool {
+        !self.tasks.is_empty() && self.tasks.iter().all(|task| !task.is_finished())
+    }
+
+    pub fn new() -> Self {
+        Self {
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
+            mongo: None,
+            clickhouse: None,
+        }
+    }
+
+    /// Deletes the config's MongoDB database (and ClickHouse's, with `clickhouse`)
+    /// at the end. Only for databases the test named for itself.
+    pub fn databases(mut self, config: &Config, clickhouse: bool) -> Self {
+        self.mongo = Some((
+            config.sinks.mongo.uri.expose().to_string(),
+            config.sinks.mongo.database.clone(),
+        ));
+        if clickhouse {
+            self.clickhouse = Some(config.sinks.clickhouse.clone());
+        }
+        self
+    }
+
+    /// Runs a role until the guard's shutdown (or its drop).
+    pub fn spawn(
+        &mut self,
+        role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.tasks.push(tokio::spawn(role));
+    }
+
+    /// The roles started so far, to await after [`CancellationToken::cancel`].
+    pub fn take(&mut self) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        std::mem::take(&mut self.tasks)
+    }
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let (mongo, clickhouse) = (self.mongo.take(), self.clickhouse.take());
+        if mongo.is_none() && clickhouse.is_none() {
+            return;
+        }
+        // Drop cannot await, and the test's runtime may be the one panicking: the
+        // deletes run on a runtime of their own, on a thread of their own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            runtime.block_on(async move {
+                if let Some((uri, database)) = mongo
+                    && let Ok(client) = mongodb::Client::with_uri_str(&uri).await
+                {
+                    let _ = client.database(&database).drop().await;
+                }
+                if let Some(config) = clickhouse {
+                    let statement = format!("DROP DATABASE IF EXISTS {}", config.database);
+                    let _ = sinks::clickhouse::client(&config)
+                        .query(&statement)
+                        .execute()
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
 }
 
 /// When this test binary first asked for a unique name: every record its tests
@@ -95,8 +196,8 @@ impl Pipeline {
         let mqtt =
             MqttRecorder::subscribe(&config, &format!("{}/{org}/#", config.mqtt.topic_prefix))
                 .await;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(coexist::roles::all(config.clone(), shutdown.clone()));
+        let mut guard = Guard::new().databases(&config, true);
+        guard.spawn(coexist::roles::all(config.clone(), guard.shutdown.clone()));
         let webhook_url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
         let http = reqwest::Client::new();
         let healthz = format!("http://{}/healthz", config.ingest.listen);
@@ -121,8 +222,7 @@ impl Pipeline {
             mongo,
             clickhouse,
             mqtt,
-            shutdown,
-            task: Some(task),
+            guard,
         }
     }
 
@@ -222,27 +322,19 @@ impl Pipeline {
 
     /// Whether `coexist all` is still running (no role has ended it).
     pub fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|task| !task.is_finished())
+        self.guard.is_running()
     }
 
+    /// Stops the roles and checks they ended cleanly; the databases go with the guard.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
+        self.guard.shutdown.cancel();
+        for task in self.guard.take() {
             let result = tokio::time::timeout(Duration::from_secs(30), task).await;
             let result = result
                 .expect("pipeline did not stop within 30 s")
                 .expect("pipeline panicked");
             result.expect("pipeline failed");
         }
-        let _ = self.mongo.drop().await;
-        let _ = self
-            .clickhouse
-            .query(&format!(
-                "DROP DATABASE IF EXISTS {}",
-                self.config.sinks.clickhouse.database
-            ))
-            .execute()
-            .await;
     }
 }
 

@@ -214,13 +214,13 @@ pub async fn set_routing_policy(
     Ok(accepted(id))
 }
 
-/// The Graph API body that starts a coexistence sync (sent by the whatsapp sink).
+/// What starts a coexistence sync (sent by the whatsapp sink).
 pub fn sync_payload(kind: SyncKind) -> serde_json::Value {
     let sync_type = match kind {
-        SyncKind::Contacts => "smb_app_state_sync",
-        SyncKind::History => "history",
+        SyncKind::Contacts => events::outbound::SyncType::Contacts,
+        SyncKind::History => events::outbound::SyncType::History,
     };
-    serde_json::json!({ "messaging_product": "whatsapp", "type": "smb_app_data", "sync_type": sync_type })
+    events::outbound::OutboundPayload::sync(sync_type).to_value()
 }
 
 /// Start the coexistence sync of a number: its Business-app contacts or its history.

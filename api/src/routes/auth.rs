@@ -294,18 +294,19 @@ async fn deliver_code(
         to: to.clone(),
         sent_by: events::delivery::SENT_BY_AUTH.into(),
         at_ms: now_ms(),
-        // Sealed: the code must not sit in clear on the topic (see SEALED_PAYLOAD).
-        payload: events::delivery::sealed_payload(
-            &state.sealer.seal(
+        // Sealed: the code must not sit in clear on the topic (see
+        // `OutboundPayload::Sealed`); only the whatsapp sink opens it.
+        payload: events::outbound::OutboundPayload::sealed(
+            state.sealer.seal(
                 &auth_template(
                     &state.config.otp_template,
                     &state.config.otp_template_language,
-                    &to,
                     code,
                 )
                 .to_string(),
             ),
-        ),
+        )
+        .to_value(),
     };
     state
         .publisher
@@ -319,24 +320,15 @@ async fn deliver_code(
     Ok(())
 }
 
-/// The Graph API body of an authentication template with a copy-code button: the
-/// code fills the body's parameter and the button's.
-pub fn auth_template(name: &str, language: &str, to: &str, code: &str) -> serde_json::Value {
-    serde_json::json!({
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": to,
-        "type": "template",
-        "template": {
-            "name": name,
-            "language": { "code": language },
-            "components": [
-                { "type": "body", "parameters": [ { "type": "text", "text": code } ] },
-                { "type": "button", "sub_type": "url", "index": "0",
-                  "parameters": [ { "type": "text", "text": code } ] }
-            ]
-        }
-    })
+/// An authentication template with a copy-code button: the code fills the body's
+/// parameter and the button's (the whatsapp sink adds the envelope).
+pub fn auth_template(name: &str, language: &str, code: &str) -> serde_json::Value {
+    let components = vec![
+        serde_json::json!({ "type": "body", "parameters": [ { "type": "text", "text": code } ] }),
+        serde_json::json!({ "type": "button", "sub_type": "url", "index": "0",
+            "parameters": [ { "type": "text", "text": code } ] }),
+    ];
+    events::outbound::OutboundPayload::template(name, language, Some(components)).to_value()
 }
 
 fn locked(retry_after_ms: i64) -> ApiError {

@@ -8,9 +8,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use events::delivery::OutboundMessage;
 use events::inbox::{CommandAction, ConversationCommand};
+use events::outbound::{self, Media, MessageBody, MessagePayload, OutboundPayload};
 use mongodb::bson::doc;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{Accepted, accepted, valid_id};
@@ -63,23 +64,10 @@ pub enum MediaKind {
     Sticker,
 }
 
-impl MediaKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            MediaKind::Image => "image",
-            MediaKind::Video => "video",
-            MediaKind::Audio => "audio",
-            MediaKind::Document => "document",
-            MediaKind::Sticker => "sticker",
-        }
-    }
-}
-
-/// The Graph API body for `req` to `to`, or why it is not sendable.
-pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
-    let mut body =
-        json!({ "messaging_product": "whatsapp", "recipient_type": "individual", "to": to });
-    let reply_to = match req {
+/// What to send for `req` (the whatsapp sink adds the envelope), or why it is not
+/// sendable.
+pub fn outbound_payload(req: &SendRequest) -> Result<OutboundPayload, String> {
+    let (body, reply_to) = match req {
         SendRequest::Text {
             body: text,
             reply_to,
@@ -88,9 +76,11 @@ pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
             if text.trim().is_empty() || text.chars().count() > 4096 {
                 return Err("text body must be 1-4096 characters".into());
             }
-            body["type"] = json!("text");
-            body["text"] = json!({ "body": text, "preview_url": preview_url.unwrap_or(false) });
-            reply_to
+            let text = outbound::Text {
+                body: text.clone(),
+                preview_url: preview_url.unwrap_or(false),
+            };
+            (MessageBody::Text { text }, reply_to)
         }
         SendRequest::Template {
             name,
@@ -101,13 +91,12 @@ pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
             if name.is_empty() || name.len() > 512 || language.is_empty() || language.len() > 16 {
                 return Err("template needs a name and a language code".into());
             }
-            let mut template = json!({ "name": name, "language": { "code": language } });
-            if let Some(components) = components {
-                template["components"] = json!(components);
-            }
-            body["type"] = json!("template");
-            body["template"] = template;
-            reply_to
+            let OutboundPayload::Message(m) =
+                OutboundPayload::template(name, language, components.clone())
+            else {
+                unreachable!("a template is a message")
+            };
+            (m.body, reply_to)
         }
         SendRequest::Media {
             kind,
@@ -118,10 +107,14 @@ pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
             reply_to,
         } => {
             let mut media = match (id, link) {
-                (Some(id), None) if !id.is_empty() && id.len() <= 128 => json!({ "id": id }),
-                (None, Some(link)) if link.starts_with("https://") && link.len() <= 2048 => {
-                    json!({ "link": link })
-                }
+                (Some(id), None) if !id.is_empty() && id.len() <= 128 => Media {
+                    id: Some(id.clone()),
+                    ..Media::default()
+                },
+                (None, Some(link)) if link.starts_with("https://") && link.len() <= 2048 => Media {
+                    link: Some(link.clone()),
+                    ..Media::default()
+                },
                 _ => return Err("media needs exactly one of id or an https link".into()),
             };
             if let Some(caption) = caption {
@@ -131,31 +124,40 @@ pub fn graph_payload(to: &str, req: &SendRequest) -> Result<Value, String> {
                 if caption.chars().count() > 1024 {
                     return Err("caption is at most 1024 characters".into());
                 }
-                media["caption"] = json!(caption);
+                media.caption = Some(caption.clone());
             }
             if let Some(filename) = filename {
                 if *kind != MediaKind::Document {
                     return Err("only documents have a filename".into());
                 }
-                media["filename"] = json!(filename);
+                media.filename = Some(filename.clone());
             }
-            body["type"] = json!(kind.as_str());
-            body[kind.as_str()] = media;
-            reply_to
+            let body = match kind {
+                MediaKind::Image => MessageBody::Image { image: media },
+                MediaKind::Video => MessageBody::Video { video: media },
+                MediaKind::Audio => MessageBody::Audio { audio: media },
+                MediaKind::Document => MessageBody::Document { document: media },
+                MediaKind::Sticker => MessageBody::Sticker { sticker: media },
+            };
+            (body, reply_to)
         }
         SendRequest::Reaction { message_id, emoji } => {
             if message_id.is_empty() || emoji.chars().count() > 8 {
                 return Err("a reaction names a message and one emoji".into());
             }
-            body["type"] = json!("reaction");
-            body["reaction"] = json!({ "message_id": message_id, "emoji": emoji });
-            &None
+            let reaction = outbound::Reaction {
+                message_id: message_id.clone(),
+                emoji: emoji.clone(),
+            };
+            (MessageBody::Reaction { reaction }, &None)
         }
     };
-    if let Some(wamid) = reply_to {
-        body["context"] = json!({ "message_id": wamid });
-    }
-    Ok(body)
+    Ok(OutboundPayload::Message(MessagePayload {
+        body,
+        context: reply_to.as_ref().map(|wamid| outbound::Context {
+            message_id: wamid.clone(),
+        }),
+    }))
 }
 
 /// Send a message in a conversation.
@@ -170,7 +172,7 @@ pub async fn send_message(
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
     let (number, to) = parties(&conversation)?;
-    let payload = graph_payload(&to, &req).map_err(ApiError::invalid)?;
+    let payload = outbound_payload(&req).map_err(ApiError::invalid)?;
     outbound(&state, &caller, &conversation_id, &number, &to, payload).await
 }
 
@@ -205,8 +207,7 @@ pub async fn mark_read(
         return Err(ApiError::not_found("message"));
     }
     let (number, to) = parties(&conversation)?;
-    let payload =
-        json!({ "messaging_product": "whatsapp", "status": "read", "message_id": req.message_id });
+    let payload = OutboundPayload::read(&req.message_id);
     outbound(&state, &caller, &conversation_id, &number, &to, payload).await
 }
 
@@ -228,7 +229,7 @@ async fn outbound(
     conversation_id: &str,
     number: &str,
     to: &str,
-    payload: Value,
+    payload: OutboundPayload,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let id = super::command_id();
     let message = OutboundMessage {
@@ -239,7 +240,7 @@ async fn outbound(
         to: to.to_string(),
         sent_by: caller.user_id.clone(),
         at_ms: crate::now_ms(),
-        payload,
+        payload: payload.to_value(),
     };
     state
         .publisher
@@ -369,6 +370,8 @@ pub async fn command_result(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -379,9 +382,8 @@ mod tests {
             preview_url: None,
         };
         assert_eq!(
-            graph_payload("1555", &text).unwrap(),
-            json!({"messaging_product":"whatsapp","recipient_type":"individual","to":"1555",
-                   "type":"text","text":{"body":"hi","preview_url":false},
+            outbound_payload(&text).unwrap().to_value(),
+            json!({"type":"text","text":{"body":"hi","preview_url":false},
                    "context":{"message_id":"wamid.X"}})
         );
         let doc = SendRequest::Media {
@@ -392,7 +394,7 @@ mod tests {
             filename: Some("a.pdf".into()),
             reply_to: None,
         };
-        let body = graph_payload("1", &doc).unwrap();
+        let body = outbound_payload(&doc).unwrap().to_value();
         assert_eq!(body["type"], "document");
         assert_eq!(body["document"]["filename"], "a.pdf");
         let reaction = SendRequest::Reaction {
@@ -400,7 +402,7 @@ mod tests {
             emoji: "👍".into(),
         };
         assert_eq!(
-            graph_payload("1", &reaction).unwrap()["reaction"]["emoji"],
+            outbound_payload(&reaction).unwrap().to_value()["reaction"]["emoji"],
             "👍"
         );
     }
@@ -412,7 +414,7 @@ mod tests {
             reply_to: None,
             preview_url: None,
         };
-        assert!(graph_payload("1", &empty).is_err());
+        assert!(outbound_payload(&empty).is_err());
         let both = SendRequest::Media {
             kind: MediaKind::Image,
             id: Some("1".into()),
@@ -421,7 +423,7 @@ mod tests {
             filename: None,
             reply_to: None,
         };
-        assert!(graph_payload("1", &both).is_err());
+        assert!(outbound_payload(&both).is_err());
         let audio_caption = SendRequest::Media {
             kind: MediaKind::Audio,
             id: Some("1".into()),
@@ -430,6 +432,6 @@ mod tests {
             filename: None,
             reply_to: None,
         };
-        assert!(graph_payload("1", &audio_caption).is_err());
+        assert!(outbound_payload(&audio_caption).is_err());
     }
 }

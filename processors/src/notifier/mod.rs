@@ -182,7 +182,7 @@ impl Notifier {
         {
             return None; // an online device already has it over MQTT
         }
-        if agent == "business_app" {
+        if agent == events::inbox::BUSINESS_APP {
             return None;
         }
         let collapse_key = format!("{agent_key}:{conversation_id}");
@@ -241,7 +241,7 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::event::{Direction, EventBody, MessageEvent, Origin};
+    use events::event::{EventBody, MessageEvent, Origin};
     use proptest::prelude::*;
 
     fn assign(conversation: &str, agent: &str) -> AssignmentEvent {
@@ -261,30 +261,12 @@ mod tests {
     }
 
     fn message(id: &str, conversation: &str, origin: Origin) -> WhatsAppEvent {
-        WhatsAppEvent {
-            id: id.into(),
-            org: "acme".into(),
-            phone_number_id: "1".into(),
-            display_phone_number: String::new(),
-            waba_id: String::new(),
-            received_at_ms: 0,
-            body: EventBody::Message(MessageEvent {
-                wamid: id.into(),
-                conversation_id: conversation.into(),
-                contact_wa_id: "2".into(),
-                contact_name: Some("Ann".into()),
-                direction: Direction::Inbound,
-                origin,
-                sent_at: 0,
-                message_type: "text".into(),
-                preview: Some("hi".into()),
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: serde_json::Value::Null,
-            }),
-        }
+        MessageEvent::builder("acme", "1", "2", id)
+            .conversation(conversation)
+            .origin(origin)
+            .contact_name("Ann")
+            .preview("hi")
+            .event()
     }
 
     fn presence(agent: &str, device: &str, state: PresenceState) -> PresenceEvent {

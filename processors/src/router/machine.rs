@@ -35,9 +35,7 @@ use events::semantics;
 
 use super::config::{Policy, RouterConfig};
 
-/// The owner id of conversations answered from the WhatsApp Business app. It holds a
-/// conversation like an agent does but has no capacity and is never routed to.
-pub const BUSINESS_APP: &str = "business_app";
+pub use events::inbox::BUSINESS_APP;
 
 /// How many agents the directory does not know may have presence tracked.
 pub const MAX_UNKNOWN_PRESENCE_AGENTS: usize = 256;

@@ -3,14 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use events::event::{Direction, EventBody, MessageEvent, Origin, WhatsAppEvent};
+use events::event::{MessageEvent, Origin};
 use events::ids::conversation_id;
 use events::inbox::{
     AssignmentEvent, CommandAction, ConversationCommand, ConversationState, PresenceEvent,
     PresenceState,
 };
 use proptest::prelude::*;
-use serde_json::Value;
 
 use super::*;
 
@@ -43,34 +42,12 @@ fn conv(contact: &str) -> String {
 }
 
 fn message_on(pn: &str, id: &str, contact: &str, origin: Origin, now_ms: i64) -> Input {
-    let direction = match origin {
-        Origin::Customer | Origin::History => Direction::Inbound,
-        Origin::BusinessApp | Origin::Api => Direction::Outbound,
-    };
-    Input::Event(Box::new(WhatsAppEvent {
-        id: id.to_owned(),
-        org: ORG.to_owned(),
-        phone_number_id: pn.to_owned(),
-        display_phone_number: String::new(),
-        waba_id: String::new(),
-        received_at_ms: now_ms,
-        body: EventBody::Message(MessageEvent {
-            wamid: id.to_owned(),
-            conversation_id: conversation_id(pn, contact),
-            contact_wa_id: contact.to_owned(),
-            contact_name: None,
-            direction,
-            origin,
-            sent_at: now_ms.div_euclid(1000),
-            message_type: "text".into(),
-            preview: None,
-            reply_to: None,
-            media: None,
-            history_status: None,
-            errors: vec![],
-            raw: Value::Null,
-        }),
-    }))
+    let event = MessageEvent::builder(ORG, pn, contact, id)
+        .origin(origin)
+        .sent_at(now_ms.div_euclid(1000))
+        .received_at_ms(now_ms)
+        .event();
+    Input::Event(Box::new(event))
 }
 
 fn message(id: &str, contact: &str, origin: Origin, now_ms: i64) -> Input {

@@ -144,11 +144,8 @@ fn from_event(event: &WhatsAppEvent) -> Option<StatusTransition> {
 /// Accepted with a wamid, or failed before Meta gave it one (then the outbound id
 /// stands in for the wamid, prefixed so it cannot collide with one).
 fn from_result(result: &OutboundResult) -> StatusTransition {
-    let (wamid, to) = match (&result.wamid, &result.error) {
-        (Some(wamid), None) => (wamid.clone(), DeliveryStatus::Accepted),
-        (Some(wamid), Some(_)) => (wamid.clone(), DeliveryStatus::Failed),
-        (None, _) => (format!("outbound:{}", result.id), DeliveryStatus::Failed),
-    };
+    let outcome = result.outcome();
+    let (wamid, to) = (outcome.message_id(), outcome.status());
     StatusTransition {
         id: ids::status_id(&wamid, to.as_str()),
         org: result.org.clone(),

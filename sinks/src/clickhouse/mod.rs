@@ -21,7 +21,7 @@ mod run;
 use std::collections::{HashMap, HashSet};
 
 use clickhouse::{Client, Row, RowOwned, RowWrite};
-use events::delivery::{OutboundMessage, OutboundResult, StatusTransition};
+use events::delivery::{OutboundMessage, OutboundResult, StatusTransition, unsent_outbound_id};
 use events::inbox::AssignmentEvent;
 use events::topics;
 use runtime::{Record, Reject, Stage};
@@ -235,8 +235,7 @@ impl ClickHouseSink {
                 )
             })
             .chain(rows.statuses.iter().filter_map(|r| {
-                r.wamid
-                    .strip_prefix("outbound:")
+                unsent_outbound_id(&r.wamid)
                     .map(|id| (r.org.clone(), r.phone_number_id.clone(), id.to_string()))
             }))
             .filter(|(org, _, id)| !by_send.contains_key(&(org.clone(), id.clone())))
@@ -277,7 +276,7 @@ impl ClickHouseSink {
         let mut wanted: Vec<(String, String, String)> = rows
             .statuses
             .iter()
-            .filter(|r| !r.wamid.starts_with("outbound:"))
+            .filter(|r| unsent_outbound_id(&r.wamid).is_none())
             .filter(|r| !by_wamid.contains_key(&(r.org.clone(), r.wamid.clone())))
             .map(|r| (r.org.clone(), r.phone_number_id.clone(), r.wamid.clone()))
             .collect();
@@ -301,7 +300,7 @@ impl ClickHouseSink {
             by_wamid.extend(found.into_iter().map(|t| ((t.org, t.key), t.template_name)));
         }
         for row in rows.statuses.iter_mut() {
-            let found = match row.wamid.strip_prefix("outbound:") {
+            let found = match unsent_outbound_id(&row.wamid) {
                 Some(id) => by_send.get(&(row.org.clone(), id.to_string())),
                 None => by_wamid.get(&(row.org.clone(), row.wamid.clone())),
             };

@@ -12,7 +12,7 @@
 //! one partition, so a redelivered older one never overwrites a newer one, and the
 //! time keeps the order after a broker whose offsets restarted.
 
-use events::delivery::{MediaStored, OutboundMessage, OutboundResult};
+use events::delivery::{MediaStored, OutboundMessage, OutboundOutcome, OutboundResult};
 use events::event::{Direction, Origin};
 use events::inbox::{AssignmentEvent, ConversationState};
 use events::{DeliveryStatus, topics};
@@ -174,6 +174,7 @@ fn command_result(org: &str, command_id: &str, fields: Document) -> Statement {
 }
 
 fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
+    let outcome = r.outcome();
     let reason = r
         .error
         .as_ref()
@@ -196,7 +197,7 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         &r.id,
         doc! {
             CommandResult::KIND: kind,
-            CommandResult::ACCEPTED: r.wamid.is_some(),
+            CommandResult::ACCEPTED: matches!(outcome, OutboundOutcome::Accepted { .. }),
             CommandResult::REASON: reason,
             CommandResult::WAMID: opt(&r.wamid),
             CommandResult::CONVERSATION_ID: &r.conversation_id,
@@ -209,10 +210,7 @@ fn outbound_result(r: &OutboundResult) -> Vec<Statement> {
         return out;
     }
     let at = DateTime::from_millis(r.at_ms);
-    let (id, status) = match &r.wamid {
-        Some(wamid) => (wamid.clone(), DeliveryStatus::Accepted),
-        None => (format!("outbound:{}", r.id), DeliveryStatus::Failed),
-    };
+    let (id, status) = (outcome.message_id(), outcome.status());
     let mut set = doc! {
         Message::ORG: &r.org,
         Message::ID: &id,
@@ -437,6 +435,23 @@ pub(super) mod tests {
                 .get_bool("accepted")
                 .unwrap()
         );
+    }
+
+    /// Meta named it and reported an error: failed, as the status processor says
+    /// (this sink once showed it accepted).
+    #[test]
+    fn a_send_named_with_an_error_is_failed_as_the_status_processor_says() {
+        let mut r = sent(Some("wamid.Y"));
+        r.error = sent(None).error;
+        let plan = outbound_result(&r);
+        let message = plan.iter().find(|s| s.0 == MESSAGES.name).unwrap();
+        assert_eq!(message.1.get_str("_id").unwrap(), "acme:wamid.Y");
+        let set = message.2.get_document("$set").unwrap();
+        assert_eq!(
+            set.get_str("status").unwrap(),
+            r.outcome().status().as_str()
+        );
+        assert_eq!(set.get_str("status").unwrap(), "failed");
     }
 
     #[test]

@@ -16,9 +16,9 @@ use events::delivery::{OutboundResult, StatusTransition};
 use events::inbox::{AssignmentEvent, ConversationState};
 use events::semantics;
 
-/// The owner of conversations answered from the WhatsApp Business app: not an agent
-/// with an inbox.
-pub const BUSINESS_APP: &str = "business_app";
+/// Re-exported for the API, which reads it from here until it stops depending on
+/// `sinks`; the definition is [`events::inbox::BUSINESS_APP`].
+pub use events::inbox::BUSINESS_APP;
 
 /// `{prefix}/{org}/conversations/{conversation_id}`.
 pub fn conversation_topic(prefix: &str, org: &str, conversation_id: &str) -> String {

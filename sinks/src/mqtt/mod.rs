@@ -1,13 +1,15 @@
 //! The MQTT sink: publishes messages, status changes and outbound results to their
 //! conversation's topic, and assignments, command outcomes and new messages to the
 //! agents' inboxes (see [`mapping`]), QoS 1; a batch counts as written only when the
-//! broker has acknowledged every publish (PUBACK).
+//! broker has acknowledged every publish it made (PUBACK), matched by packet id so a
+//! late ack of an abandoned batch does not count ([`acks`]).
 //!
 //! It reads `whatsapp.events`, `conversations.assignments`, `messages.status` and
 //! `messages.outbound.results` in one group. The first two are keyed by
 //! `phone_number_id` with equal partition counts, so one member owns a number's
 //! events and its assignments, and keeps who owns each conversation as a table.
 
+pub mod acks;
 pub mod config;
 pub mod followups;
 pub mod mapping;
@@ -19,12 +21,13 @@ use std::time::Duration;
 use events::delivery::{OutboundResult, StatusTransition};
 use events::inbox::AssignmentEvent;
 use events::{WhatsAppEvent, topics};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use runtime::mqtt::MqttConnection;
 use runtime::{Record, Reject, Stage};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use acks::{Acks, Delivery};
 pub use config::MqttConfig;
 use followups::Followups;
 use mapping::{Owners, Undo};
@@ -33,8 +36,12 @@ pub use run::{TOPICS, run};
 
 pub struct MqttSink {
     client: AsyncClient,
-    acks: mpsc::UnboundedReceiver<()>,
+    /// What the event loop reports: packet ids sent and acknowledged.
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    acks: Acks,
     event_loop: JoinHandle<()>,
+    /// To connect anew when packet ids can no longer be matched.
+    options: rumqttc::MqttOptions,
     recent: RecentIds,
     followups: Followups,
     owners: Owners,
@@ -50,33 +57,14 @@ impl Drop for MqttSink {
 
 impl MqttSink {
     pub fn new(connection: &MqttConnection, config: MqttConfig) -> Self {
-        let (client, mut event_loop) =
-            AsyncClient::new(connection.options(&config.client_id), 1024);
-        let (ack_tx, acks) = mpsc::unbounded_channel();
-        let event_loop = tokio::spawn(async move {
-            let mut backoff = runtime::RetryPolicy::default().backoff();
-            loop {
-                match event_loop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        let _ = ack_tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        backoff.reset();
-                        tracing::info!(?ack.code, "mqtt connected")
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        let delay = backoff.next_delay();
-                        tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost; reconnecting");
-                        tokio::time::sleep(delay).await;
-                    }
-                }
-            }
-        });
+        let options = connection.options(&config.client_id);
+        let (client, deliveries, event_loop) = connect(options.clone());
         Self {
             client,
-            acks,
+            deliveries,
+            acks: Acks::default(),
             event_loop,
+            options,
             recent: RecentIds::new(config.dedup_capacity),
             followups: Followups::new(config.dedup_capacity),
             owners: Owners::default(),
@@ -84,6 +72,85 @@ impl MqttSink {
             prefix: connection.topic_prefix.clone(),
         }
     }
+
+    /// Folds what the event loop reported so far; when packet ids can no longer be
+    /// matched (a lost session), connects anew with nothing outstanding.
+    fn catch_up(&mut self) {
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            self.acks.observe(delivery);
+        }
+        if self.acks.lost() {
+            tracing::warn!("mqtt session lost with publishes out; connecting anew");
+            self.event_loop.abort();
+            (self.client, self.deliveries, self.event_loop) = connect(self.options.clone());
+            self.acks = Acks::default();
+        }
+    }
+}
+
+/// A client and its event loop, which reports the packet ids of publishes and acks.
+fn connect(
+    options: rumqttc::MqttOptions,
+) -> (
+    AsyncClient,
+    mpsc::UnboundedReceiver<Delivery>,
+    JoinHandle<()>,
+) {
+    let (client, mut event_loop) = AsyncClient::new(options, 1024);
+    let (tx, deliveries) = mpsc::unbounded_channel();
+    let event_loop = tokio::spawn(async move {
+        let mut backoff = runtime::RetryPolicy::default().backoff();
+        loop {
+            let delivery = match event_loop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Delivery::Sent(pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => Delivery::Acked(ack.pkid),
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    tracing::info!(?ack.code, "mqtt connected");
+                    Delivery::Connected {
+                        session_present: ack.session_present,
+                    }
+                }
+                Ok(_) => continue,
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost; reconnecting");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            if tx.send(delivery).is_err() {
+                return;
+            }
+        }
+    });
+    (client, deliveries, event_loop)
+}
+
+/// Waits until every publish of the batch is acknowledged, folding the event loop's
+/// reports; a late ack of an abandoned batch does not count ([`Acks`]). On time out
+/// the batch's publishes become stale, and the batch is redone.
+async fn await_acks(
+    acks: &mut Acks,
+    deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    while !acks.complete() {
+        if acks.lost() {
+            acks.abandon();
+            anyhow::bail!("mqtt session lost before every publish was acknowledged");
+        }
+        match tokio::time::timeout_at(deadline, deliveries.recv()).await {
+            Ok(Some(delivery)) => acks.observe(delivery),
+            Ok(None) => anyhow::bail!("mqtt event loop stopped"),
+            Err(_) => {
+                let missing = acks.awaiting();
+                acks.abandon();
+                anyhow::bail!("mqtt broker did not acknowledge {missing} publishes in time")
+            }
+        }
+    }
+    Ok(())
 }
 
 impl MqttSink {
@@ -186,9 +253,8 @@ impl MqttSink {
         undo: &mut Vec<Undo>,
     ) -> anyhow::Result<Vec<Reject>> {
         let mut rejects = Vec::new();
-        while self.acks.try_recv().is_ok() {} // acks of an abandoned attempt
+        self.catch_up(); // reports about abandoned batches, a lost session
         let mut published = Vec::new();
-        let mut publishes = 0;
         for (index, record) in batch.iter().enumerate() {
             let (key, topics, payload, follow) = match self.route(record, &published, undo) {
                 Ok(routed) => routed,
@@ -208,31 +274,70 @@ impl MqttSink {
                 Follow::Original => out.extend(self.followups.after(&key)),
                 Follow::No => {}
             }
-            for (topics, payload) in out {
-                for topic in topics {
-                    self.client
-                        .publish(topic, QoS::AtLeastOnce, false, payload.clone())
-                        .await?;
-                    publishes += 1;
+            for (topic, payload) in out
+                .into_iter()
+                .flat_map(|(topics, payload)| topics.into_iter().map(move |t| (t, payload.clone())))
+            {
+                let sent = self
+                    .client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await;
+                if let Err(err) = sent {
+                    self.acks.abandon();
+                    return Err(err.into());
                 }
+                self.acks.publishing();
             }
             published.push(key);
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.ack_timeout_ms);
-        for _ in 0..publishes {
-            match tokio::time::timeout_at(deadline, self.acks.recv()).await {
-                Ok(Some(())) => {}
-                Ok(None) => anyhow::bail!("mqtt event loop stopped"),
-                Err(_) => {
-                    anyhow::bail!("mqtt broker did not acknowledge {publishes} publishes in time")
-                }
-            }
-        }
+        await_acks(&mut self.acks, &mut self.deliveries, deadline).await?;
         for id in published {
             self.followups.release(&id);
             self.recent.insert(id);
         }
         Ok(rejects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acks::Delivery::{Acked, Sent};
+    use super::*;
+
+    /// The sink's commit path with the case: a batch gave up with its two
+    /// publishes out; their PUBACKs arrive late, while the retry waits for its own two.
+    /// The retry must not be written (and its offsets committed) on them.
+    #[tokio::test]
+    async fn a_late_puback_does_not_commit_the_next_batch() {
+        let (tx, mut deliveries) = mpsc::unbounded_channel();
+        let mut acks = Acks::default();
+        acks.publishing();
+        acks.publishing();
+        tx.send(Sent(1)).unwrap();
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(
+            await_acks(&mut acks, &mut deliveries, soon())
+                .await
+                .is_err()
+        );
+        // The retry publishes twice; the late acks of the first attempt come first.
+        acks.publishing();
+        acks.publishing();
+        for d in [Sent(2), Acked(1), Acked(2), Sent(3), Sent(4)] {
+            tx.send(d).unwrap();
+        }
+        let early = await_acks(&mut acks, &mut deliveries, soon()).await;
+        assert!(early.is_err(), "committed on late acks");
+        // Its own acks complete the next attempt.
+        acks.publishing();
+        acks.publishing();
+        for d in [Sent(1), Sent(2), Acked(2), Acked(1)] {
+            tx.send(d).unwrap();
+        }
+        await_acks(&mut acks, &mut deliveries, soon())
+            .await
+            .unwrap();
     }
 }

@@ -2,14 +2,16 @@
 //!
 //! Per batch: customers' messages (`whatsapp.events`, read in the same group; both
 //! topics are keyed by `phone_number_id` with the same partition count, so a number's
-//! events and commands meet in one member) keep the 24-hour window book; each
-//! command is checked against the [`ledger`] (never twice), its age, its payload
-//! ([`payload`]) and the window ([`window`]); what may go out is sent through the
+//! events and commands meet in one member) keep the 24-hour window book; whether each
+//! command may go out is decided by [`decide`] (pure) from the [`ledger`] (never
+//! twice), its age, its payload ([`payload`]) and the window ([`window`]); what may
+//! go out is sent through the
 //! number's token bucket, one conversation in order, conversations side by side.
 //! Meta's throttling answers are retried with backoff; an outage (5xx, unreachable)
 //! pauses the partition like a store that is down.
 
 pub mod config;
+pub mod decide;
 pub mod ledger;
 pub mod payload;
 mod run;
@@ -31,6 +33,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
 
 pub use config::WhatsAppConfig;
+use decide::Verdict;
 use ledger::{Decision, Ledger};
 use payload::Call;
 pub use run::{TOPICS, run};
@@ -188,49 +191,37 @@ impl Stage for WhatsAppSink {
         let mut answers = Vec::new();
         let mut sends: BTreeMap<String, Vec<(OutboundMessage, Call)>> = BTreeMap::new();
         for command in commands {
-            if !self.graph.handles(&command.phone_number_id) {
-                continue; // another deployment's number
-            }
-            let decision = self
+            let ours = self.graph.handles(&command.phone_number_id);
+            let ledger = self
                 .ledger
                 .lock()
                 .map_err(|_| anyhow::anyhow!("ledger poisoned"))?
                 .decide(&command.id);
-            match decision {
-                Decision::Answered => {}
-                Decision::Republish(result) => answers.push(*result),
-                Decision::SentAs(wamid) => answers.push(result_of(&command, Some(wamid), None)),
-                Decision::InDoubt => answers.push(refused(
-                    &command,
-                    codes::OUTCOME_UNKNOWN,
-                    "outcome unknown, not resent",
-                    "the sink stopped during the Graph API call; the message may or may not have been sent, and it is never sent twice",
-                )),
-                Decision::Fresh => {
-                    if now - command.at_ms > self.config.max_command_age_ms {
-                        answers.push(refused(&command, codes::EXPIRED, "expired, not sent",
-                            &format!("the command is {} s old; older than {} ms is never sent", (now - command.at_ms) / 1000, self.config.max_command_age_ms)));
+            // A sealed payload (a login code) is opened only here, for a command this
+            // sink is about to decide on; the ledger and results never hold it.
+            let command = if ours && matches!(ledger, Decision::Fresh) {
+                match opened(&self.graph, &command) {
+                    Ok(plain) => plain,
+                    Err(reason) => {
+                        let answer = refused(
+                            &command,
+                            codes::INVALID_PARAMETER,
+                            "invalid payload",
+                            &reason,
+                        );
+                        answers.push(answer);
                         continue;
                     }
-                    let plain = opened(&self.graph, &command);
-                    let call = match plain.as_ref().map_err(Clone::clone).and_then(payload::plan) {
-                        Ok(call) => call,
-                        Err(reason) => {
-                            answers.push(refused(&command, codes::INVALID_PARAMETER, "invalid payload", &reason));
-                            continue;
-                        }
-                    };
-                    if let Err(closed) = self.window.check(
-                        &command.phone_number_id,
-                        &command.to,
-                        plain.as_ref().map_or(&command.payload, |c| &c.payload),
-                        now,
-                        self.config.window_hours,
-                    ) {
-                        answers.push(refused(&command, codes::OUTSIDE_WINDOW, "re-engagement message", &closed.reason));
-                        continue;
-                    }
-                    let conversation = ids::conversation_id(&command.phone_number_id, &ids::digits(&command.to));
+                }
+            } else {
+                command
+            };
+            match decide::decide(&command, ours, ledger, &self.window, &self.config, now) {
+                Verdict::NotOurs | Verdict::Done => {}
+                Verdict::Answer(result) => answers.push(*result),
+                Verdict::Send(call) => {
+                    let conversation =
+                        ids::conversation_id(&command.phone_number_id, &ids::digits(&command.to));
                     sends.entry(conversation).or_default().push((command, call));
                 }
             }

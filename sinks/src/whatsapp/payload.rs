@@ -1,7 +1,8 @@
 //! An outbound command → the Graph API call that carries it out. Pure.
 //!
-//! The command's `payload` is the Graph API message body (`type` plus the object it
-//! names) minus what the sink adds: `messaging_product`, `recipient_type`, `to`, and
+//! The command's `payload` is an [`OutboundPayload`]: the Graph API message body
+//! (`type` plus the object it names) minus the envelope, which is added here and
+//! nowhere else: `messaging_product`, `recipient_type`, `to`, and
 //! `biz_opaque_callback_data` = the command id, which Meta echoes in every status
 //! webhook of the message, so a status can always be traced back to its command.
 //!
@@ -12,26 +13,8 @@
 //!   coexistence onboarding sync request, `POST /{phone_number_id}/smb_app_data`.
 
 use events::delivery::OutboundMessage;
+use events::outbound::{OutboundPayload, SyncType};
 use serde_json::{Value, json};
-
-/// Message types whose object may name a media file.
-pub const MEDIA_TYPES: &[&str] = &["image", "audio", "video", "document", "sticker"];
-/// Message types the Cloud API sends.
-pub const MESSAGE_TYPES: &[&str] = &[
-    "text",
-    "template",
-    "image",
-    "audio",
-    "video",
-    "document",
-    "sticker",
-    "interactive",
-    "reaction",
-    "location",
-    "contacts",
-];
-/// `smb_app_data` sync types.
-pub const SYNC_TYPES: &[&str] = &["smb_app_state_sync", "history"];
 
 /// The Graph API call for one command.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,52 +41,36 @@ impl Call {
 
 /// The call for `command`, or why it can never be made.
 pub fn plan(command: &OutboundMessage) -> Result<Call, String> {
-    let payload = command
-        .payload
-        .as_object()
-        .ok_or("payload is not a JSON object")?;
-    if payload.get("status").and_then(Value::as_str) == Some("read") {
-        let message_id = payload
-            .get("message_id")
-            .and_then(Value::as_str)
-            .ok_or("a read receipt needs message_id")?;
-        return Ok(Call::Message {
-            body: json!({"messaging_product": "whatsapp", "status": "read", "message_id": message_id}),
-        });
-    }
-    let kind = payload
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or("payload has no type")?;
-    if kind == "smb_app_data" {
-        let sync_type = payload
-            .get("sync_type")
-            .and_then(Value::as_str)
-            .filter(|s| SYNC_TYPES.contains(s))
-            .ok_or("smb_app_data needs sync_type smb_app_state_sync or history")?;
-        return Ok(Call::SmbAppData {
-            body: json!({"messaging_product": "whatsapp", "sync_type": sync_type}),
-        });
-    }
-    if !MESSAGE_TYPES.contains(&kind) {
-        return Err(format!("unknown message type {kind:?}"));
-    }
-    let object = payload
-        .get(kind)
-        .and_then(Value::as_object)
-        .ok_or_else(|| format!("payload has no {kind:?} object"))?;
+    let payload = OutboundPayload::from_value(&command.payload)?;
+    let message = match &payload {
+        OutboundPayload::Read(_) => {
+            return Ok(Call::Message {
+                body: envelope(payload.to_value(), None),
+            });
+        }
+        OutboundPayload::Sync(sync) => {
+            let sync_type = match sync.sync_type {
+                SyncType::Contacts => "smb_app_state_sync",
+                SyncType::History => "history",
+            };
+            return Ok(Call::SmbAppData {
+                body: envelope(json!({ "sync_type": sync_type }), None),
+            });
+        }
+        // The stage opens a sealed payload before planning; one still sealed here
+        // did not open.
+        OutboundPayload::Sealed(_) => return Err("a sealed payload that was not opened".into()),
+        OutboundPayload::Message(message) => message,
+    };
     if command.to.trim().is_empty() {
         return Err("no recipient (to)".into());
     }
-    let mut body = command.payload.clone();
-    body["messaging_product"] = json!("whatsapp");
-    body["recipient_type"] = json!("individual");
-    body["to"] = json!(command.to);
-    body["biz_opaque_callback_data"] = json!(command.id);
-    if !MEDIA_TYPES.contains(&kind) {
+    let kind = message.body.kind();
+    let body = envelope(payload.to_value(), Some(command));
+    let Some(media) = message.body.media() else {
         return Ok(Call::Message { body });
-    }
-    match object.get("s3_key").and_then(Value::as_str) {
+    };
+    match &media.s3_key {
         Some(key) => {
             let own = key
                 .strip_prefix(&command.org)
@@ -116,15 +83,25 @@ pub fn plan(command: &OutboundMessage) -> Result<Call, String> {
             }
             Ok(Call::MediaMessage {
                 kind: kind.to_string(),
-                s3_key: key.to_string(),
+                s3_key: key.clone(),
                 body,
             })
         }
-        None if object.contains_key("id") || object.contains_key("link") => {
-            Ok(Call::Message { body })
-        }
+        None if media.id.is_some() || media.link.is_some() => Ok(Call::Message { body }),
         None => Err(format!("{kind} needs one of id, link or s3_key")),
     }
+}
+
+/// The Graph API envelope, added here only: `messaging_product` on every call, and
+/// for a message the recipient and the command id as `biz_opaque_callback_data`.
+fn envelope(mut body: Value, message_of: Option<&OutboundMessage>) -> Value {
+    body["messaging_product"] = json!("whatsapp");
+    if let Some(command) = message_of {
+        body["recipient_type"] = json!("individual");
+        body["to"] = json!(command.to);
+        body["biz_opaque_callback_data"] = json!(command.id);
+    }
+    body
 }
 
 /// Replaces the `s3_key` of a media message with Meta's media id.
@@ -142,10 +119,11 @@ pub fn wamid(answer: &Value) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn command(payload: Value) -> OutboundMessage {
+    /// A command of org `acme` to customer `222`, for this sink's tests.
+    pub(crate) fn command(payload: Value) -> OutboundMessage {
         OutboundMessage {
             id: "cmd-1".into(),
             org: "acme".into(),
@@ -164,7 +142,7 @@ mod tests {
         assert_eq!(
             call,
             Call::Message {
-                body: json!({"type": "text", "text": {"body": "hi"}, "messaging_product": "whatsapp",
+                body: json!({"type": "text", "text": {"body": "hi", "preview_url": false}, "messaging_product": "whatsapp",
                     "recipient_type": "individual", "to": "222", "biz_opaque_callback_data": "cmd-1"})
             }
         );
@@ -200,15 +178,8 @@ mod tests {
                 json!({"type": "image", "image": {"caption": "x"}}),
                 "id, link or s3_key",
             ),
-            (json!({"text": {"body": "hi"}}), "no type"),
-            (json!({"type": "text"}), "no \"text\" object"),
+            // The payload's own faults (events::outbound's tests have them all).
             (json!({"type": "fax", "fax": {}}), "unknown message type"),
-            (
-                json!({"type": "smb_app_data", "sync_type": "all"}),
-                "sync_type",
-            ),
-            (json!("hi"), "not a JSON object"),
-            (json!({"status": "read"}), "message_id"),
         ];
         for (payload, reason) in cases {
             let err = plan(&command(payload.clone())).unwrap_err();

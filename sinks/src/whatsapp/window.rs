@@ -89,47 +89,22 @@ impl WindowBook {
 /// Templates open conversations; read receipts and coexistence sync requests are not
 /// messages to the customer. Everything else is free-form.
 pub fn needs_window(payload: &Value) -> bool {
-    let kind = payload["type"].as_str().unwrap_or_default();
-    let read_receipt = payload["status"] == "read";
-    !(kind == "template" || kind == "smb_app_data" || read_receipt)
+    events::outbound::OutboundPayload::from_value(payload).map_or(true, |p| p.needs_window())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use events::event::{Direction, EventBody, MessageEvent, Origin};
+    use events::event::{MessageEvent, Origin};
     use proptest::prelude::*;
     use serde_json::json;
 
     fn inbound(number: &str, contact: &str, sent_at: i64, origin: Origin) -> WhatsAppEvent {
-        WhatsAppEvent {
-            id: format!("wamid.{sent_at}"),
-            org: "acme".into(),
-            phone_number_id: number.into(),
-            display_phone_number: String::new(),
-            waba_id: String::new(),
-            received_at_ms: sent_at * 1000,
-            body: EventBody::Message(MessageEvent {
-                wamid: format!("wamid.{sent_at}"),
-                conversation_id: ids::conversation_id(number, contact),
-                contact_wa_id: contact.into(),
-                contact_name: None,
-                direction: if origin == Origin::Api || origin == Origin::BusinessApp {
-                    Direction::Outbound
-                } else {
-                    Direction::Inbound
-                },
-                origin,
-                sent_at,
-                message_type: "text".into(),
-                preview: None,
-                reply_to: None,
-                media: None,
-                history_status: None,
-                errors: vec![],
-                raw: Value::Null,
-            }),
-        }
+        MessageEvent::builder("acme", number, contact, &format!("wamid.{sent_at}"))
+            .origin(origin)
+            .sent_at(sent_at)
+            .received_at_ms(sent_at * 1000)
+            .event()
     }
 
     const HOUR_MS: i64 = 3_600_000;
@@ -140,7 +115,7 @@ mod tests {
         let mut book = WindowBook::default();
         book.observe(&inbound("111", "222", T0, Origin::Customer));
         let text = json!({"type": "text", "text": {"body": "hi"}});
-        let template = json!({"type": "template", "template": {"name": "hello_world"}});
+        let template = json!({"type": "template", "template": {"name": "hello_world", "language": {"code": "en"}}});
         let now = T0 * 1000;
         assert!(
             book.check("111", "+222", &text, now + 23 * HOUR_MS, 24)
