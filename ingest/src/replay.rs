@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use events::{Webhook, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use runtime::consume::{DeadLetter, DeadLetters};
+use runtime::table::{From, Reader};
 use runtime::{KafkaConfig, Publisher};
 
 use crate::webhook::{publish_normalized, raw_headers};
@@ -33,6 +33,8 @@ pub struct Summary {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker may say nothing while a replay still has records to read.
+const QUIET: Duration = Duration::from_secs(30);
 
 /// What to read of one partition.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,69 +131,24 @@ pub async fn run(
         return Ok(summary);
     }
     let dead_letters = DeadLetters::new(publisher.clone(), "replay");
-    let consumer: BaseConsumer<runtime::kafka::EndIsNews> = reader_config(kafka)
-        .set("enable.partition.eof", "true")
-        .create_with_context(runtime::kafka::EndIsNews)?;
-    let mut assignment = TopicPartitionList::new();
-    for span in plan {
-        assignment.add_partition_offset(
-            topics::WEBHOOKS_RAW,
-            span.partition,
-            Offset::Offset(span.start),
-        )?;
-    }
-    consumer.assign(&assignment)?;
-    let mut remaining: std::collections::HashMap<i32, i64> = plan
-        .iter()
-        .map(|s| (s.partition, s.end.unwrap_or(i64::MAX)))
-        .collect();
-    let mut idle = 0;
-    while !remaining.is_empty() {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            idle += 1;
-            anyhow::ensure!(
-                idle < 150,
-                "no records for 30 s with {} partitions unfinished",
-                remaining.len()
-            );
-            continue;
-        };
-        idle = 0;
-        let message = match message {
-            Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
-                if remaining.get(&partition) == Some(&i64::MAX) {
-                    remaining.remove(&partition);
-                }
-                continue;
-            }
-            other => other?,
-        };
-        let partition = message.partition();
-        let Some(end) = remaining.get(&partition).copied() else {
-            continue;
-        };
-        if message.offset() >= end {
-            remaining.remove(&partition);
-            continue;
-        }
-        let body = message.payload().unwrap_or_default();
-        let key = message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
+    let spans = plan.iter().map(|s| (s.partition, s.start, s.end)).collect();
+    let mut reader = Reader::open(
+        kafka,
+        topics::WEBHOOKS_RAW,
+        "replay",
+        From::Spans(spans),
+        None,
+    )?;
+    while let Some(record) = reader.next(QUIET)? {
+        let (partition, offset) = (record.partition, record.offset);
+        let body = record.value.as_slice();
+        let key = record.key_str().to_string();
+        let received_at_ms = record
+            .header(raw_headers::RECEIVED_AT_MS)
+            .and_then(|v| v.parse().ok())
+            .or(record.timestamp_ms)
             .unwrap_or_default();
-        let received_at_ms = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == raw_headers::RECEIVED_AT_MS))
-            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-            .or_else(|| message.timestamp().to_millis())
-            .unwrap_or_default();
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| std::str::from_utf8(h.value?).ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| record.header(name).map(str::to_string);
         let was_unowned = header(raw_headers::OWNER).as_deref() == Some("unknown");
         let signature = header(raw_headers::SIGNATURE);
         let dead_letter = |reason: String, code: &'static str| DeadLetter {
@@ -199,7 +156,7 @@ pub async fn run(
             value: body.to_vec(),
             reason,
             source: topics::WEBHOOKS_RAW.into(),
-            position: Some((partition, message.offset())),
+            position: Some((partition, offset)),
             extra: vec![("coexist.reason", code.into())],
         };
         match serde_json::from_slice::<Webhook>(events::codec::json_part(body)) {
@@ -231,24 +188,11 @@ pub async fn run(
         }
         summary.records += 1;
         progress(summary.records, total);
-        if message.offset() + 1 >= end {
-            remaining.remove(&partition);
-        }
     }
     Ok(summary)
 }
 
 /// A group-less reader: a replay must not move any consumer group's offsets.
 fn reader(kafka: &KafkaConfig) -> anyhow::Result<BaseConsumer> {
-    Ok(reader_config(kafka).create()?)
-}
-
-fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = kafka.client();
-    config
-        .set("group.id", format!("{}-replay", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_uncommitted");
-    config
+    Ok(runtime::table::reader_config(kafka, "replay").create()?)
 }

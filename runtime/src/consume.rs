@@ -41,7 +41,7 @@ pub struct Record {
 }
 
 impl Record {
-    fn from_message(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+    pub(crate) fn from_message(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
         let headers = message
             .headers()
             .map(|hs| {

@@ -4,7 +4,7 @@
 //! (every router reads all of `agents.presence`), and how every role follows the
 //! directory (`directory.changes`, DESIGN.md). One reader for all of them.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use events::inbox::PresenceEvent;
@@ -29,7 +29,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of a group-less reader (the group id only names the client; nothing is
 /// committed).
-fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
+pub fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
     let mut config = kafka.client();
     config
         .set("group.id", format!("{}-{purpose}", kafka.client_id))
@@ -113,47 +113,154 @@ pub fn read_records(
     only: Option<&BTreeSet<i32>>,
     purpose: &str,
 ) -> anyhow::Result<(Vec<TableRecord<Vec<u8>>>, PartitionEnds)> {
-    let consumer: BaseConsumer<EndIsNews> = reader_config(kafka, purpose)
-        .set("enable.partition.eof", "true")
-        .create_with_context(EndIsNews)?;
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        if only.is_some_and(|only| !only.contains(&partition.id())) {
-            continue;
-        }
-        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-        next.insert(partition.id(), 0);
-    }
+    let mut reader = Reader::open(kafka, topic, purpose, From::Beginning, only)?;
     let mut values = Vec::new();
-    if next.is_empty() {
-        return Ok((values, Vec::new()));
+    while let Some(record) = reader.next(TIMEOUT)? {
+        values.push(TableRecord {
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms.unwrap_or_default(),
+            value: record.value,
+        });
     }
-    consumer.assign(&assignment)?;
-    let mut at_end: HashSet<i32> = HashSet::new();
-    while at_end.len() < next.len() {
-        match consumer.poll(TIMEOUT) {
-            None => anyhow::bail!("{topic} stopped answering"),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                at_end.insert(partition);
+    Ok((values, reader.ends()))
+}
+
+/// Where a [`Reader`] starts in each partition.
+#[derive(Debug, Clone)]
+pub enum From {
+    /// The oldest record kept.
+    Beginning,
+    /// The first record at or after this time (ms); the start where the broker
+    /// cannot say (slower, never wrong).
+    Time(i64),
+    /// These offsets, each partition up to its end offset (exclusive), or to the end
+    /// of the partition as of the read when `None`. Partitions not named are not read.
+    Spans(Vec<(i32, i64, Option<i64>)>),
+}
+
+/// A group-less reader of a topic up to its end: the one way every role reads a
+/// topic without a consumer group (rebuilds, tables, the whatsapp sink's ledger,
+/// replay). "The end" is where librdkafka reports end-of-partition, not a watermark
+/// fetched beforehand: on a freshly created topic tansu's ListOffsets answer could
+/// lag what a fetch returns, and a rebuild then missed records. Blocking.
+pub struct Reader {
+    consumer: BaseConsumer<EndIsNews>,
+    topic: String,
+    /// Partitions not yet at their end, with their end offset if they have one.
+    open: HashMap<i32, Option<i64>>,
+    /// The next offset of every partition read.
+    next: HashMap<i32, i64>,
+}
+
+impl Reader {
+    /// Opens `topic` (the partitions in `only`, all when `None`) from `from`.
+    pub fn open(
+        kafka: &KafkaConfig,
+        topic: &str,
+        purpose: &str,
+        from: From,
+        only: Option<&BTreeSet<i32>>,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer<EndIsNews> = reader_config(kafka, purpose)
+            .set("enable.partition.eof", "true")
+            .create_with_context(EndIsNews)?;
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| p.id())
+            .filter(|p| only.is_none_or(|only| only.contains(p)))
+            .collect();
+        let mut starts: Vec<(i32, Offset, Option<i64>)> = match &from {
+            From::Spans(spans) => spans
+                .iter()
+                .filter(|(p, _, _)| partitions.contains(p))
+                .map(|&(p, start, end)| (p, Offset::Offset(start), end))
+                .collect(),
+            _ => partitions
+                .iter()
+                .map(|&p| (p, Offset::Beginning, None))
+                .collect(),
+        };
+        if let From::Time(since) = from
+            && !starts.is_empty()
+        {
+            let mut times = TopicPartitionList::new();
+            for (p, _, _) in &starts {
+                times.add_partition_offset(topic, *p, Offset::Offset(since))?;
             }
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(message)) => {
-                values.push(TableRecord {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis().unwrap_or_default(),
-                    value: message.payload().unwrap_or_default().to_vec(),
-                });
-                next.insert(message.partition(), message.offset() + 1);
-                at_end.remove(&message.partition());
+            if let Ok(found) = consumer.offsets_for_times(times, TIMEOUT) {
+                for element in found.elements() {
+                    if let (Offset::Offset(o), Some(start)) = (
+                        element.offset(),
+                        starts
+                            .iter_mut()
+                            .find(|(p, _, _)| *p == element.partition()),
+                    ) {
+                        start.1 = Offset::Offset(o);
+                    }
+                }
             }
         }
+        starts.retain(|(_, start, end)| match (start, end) {
+            (Offset::Offset(start), Some(end)) => start < end,
+            _ => true,
+        });
+        let mut assignment = TopicPartitionList::new();
+        for (p, start, _) in &starts {
+            assignment.add_partition_offset(topic, *p, *start)?;
+        }
+        if !starts.is_empty() {
+            consumer.assign(&assignment)?;
+        }
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            open: starts.iter().map(|&(p, _, end)| (p, end)).collect(),
+            next: starts.iter().map(|&(p, _, _)| (p, 0)).collect(),
+        })
     }
-    let mut ends: PartitionEnds = next.into_iter().collect();
-    ends.sort_unstable();
-    Ok((values, ends))
+
+    /// The next record, `None` once every partition is at its end. Waits at most
+    /// `quiet` for the broker to say anything, then fails.
+    pub fn next(&mut self, quiet: Duration) -> anyhow::Result<Option<crate::Record>> {
+        while !self.open.is_empty() {
+            match self.consumer.poll(quiet) {
+                None => anyhow::bail!("{} stopped answering", self.topic),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                    // At the end of the partition as of now; one with an end offset
+                    // not reached yet (records deleted since) is done too.
+                    self.open.remove(&partition);
+                }
+                Some(Err(err)) => return Err(err.into()),
+                Some(Ok(message)) => {
+                    let partition = message.partition();
+                    let Some(end) = self.open.get(&partition).copied() else {
+                        continue;
+                    };
+                    if end.is_some_and(|end| message.offset() >= end) {
+                        self.open.remove(&partition);
+                        continue;
+                    }
+                    if end.is_some_and(|end| message.offset() + 1 >= end) {
+                        self.open.remove(&partition);
+                    }
+                    self.next.insert(partition, message.offset() + 1);
+                    return Ok(Some(crate::Record::from_message(&message)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where each partition read ended: the offset after its last record read.
+    pub fn ends(&self) -> PartitionEnds {
+        let mut ends: PartitionEnds = self.next.iter().map(|(p, o)| (*p, *o)).collect();
+        ends.sort_unstable();
+        ends
+    }
 }
 
 /// A live reader of every partition of `topic` from `from` on.

@@ -28,8 +28,7 @@ use events::webhook::ApiError;
 use events::{WhatsAppEvent, codec, ids, topics};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use runtime::table::{From, Reader};
 use runtime::{KafkaConfig, Publisher, Record, Reject, Stage};
 
 pub use config::WhatsAppConfig;
@@ -489,69 +488,17 @@ pub fn rebuild(
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every value of `topic` (from `since_ms`, or the start) to the end of every
-/// partition, as librdkafka reports it (not a watermark fetched beforehand).
+/// partition (the one group-less reader, `runtime::table::Reader`).
 fn read_topic(
     kafka: &KafkaConfig,
     topic: &str,
     since_ms: Option<i64>,
     mut each: impl FnMut(&[u8]),
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer<runtime::kafka::EndIsNews> = kafka
-        .client()
-        .set(
-            "group.id",
-            format!("{}-sink-whatsapp-rebuild", kafka.client_id),
-        )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .set("enable.partition.eof", "true")
-        .create_with_context(runtime::kafka::EndIsNews)?;
-    let metadata = consumer.fetch_metadata(Some(topic), READ_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions())
-        .map(|p| p.id())
-        .collect();
-    if partitions.is_empty() {
-        return Ok(());
-    }
-    let mut assignment = TopicPartitionList::new();
-    for partition in &partitions {
-        assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
-    }
-    if let Some(since) = since_ms {
-        let mut times = TopicPartitionList::new();
-        for partition in &partitions {
-            times.add_partition_offset(topic, *partition, Offset::Offset(since))?;
-        }
-        // Where the broker cannot answer, read from the start: slower, never wrong.
-        if let Ok(found) = consumer.offsets_for_times(times, READ_TIMEOUT) {
-            for element in found.elements() {
-                if let Offset::Offset(offset) = element.offset() {
-                    assignment.set_partition_offset(
-                        topic,
-                        element.partition(),
-                        Offset::Offset(offset),
-                    )?;
-                }
-            }
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut at_end = std::collections::HashSet::new();
-    while at_end.len() < partitions.len() {
-        match consumer.poll(READ_TIMEOUT) {
-            None => anyhow::bail!("{topic} stopped answering"),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                at_end.insert(partition);
-            }
-            Some(Err(err)) => return Err(err.into()),
-            Some(Ok(message)) => {
-                at_end.remove(&message.partition());
-                each(message.payload().unwrap_or_default());
-            }
-        }
+    let from = since_ms.map_or(From::Beginning, From::Time);
+    let mut reader = Reader::open(kafka, topic, "sink-whatsapp-rebuild", from, None)?;
+    while let Some(record) = reader.next(READ_TIMEOUT)? {
+        each(&record.value);
     }
     Ok(())
 }
