@@ -169,7 +169,7 @@ pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         publisher: publisher.clone(),
         mqtt: config.mqtt.clone(),
         s3: config.s3.clone(),
-        clickhouse: Some(sinks::clickhouse::client(&config.sinks.clickhouse)),
+        clickhouse: Some(config.sinks.clickhouse.client()),
         sealer: runtime::seal::Sealer::from_config(&config.sealing)?,
     };
     let result = api::serve(deps, shutdown).await;

@@ -30,6 +30,17 @@ impl Default for ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
+    /// A client of this database: the sink's, and the API's for its dashboards.
+    pub fn client(&self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_password(self.password.expose())
+            .with_database(&self.database)
+            // ClickHouse 18.16 rejects the setting the crate's schema validation sends.
+            .with_validation(false)
+    }
+
     /// The consume loop's settings for this sink: its own batch size and wait, the
     /// shared retry backoff.
     pub fn batching(&self, shared: &runtime::LoopConfig) -> runtime::LoopConfig {

@@ -43,13 +43,7 @@ pub const TOPICS: &[&str] = &[
 
 /// A client for the configured database.
 pub fn client(config: &ClickHouseConfig) -> Client {
-    Client::default()
-        .with_url(&config.url)
-        .with_user(&config.user)
-        .with_password(config.password.expose())
-        .with_database(&config.database)
-        // ClickHouse 18.16 rejects the setting the crate's schema validation sends.
-        .with_validation(false)
+    config.client()
 }
 
 /// Creates the database and applies migrations not yet applied. Idempotent.
