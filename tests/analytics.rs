@@ -34,7 +34,7 @@ impl Seeded {
         // Migrations run at every start: the second run must be a no-op.
         sinks::clickhouse::migrate(&config).await.unwrap();
         Self {
-            client: sinks::clickhouse::client(&config),
+            client: config.client(),
             config,
             org: format!("{name}-{id}"),
             a: format!("1{id}"),

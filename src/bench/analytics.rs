@@ -48,7 +48,7 @@ const START: u64 = 1_700_000_000;
 pub async fn run(config: Config, args: AnalyticsArgs) -> anyhow::Result<AnalyticsReport> {
     let mut ch = config.sinks.clickhouse.clone();
     ch.database = format!("{}_bench", ch.database);
-    let client = sinks::clickhouse::client(&ch);
+    let client = ch.client();
     let server = client.clone().with_database("default");
     server
         .query(&format!("DROP DATABASE IF EXISTS {}", ch.database))

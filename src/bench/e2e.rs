@@ -847,7 +847,10 @@ async fn drop_databases(config: &Config) {
     if let Ok(client) = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose()).await {
         let _ = client.database(&config.sinks.mongo.database).drop().await;
     }
-    let _ = sinks::clickhouse::client(&config.sinks.clickhouse)
+    let _ = config
+        .sinks
+        .clickhouse
+        .client()
         .query(&format!(
             "DROP DATABASE IF EXISTS {}",
             config.sinks.clickhouse.database

@@ -599,7 +599,7 @@ impl Setup {
                 .await?,
             ),
         ];
-        let ch = sinks::clickhouse::client(&self.config.sinks.clickhouse);
+        let ch = self.config.sinks.clickhouse.client();
         let by_org = |sql: &str| ch.query(sql).bind(org.as_str());
         stores.push(tally::tally(
             "clickhouse message_events",
@@ -678,7 +678,7 @@ impl Setup {
         if let Ok(db) = self.mongo().await {
             let _ = db.drop().await;
         }
-        let ch = sinks::clickhouse::client(&self.config.sinks.clickhouse);
+        let ch = self.config.sinks.clickhouse.client();
         let _ = ch
             .query(&format!(
                 "DROP DATABASE IF EXISTS {}",

@@ -119,10 +119,7 @@ impl Drop for Guard {
                 }
                 if let Some(config) = clickhouse {
                     let statement = format!("DROP DATABASE IF EXISTS {}", config.database);
-                    let _ = sinks::clickhouse::client(&config)
-                        .query(&statement)
-                        .execute()
-                        .await;
+                    let _ = config.client().query(&statement).execute().await;
                 }
             });
         });
@@ -212,7 +209,7 @@ impl Pipeline {
             .await
             .unwrap()
             .database(&config.sinks.mongo.database);
-        let clickhouse = sinks::clickhouse::client(&config.sinks.clickhouse);
+        let clickhouse = config.sinks.clickhouse.client();
         Self {
             config,
             org,

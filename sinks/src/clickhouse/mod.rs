@@ -41,14 +41,9 @@ pub const TOPICS: &[&str] = &[
     topics::OUTBOUND_RESULTS,
 ];
 
-/// A client for the configured database.
-pub fn client(config: &ClickHouseConfig) -> Client {
-    config.client()
-}
-
 /// Creates the database and applies migrations not yet applied. Idempotent.
 pub async fn migrate(config: &ClickHouseConfig) -> anyhow::Result<()> {
-    let server = client(config).with_database("default");
+    let server = config.client().with_database("default");
     let db = &config.database;
     server
         .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
@@ -106,7 +101,7 @@ struct Rows {
 impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig) -> Self {
         Self {
-            client: client(config),
+            client: config.client(),
         }
     }
 
