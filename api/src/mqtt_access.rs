@@ -8,7 +8,7 @@
 //!
 //! Commands go over dynsec's `$CONTROL/dynamic-security/v1` API, as the service
 //! client (whose role may use it; see scripts/stack). With EMQX (docker-compose) the
-//! same ACLs would be expressed through its JWT authentication instead.
+//! same rule is served through its HTTP authorization hook.
 
 use std::time::Duration;
 
@@ -19,31 +19,20 @@ use serde_json::{Value, json};
 const CONTROL: &str = "$CONTROL/dynamic-security/v1";
 const RESPONSE: &str = "$CONTROL/dynamic-security/v1/response";
 
-/// What an agent's device may do, as dynsec ACLs.
+/// What an agent's device may do, as dynsec ACLs: a rendering of
+/// [`events::access::grants`], the one rule every broker and the live feed apply.
 pub fn agent_acls(prefix: &str, org: &str, agent_id: &str) -> Vec<Value> {
-    let acl = |kind: &str, topic: String| json!({ "acltype": kind, "topic": topic, "priority": 0, "allow": true });
-    vec![
-        acl(
-            "subscribePattern",
-            format!("{prefix}/{org}/agents/{agent_id}/inbox"),
-        ),
-        acl(
-            "subscribePattern",
-            format!("{prefix}/{org}/conversations/#"),
-        ),
-        acl("subscribePattern", format!("{prefix}/{org}/presence/#")),
-        acl(
-            "publishClientSend",
-            format!("{prefix}/{org}/presence/{agent_id}"),
-        ),
-        // Activity names its agent in the topic, and a device may speak only for
-        // its own agent: the bridge takes the identity from the topic, so no one
-        // can publish activity (or presence) as a colleague.
-        acl(
-            "publishClientSend",
-            format!("{prefix}/{org}/conversations/+/activity/{agent_id}"),
-        ),
-    ]
+    use events::access::{Action, grants};
+    grants(prefix, org, agent_id)
+        .into_iter()
+        .map(|g| {
+            let kind = match g.action {
+                Action::Subscribe => "subscribePattern",
+                Action::Publish => "publishClientSend",
+            };
+            json!({ "acltype": kind, "topic": g.filter, "priority": 0, "allow": true })
+        })
+        .collect()
 }
 
 pub fn role_name(org: &str, agent_id: &str) -> String {

@@ -4,6 +4,7 @@
 //! Everything here is pure: no I/O, so parsing and normalization are tested with
 //! fixtures and properties alone.
 
+pub mod access;
 pub mod clock;
 pub mod codec;
 pub mod delivery;
