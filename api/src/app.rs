@@ -79,6 +79,7 @@ pub fn build(state: AppState) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state.clone())
         .merge(analytics)
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(from_fn_with_state(timeout, time_limit))
         .layer(from_fn_with_state(state.clone(), limit_ip))

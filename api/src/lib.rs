@@ -13,6 +13,7 @@ pub mod app;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+pub mod console;
 pub mod cursor;
 pub mod directory;
 pub mod error;

@@ -1,11 +1,12 @@
-"use strict";
-const TOKEN_KEY = "coexist.token";
+// The dashboards use the console's login: the same session, refreshed the same way
+// (`/app/api.js`), so no token is ever pasted here.
+import { get, loggedIn } from "/app/api.js";
+
 const COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
 const charts = {};
 let timer = null;
 
 const $ = (id) => document.getElementById(id);
-$("token").value = localStorage.getItem(TOKEN_KEY) || "";
 
 function range() {
   const choice = $("range").value;
@@ -17,15 +18,7 @@ function range() {
   return { from: to - Number(choice === "custom" ? 604800000 : choice), to };
 }
 
-async function fetchJson(path) {
-  const headers = {};
-  const token = localStorage.getItem(TOKEN_KEY);
-  if (token) headers.Authorization = "Bearer " + token;
-  const response = await fetch(path, { headers });
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.error || response.status + " " + response.statusText);
-  return body;
-}
+const fetchJson = (path) => get(path);
 
 const day = (s) => new Date(s * 1000).toISOString().slice(0, 10);
 const hour = (s) => new Date(s * 1000).toISOString().slice(5, 13).replace("T", " ") + "h";
@@ -110,6 +103,11 @@ function draw(panel, rows) {
 }
 
 async function refresh() {
+  if (!loggedIn()) {
+    $("login").hidden = false;
+    $("status").textContent = "not logged in";
+    return;
+  }
   const { from, to } = range();
   const number = $("number").value.trim();
   const query = "from=" + from + "&to=" + to + (number ? "&phone_number_id=" + encodeURIComponent(number) : "");
@@ -140,6 +138,8 @@ async function refresh() {
     }));
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (err) {
+    // 401/403: this login cannot see analytics (or ended): offer the console's login.
+    if (err.status === 401 || err.status === 403) $("login").hidden = false;
     $("status").textContent = err.message;
   }
 }
@@ -152,7 +152,6 @@ function schedule() {
 
 $("range").addEventListener("change", () => { $("custom").hidden = $("range").value !== "custom"; });
 $("apply").addEventListener("click", () => {
-  localStorage.setItem(TOKEN_KEY, $("token").value);
   schedule();
   refresh();
 });
