@@ -17,6 +17,7 @@
 //!
 //! For tests and load measurements (not Meta's):
 //! - `GET /_sim/graph/sent`: every accepted call, with its receive time in ms;
+//! - `GET /_sim/graph/last_code?to=DIGITS`: the newest login code sent to a phone;
 //! - `POST /_sim/graph/fail_next` `{"count", "status", "code"}`: the next sends fail so;
 //! - `POST /_sim/graph/inbound` `{"phone_number_id", "from", "text"?, "image_id"?}`:
 //!   a customer's message, posted signed to the webhook.
@@ -34,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -172,6 +173,7 @@ pub fn router(config: &crate::Config) -> Router {
     });
     Router::new()
         .route("/_sim/graph/sent", get(list_sent))
+        .route("/_sim/graph/last_code", get(last_code))
         .route("/_sim/graph/fail_next", post(fail_next))
         .route("/_sim/graph/inbound", post(inbound))
         .route("/_sim/graph/download/{media_id}", get(download))
@@ -727,6 +729,32 @@ async fn upload(
 
 async fn list_sent(State(sim): State<Shared>) -> Json<Vec<SentRecord>> {
     Json(sim.sent.lock().map(|s| s.clone()).unwrap_or_default())
+}
+
+/// `?to=` (digits): who a phone would show a login code to.
+#[derive(Debug, Deserialize)]
+pub struct CodeQuery {
+    pub to: String,
+}
+
+/// The newest one-time code sent to `to` (the first parameter of the newest
+/// authentication template), as plain text: what the person's WhatsApp would show,
+/// so a demo can log in with `curl`. 404 when none was sent.
+async fn last_code(State(sim): State<Shared>, Query(q): Query<CodeQuery>) -> Response {
+    let to = q.to.trim_start_matches('+');
+    let sent = sim.sent.lock().map(|s| s.clone()).unwrap_or_default();
+    sent.iter()
+        .rev()
+        .filter(|r| r.kind == "template" && r.to.as_deref() == Some(to))
+        .find_map(|r| {
+            r.body["template"]["components"][0]["parameters"][0]["text"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .map_or_else(
+            || (StatusCode::NOT_FOUND, "no code sent to this number\n").into_response(),
+            |code| format!("{code}\n").into_response(),
+        )
 }
 
 async fn fail_next(State(sim): State<Shared>, Json(next): Json<FailNext>) -> StatusCode {
