@@ -27,11 +27,18 @@ use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Swagger UI loads its own script, styles and inline SVG images from this origin;
-/// nothing else is allowed, and no one may frame the API.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-    img-src 'self' data:; connect-src 'self'; font-src 'self' data:; object-src 'none'; \
-    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+/// The page policy: scripts, styles and fonts from this origin only (Swagger UI and
+/// the console load their own files; no inline script), images also from the media
+/// store's origin (the console shows presigned media URLs), connections to this
+/// origin only, and no one may frame the API.
+pub fn content_security_policy(media_origin: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data: {media_origin}; media-src 'self' {media_origin}; \
+         connect-src 'self'; font-src 'self' data:; object-src 'none'; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+}
 
 /// The whole API: routes, `/openapi.json`, `/docs`, and the edge layers.
 pub fn build(state: AppState) -> Router {
@@ -58,7 +65,8 @@ pub fn build(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
+            HeaderValue::from_str(&content_security_policy(&state.media_origin))
+                .unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'")),
         ));
     let analytics = match &state.clickhouse {
         Some(client) => with_admin_scope(

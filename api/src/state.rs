@@ -38,6 +38,8 @@ pub struct Inner {
     pub pepper: Vec<u8>,
     pub mqtt: MqttConnection,
     pub s3: aws_sdk_s3::Client,
+    /// Where presigned media URLs point (the console's CSP allows it for images).
+    pub media_origin: String,
     pub s3_bucket: String,
     pub clickhouse: Option<clickhouse::Client>,
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -81,6 +83,7 @@ impl Inner {
             )),
             trusted_proxies,
             s3: deps.s3.client(),
+            media_origin: deps.s3.public_origin(),
             s3_bucket: deps.s3.bucket.clone(),
             config,
             db: deps.db,

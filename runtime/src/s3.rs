@@ -35,6 +35,25 @@ impl Default for S3Config {
 }
 
 impl S3Config {
+    /// The origin presigned URLs point at (`scheme://host[:port]`), which a page
+    /// showing media must allow in its CSP: the endpoint's, with the bucket in the
+    /// host name unless path-style; AWS's regional bucket host without an endpoint.
+    pub fn public_origin(&self) -> String {
+        if self.endpoint_url.is_empty() {
+            return format!("https://{}.s3.{}.amazonaws.com", self.bucket, self.region);
+        }
+        let (scheme, rest) = self
+            .endpoint_url
+            .split_once("://")
+            .unwrap_or(("https", self.endpoint_url.as_str()));
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if self.force_path_style {
+            format!("{scheme}://{host}")
+        } else {
+            format!("{scheme}://{}.{host}", self.bucket)
+        }
+    }
+
     /// A client for this endpoint with static credentials.
     pub fn client(&self) -> aws_sdk_s3::Client {
         let credentials = Credentials::new(
@@ -79,5 +98,28 @@ impl S3Config {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::S3Config;
+
+    #[test]
+    fn presigned_urls_come_from_one_origin() {
+        let mut c = S3Config::default();
+        assert_eq!(c.public_origin(), "http://127.0.0.1:9100");
+        c.endpoint_url = "https://minio.example.com:9000/".into();
+        assert_eq!(c.public_origin(), "https://minio.example.com:9000");
+        c.force_path_style = false;
+        assert_eq!(
+            c.public_origin(),
+            "https://coexist-media.minio.example.com:9000"
+        );
+        c.endpoint_url = String::new();
+        assert_eq!(
+            c.public_origin(),
+            "https://coexist-media.s3.us-east-1.amazonaws.com"
+        );
     }
 }
