@@ -146,6 +146,9 @@ async fn every_endpoint_enforces_auth_roles_and_tenancy() {
             ("POST", "/v1/conversations/{conversation_id}/commands") => {
                 json!({ "action": "claim" })
             }
+            ("POST", "/v1/conversations/{conversation_id}/activity") => {
+                json!({ "kind": "typing" })
+            }
             ("PATCH", "/v1/agents/{agent_id}") => json!({ "name": "renamed" }),
             ("PUT", "/v1/business-numbers/{phone_number_id}") => json!({
                 "display_phone_number": "+1", "access_token": "t", "app_secret": "s" }),

@@ -43,6 +43,14 @@ pub struct ApiConfig {
     /// How often devices' broker clients are compared with live sessions, and those
     /// of ended or expired sessions deleted (0: never).
     pub mqtt_reconcile_secs: u64,
+    /// Frames the live feed (`GET /v1/feed`) buffers per connection before it ends a
+    /// connection that falls behind (the client reconnects and reads the gap).
+    pub feed_buffer: usize,
+    /// How often the live feed sends a `: ping` comment and re-checks the session.
+    pub feed_ping_secs: u64,
+    /// Least time between two activities (typing, viewing) of one agent in one
+    /// conversation over REST; extra ones are answered but not published.
+    pub activity_min_interval_ms: u64,
 }
 
 /// One JWT key.
@@ -121,6 +129,9 @@ impl Default for ApiConfig {
             mqtt_public_host: String::new(),
             mqtt_public_port: 0,
             mqtt_reconcile_secs: 60,
+            feed_buffer: 1024,
+            feed_ping_secs: 15,
+            activity_min_interval_ms: 2000,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod cursor;
 pub mod directory;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod mqtt_access;
 pub mod openapi;
 pub mod routes;
@@ -53,6 +54,11 @@ pub async fn serve(
         tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
     }
     tokio::spawn(prune_limiters(state.clone(), shutdown.clone()));
+    tokio::spawn(feed::run(
+        state.mqtt.clone(),
+        state.feed.clone(),
+        shutdown.clone(),
+    ));
     if state.config.mqtt_reconcile_secs > 0 {
         tokio::spawn(reconcile_mqtt(state.clone(), shutdown.clone()));
     }

@@ -45,8 +45,12 @@ pub struct Inner {
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     user_limiter: DefaultKeyedRateLimiter<String>,
     verify_limiter: DefaultKeyedRateLimiter<String>,
+    /// One activity per agent, conversation and kind per `activity_min_interval_ms`.
+    activity_limiter: DefaultKeyedRateLimiter<String>,
     /// `[api] trusted_proxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The live feed's fan-out (`GET /v1/feed`).
+    pub feed: Arc<crate::feed::Feed>,
 }
 
 impl Inner {
@@ -81,7 +85,14 @@ impl Inner {
             verify_limiter: DefaultKeyedRateLimiter::keyed(per_minute(
                 limits.otp_verify_per_user_per_minute,
             )),
+            activity_limiter: DefaultKeyedRateLimiter::keyed(
+                Quota::with_period(std::time::Duration::from_millis(
+                    config.activity_min_interval_ms.max(1),
+                ))
+                .unwrap_or_else(|| per_minute(60)),
+            ),
             trusted_proxies,
+            feed: Arc::new(crate::feed::Feed::new(config.feed_buffer)),
             s3: deps.s3.client(),
             media_origin: deps.s3.public_origin(),
             s3_bucket: deps.s3.bucket.clone(),
@@ -111,6 +122,13 @@ impl Inner {
         self.user_limiter.shrink_to_fit();
         self.verify_limiter.retain_recent();
         self.verify_limiter.shrink_to_fit();
+        self.activity_limiter.retain_recent();
+        self.activity_limiter.shrink_to_fit();
+    }
+
+    /// Whether an activity keyed `key` may go out now (else it is throttled).
+    pub fn activity_allowed(&self, key: String) -> bool {
+        self.activity_limiter.check_key(&key).is_ok()
     }
 
     /// How many addresses the per-address limiter holds (for tests and metrics).

@@ -12,6 +12,8 @@ use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub mod sse;
+
 use crate::support::{Guard, free_port, read_until, unique, wait_for};
 
 /// Known signing key, so tests can mint expired and foreign tokens.

@@ -23,6 +23,9 @@ pub struct Caller {
     pub user_id: String,
     pub role: String,
     pub session_id: String,
+    /// When the access token expires (seconds since the epoch): a long-lived answer
+    /// such as the live feed ends then.
+    pub expires_at_secs: i64,
 }
 
 impl Caller {
@@ -61,13 +64,7 @@ impl FromRequestParts<AppState> for Caller {
         })?;
         // A revoked session (logout, reuse detected, agent deactivated) kills its
         // access tokens at once, not at their expiry.
-        let live = state
-            .db
-            .collection::<Document>(sessions::SESSIONS)
-            .find_one(doc! { "_id": &claims.sid, "org": &claims.org, "revoked_at_ms": null })
-            .await?
-            .is_some();
-        if !live {
+        if !session_live(&state.db, &claims.org, &claims.sid).await? {
             return Err(ApiError::unauthorized("the session has ended"));
         }
         state.limit_user(&claims.org, &claims.sub)?;
@@ -76,10 +73,24 @@ impl FromRequestParts<AppState> for Caller {
             user_id: claims.sub,
             role: claims.role,
             session_id: claims.sid,
+            expires_at_secs: claims.exp,
         };
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }
+}
+
+/// Whether the session `sid` of `org` is still live (not logged out, not revoked).
+pub async fn session_live(
+    db: &mongodb::Database,
+    org: &str,
+    sid: &str,
+) -> Result<bool, mongodb::error::Error> {
+    Ok(db
+        .collection::<Document>(sessions::SESSIONS)
+        .find_one(doc! { "_id": sid, "org": org, "revoked_at_ms": null })
+        .await?
+        .is_some())
 }
 
 impl FromRequestParts<AppState> for Admin {

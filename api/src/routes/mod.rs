@@ -7,7 +7,9 @@ pub mod auth;
 pub mod commands;
 pub mod contacts;
 pub mod conversations;
+pub mod feed;
 pub mod mqtt;
+pub mod presence;
 pub mod push;
 
 use mongodb::bson::{Bson, Document};
@@ -59,6 +61,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(push::register_push_token))
         .routes(routes!(push::unregister_push_token))
         .routes(routes!(mqtt::credentials))
+        .routes(routes!(feed::feed))
+        .routes(routes!(presence::set_presence))
+        .routes(routes!(presence::conversation_activity))
 }
 
 /// Liveness.
