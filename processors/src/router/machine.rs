@@ -685,6 +685,19 @@ impl Router {
         self.presence.values().map(BTreeMap::len).sum()
     }
 
+    /// Takes new work: at least one device online or active (viewing, typing). An
+    /// agent who set themselves away keeps their conversations (they are online,
+    /// see [`Self::is_online`]) but is given no new ones until they come back.
+    pub fn is_available(&self, org: &str, agent_id: &str) -> bool {
+        self.presence
+            .get(&(org.to_owned(), agent_id.to_owned()))
+            .is_some_and(|devices| {
+                devices.values().any(|(state, _)| {
+                    !matches!(state, PresenceState::Offline | PresenceState::Away)
+                })
+            })
+    }
+
     /// Online: at least one device whose last state is not `Offline`.
     pub fn is_online(&self, org: &str, agent_id: &str) -> bool {
         self.presence
@@ -753,7 +766,7 @@ impl Router {
         let eligible: Vec<&str> = self
             .active_agents(&conv.org)
             .filter(|(id, _)| conv.released_by.as_deref() != Some(*id))
-            .filter(|(id, _)| self.is_online(&conv.org, id))
+            .filter(|(id, _)| self.is_available(&conv.org, id))
             .filter(|(id, capacity)| self.load(&conv.org, id) < *capacity)
             .map(|(id, _)| id)
             .collect();

@@ -645,6 +645,25 @@ fn any_non_offline_device_keeps_an_agent_online() {
 }
 
 #[test]
+fn an_agent_who_steps_away_keeps_their_work_but_gets_no_new() {
+    let mut r = Router::new(config(Policy::LeastLoaded));
+    r.handle(online("ana", 0), 0);
+    r.handle(online("bob", 0), 0);
+    r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
+    let owner_of_c1 = r.owner(&conv("c1")).map(str::to_string);
+    assert!(owner_of_c1.is_some());
+    r.handle(presence("bob", "phone", PresenceState::Away, 1500), 1500);
+    let out = r.handle(message("m2", "c2", Origin::Customer, 2000), 2000);
+    assert_eq!(moves(&out), [(Open, None), (Assigned, Some("ana"))]);
+    // Away is not offline: nothing of bob's is taken back, even after the grace.
+    r.handle(Input::Tick, 1_000_000);
+    assert_eq!(r.owner(&conv("c1")).map(str::to_string), owner_of_c1);
+    r.handle(presence("bob", "phone", PresenceState::Online, 3000), 3000);
+    let out = r.handle(message("m4", "c4", Origin::Customer, 4000), 4000);
+    assert_eq!(moves(&out), [(Open, None), (Assigned, Some("bob"))]);
+}
+
+#[test]
 fn agents_never_seen_are_not_treated_as_offline() {
     let mut r = Router::new(config(Policy::Manual));
     r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
