@@ -677,7 +677,15 @@ impl Router {
         {
             devices.remove(&oldest);
         }
-        devices.insert(p.device_id, (p.state, p.at_ms));
+        // Viewing or typing says the device is there, not that its agent came back
+        // from away: only the switch (online) does.
+        let state = match (devices.get(&p.device_id), p.state) {
+            (Some((PresenceState::Away, _)), PresenceState::Viewing | PresenceState::Typing) => {
+                PresenceState::Away
+            }
+            (_, state) => state,
+        };
+        devices.insert(p.device_id, (state, p.at_ms));
     }
 
     /// How many devices' states are held, over all agents.

@@ -655,12 +655,24 @@ fn an_agent_who_steps_away_keeps_their_work_but_gets_no_new() {
     r.handle(presence("bob", "phone", PresenceState::Away, 1500), 1500);
     let out = r.handle(message("m2", "c2", Origin::Customer, 2000), 2000);
     assert_eq!(moves(&out), [(Open, None), (Assigned, Some("ana"))]);
+    // Looking at a conversation while away is not coming back.
+    r.handle(presence("bob", "phone", PresenceState::Viewing, 1600), 1600);
+    let out = r.handle(message("m3", "c3", Origin::Customer, 2100), 2100);
+    assert_eq!(
+        moves(&out),
+        [(Open, None)],
+        "ana is full; bob is still away"
+    );
     // Away is not offline: nothing of bob's is taken back, even after the grace.
     r.handle(Input::Tick, 1_000_000);
     assert_eq!(r.owner(&conv("c1")).map(str::to_string), owner_of_c1);
     r.handle(presence("bob", "phone", PresenceState::Online, 3000), 3000);
-    let out = r.handle(message("m4", "c4", Origin::Customer, 4000), 4000);
-    assert_eq!(moves(&out), [(Open, None), (Assigned, Some("bob"))]);
+    r.handle(Input::Tick, 1_000_001);
+    assert_eq!(
+        r.owner(&conv("c3")),
+        Some("bob"),
+        "back online, bob takes the queue"
+    );
 }
 
 #[test]
