@@ -143,16 +143,48 @@ async fn text_of(c: &Client, css: &str) -> String {
 }
 
 /// Waits until `check` holds in the page, polling every 100 ms.
-async fn until<F, Fut>(what: &str, limit: Duration, mut check: F)
+async fn until<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    until_on(None, what, limit, check).await;
+}
+
+/// [`until`], showing what the console `c` knows if it times out.
+async fn until_on<F, Fut>(c: Option<&Client>, what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        if start.elapsed() > limit {
+            let page = match c {
+                Some(c) => page_state(c).await,
+                None => String::new(),
+            };
+            panic!("{what}: not within {limit:?}; {page}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What the console shows and knows, for a failure message.
+async fn page_state(c: &Client) -> String {
+    let state = c
+        .execute(
+            "return { errors: window.consoleErrors, notice: document.getElementById('notice').textContent,
+                      live: document.getElementById('live').textContent, url: location.href,
+                      feed: window.feedLog, list: document.getElementById('conversations').textContent,
+                      me: window.consoleState.me, tab: window.consoleState.tab,
+                      open: window.consoleState.conversation,
+                      composer: document.getElementById('composer-text').disabled,
+                      convs: [...window.consoleState.convs.values()] }",
+            vec![],
+        )
+        .await;
+    format!("{state:?}")
 }
 
 async fn screenshot(c: &Client, name: &str) {
@@ -468,12 +500,20 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
         "#conversations li[data-conversation='{}']",
         w.conversation_id(&warm)
     );
-    until(
-        "the warm-up conversation in ann's inbox",
-        Duration::from_secs(90),
-        || async { present(&ann, &warm_row).await == 1 },
-    )
-    .await;
+    let start = Instant::now();
+    while present(&ann, &warm_row).await != 1 {
+        if start.elapsed() > Duration::from_secs(90) {
+            let (_, _, all) = w
+                .stack
+                .call("GET", "/v1/conversations", Some(&admin), None)
+                .await;
+            panic!(
+                "the warm-up conversation never in ann's mine: {all}; ann's page: {}",
+                page_state(&ann).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // 2. A customer writes: in ann's "mine" within 2 s, never in bob's.
     let customer = format!("1651{}", &id[id.len() - 7..]);
@@ -487,12 +527,19 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
         0,
     )
     .await;
-    until(
-        "the conversation in ann's mine",
-        Duration::from_secs(30),
-        || async { present(&ann, &row).await == 1 },
-    )
-    .await;
+    while present(&ann, &row).await != 1 {
+        if sent_at.elapsed() > Duration::from_secs(30) {
+            let (_, _, all) = w
+                .stack
+                .call("GET", "/v1/conversations", Some(&admin), None)
+                .await;
+            panic!(
+                "the conversation never in ann's mine: {all}; ann's page: {}",
+                page_state(&ann).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let shown_after = sent_at.elapsed();
     eprintln!("webhook -> ann's inbox: {} ms", shown_after.as_millis());
     assert!(
@@ -500,15 +547,18 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
         "the conversation took {shown_after:?} to reach ann's inbox"
     );
     screenshot(&ann, "inbox").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(present(&bob, &row).await, 0, "in bob's mine too");
+    for _ in 0..10 {
+        assert_eq!(present(&bob, &row).await, 0, "in bob's mine too");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     click(&bob, "[data-tab=queue]").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        present(&bob, &row).await,
-        0,
-        "in bob's queue, though ann owns it"
-    );
+    until_on(
+        Some(&bob),
+        "gone from bob's queue (ann owns it)",
+        Duration::from_secs(5),
+        || async { present(&bob, &row).await == 0 },
+    )
+    .await;
 
     // 3. ann replies: one send reaches Meta; the ticks go forward to read.
     click(&ann, &format!("{row} a")).await;
@@ -584,21 +634,28 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
         "#conversations li[data-conversation='{}']",
         w.conversation_id(&late)
     );
-    until(
+    until_on(
+        Some(&ann),
         "the late conversation in ann's inbox",
         Duration::from_secs(30),
         || async { present(&ann, &late_row).await == 1 },
     )
     .await;
     click(&ann, &format!("{late_row} a")).await;
-    until("free text disabled", Duration::from_secs(10), || async {
-        !ann.find(Locator::Css("#composer-text"))
-            .await
-            .unwrap()
-            .is_enabled()
-            .await
-            .unwrap()
-    })
+    until_on(
+        Some(&ann),
+        "free text disabled",
+        Duration::from_secs(10),
+        || async {
+            let disabled = ann
+                .execute(
+                    "return document.getElementById('composer-text').disabled",
+                    vec![],
+                )
+                .await;
+            matches!(disabled, Ok(Value::Bool(true)))
+        },
+    )
     .await;
     let reason = text_of(&ann, "#composer-reason").await;
     assert!(reason.contains("window closed"), "reason shown: {reason:?}");

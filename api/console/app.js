@@ -6,13 +6,19 @@ import * as api from "./api.js";
 import { connect } from "./feed.js";
 
 const $ = (id) => document.getElementById(id);
+
+// Script errors are kept where a test (or a curious admin) can read them.
+window.consoleErrors = [];
+window.addEventListener("error", (e) => window.consoleErrors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.consoleErrors.push(String(e.reason && e.reason.stack ? e.reason.stack : e.reason)));
 const WINDOW_WARN_MS = 2 * 3600_000;
 const ACTIVITY_EVERY_MS = 3000;
 
 const state = {
   me: null,
   tab: "mine",
-  lists: {}, // tab -> conversations (first page)
+  convs: new Map(), // conversation id -> conversation, every tab's
+
   conversation: null, // the open conversation
   messages: new Map(), // wamid -> message, of the open conversation
   pending: new Map(), // command id -> pending reply shown at once
@@ -24,6 +30,9 @@ const state = {
   templates: null,
   stopFeed: null,
 };
+
+// For tests and debugging: what the console knows (no secrets: tokens live in api.js).
+window.consoleState = state;
 
 // ---------------------------------------------------------------- small helpers
 
@@ -180,25 +189,60 @@ async function start() {
 
 // ---------------------------------------------------------------- inbox
 
+// Tabs are views of one map of the conversations this agent knows, so a change seen
+// once shows in every tab it belongs to.
 const TABS = {
-  mine: "/v1/conversations?assignee=me&state=assigned",
-  queue: "/v1/conversations?state=open",
-  business_app: "/v1/conversations?assignee=business_app&state=assigned",
-  all: "/v1/conversations",
+  mine: (c) => c.state === "assigned" && c.assignee === state.me.agent_id,
+  queue: (c) => c.state === "open",
+  business_app: (c) => c.handled_by === "business_app",
+  all: () => true,
 };
 
+function tabItems(tab) {
+  return [...state.convs.values()]
+    .filter(TABS[tab])
+    .sort((a, b) => (b.last_message_at_ms || 0) - (a.last_message_at_ms || 0));
+}
+
+async function page(path) {
+  try {
+    return (await api.get(path)).items;
+  } catch (err) {
+    if (err.status !== 401) notice(err.message);
+    return null;
+  }
+}
+
+/** Everything the tabs show, read afresh (at start and after every reconnect). */
 async function loadTabs() {
-  const tabs = Object.keys(TABS).filter((t) => t !== "all" || state.me.role === "admin");
-  await Promise.all(
-    tabs.map(async (tab) => {
-      try {
-        const page = await api.get(TABS[tab] + (TABS[tab].includes("?") ? "&" : "?") + "limit=100");
-        state.lists[tab] = page.items;
-      } catch (err) {
-        if (err.status !== 401) notice(err.message);
+  const reads = [
+    "/v1/conversations?assignee=me&state=assigned&limit=200",
+    "/v1/conversations?state=open&limit=200",
+    "/v1/conversations?assignee=business_app&state=assigned&limit=200",
+    "/v1/conversations?limit=200",
+  ];
+  const pages = await Promise.all(reads.map(page));
+  if (pages.some((p) => p === null)) return;
+  state.convs = new Map(pages.flat().map((c) => [c.conversation_id, corrected(c)]));
+  drawTabs();
+  drawList();
+}
+
+/** After an event: the most recent conversations, and (when it was about this agent)
+ * everything assigned to them, merged into what is known. */
+async function loadRecent(mine) {
+  const recent = await page("/v1/conversations?limit=50");
+  if (recent) for (const c of recent) state.convs.set(c.conversation_id, corrected(c));
+  if (mine) {
+    const assigned = await page("/v1/conversations?assignee=me&state=assigned&limit=200");
+    if (assigned) {
+      const now = new Set(assigned.map((c) => c.conversation_id));
+      for (const c of state.convs.values()) {
+        if (TABS.mine(c) && !now.has(c.conversation_id) && !expected.convs.has(c.conversation_id)) state.convs.delete(c.conversation_id);
       }
-    }),
-  );
+      for (const c of assigned) state.convs.set(c.conversation_id, corrected(c));
+    }
+  }
   drawTabs();
   drawList();
 }
@@ -206,7 +250,7 @@ async function loadTabs() {
 function drawTabs() {
   for (const button of document.querySelectorAll("[data-tab]")) {
     const tab = button.dataset.tab;
-    const items = state.lists[tab] || [];
+    const items = state.me ? tabItems(tab) : [];
     const unread = items.reduce((n, c) => n + (c.unread_count || 0), 0);
     button.setAttribute("aria-selected", String(tab === state.tab));
     button.querySelector(".count").textContent = unread ? String(unread) : "";
@@ -216,7 +260,7 @@ function drawTabs() {
 
 function drawList() {
   const list = $("conversations");
-  const items = state.lists[state.tab] || [];
+  const items = state.me ? tabItems(state.tab) : [];
   list.replaceChildren(
     ...items.map((c) => {
       const w = windowLeft(c);
@@ -284,13 +328,20 @@ async function openConversation(id) {
     state.older = null;
   }
   try {
-    state.conversation = await api.get("/v1/conversations/" + encodeURIComponent(id));
+    state.conversation = corrected(await api.get("/v1/conversations/" + encodeURIComponent(id)));
   } catch (err) {
-    notice(err.message);
-    return;
+    // Known from the feed but not stored yet: show what is known; the refresh
+    // below reads it once it is.
+    const known = state.convs.get(id);
+    if (err.status !== 404 || !known) {
+      notice(err.message);
+      return;
+    }
+    state.conversation = known;
   }
   drawHeader();
-  await loadNewest();
+  await loadNewest().catch(() => {});
+  refreshSoon();
   if (!same) {
     $("messages").scrollTop = $("messages").scrollHeight;
     activity("viewing", true);
@@ -578,29 +629,95 @@ function drawViewers() {
 
 // ---------------------------------------------------------------- live feed
 
-let refreshTimer = null;
-function refreshSoon() {
-  clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(async () => {
-    await loadTabs();
-    if (state.conversation) {
-      try {
-        state.conversation = await api.get("/v1/conversations/" + encodeURIComponent(state.conversation.conversation_id));
-        drawHeader();
-        await loadNewest();
-      } catch {
-        /* next event or gap fill */
-      }
-    }
-  }, 100);
+// The feed says what changed; the stores the REST API reads may not have it yet (the
+// MQTT sink is often faster than the mongo sink). So an event becomes an expectation
+// ("conversation X is assigned to ann", "message M is there", "M is read"): an
+// assignment shows at once, and what the console reads is re-read, with backoff,
+// until it agrees with every expectation (or 60 s pass). Reads never undo an event.
+const expected = {
+  convs: new Map(), // conversation id -> { state, assignee, until }
+  messages: new Map(), // wamid -> { rank, until } (the open conversation's)
+};
+const RANK = { accepted: 1, sent: 2, delivered: 3, read: 4, failed: 5 };
+let refreshing = false;
+
+function handledBy(state, assignee) {
+  if (state !== "assigned" || !assignee) return "nobody";
+  return assignee === "business_app" ? "business_app" : "agent";
 }
 
-/** After (re)connecting: re-read what is shown; merging by id keeps it once. */
-function fillGap() {
+/** A conversation as read, corrected by what an event already said about it. */
+function corrected(c) {
+  const e = expected.convs.get(c.conversation_id);
+  if (!e) return c;
+  if (c.state === e.state && (c.assignee || null) === e.assignee) {
+    expected.convs.delete(c.conversation_id);
+    return c;
+  }
+  return { ...c, state: e.state, assignee: e.assignee, handled_by: handledBy(e.state, e.assignee) };
+}
+
+function unmet() {
+  const now = Date.now();
+  for (const [k, e] of expected.convs) if (e.until < now) expected.convs.delete(k);
+  for (const [k, e] of expected.messages) if (e.until < now) expected.messages.delete(k);
+  for (const [wamid, e] of expected.messages) {
+    const m = state.messages.get(wamid);
+    if (m && (RANK[m.status] || 0) >= e.rank) expected.messages.delete(wamid);
+  }
+  // A conversation that just came in may be read while still queued: the router
+  // decides in milliseconds, but the store may show "open" a moment longer.
+  const fresh = [...state.convs.values()].filter((c) => c.state === "open" && now - (c.last_message_at_ms || 0) < 10_000).length;
+  // The open conversation's newest message is not loaded yet (stored a moment later).
+  const c = state.conversation;
+  const newest = Math.max(0, ...[...state.messages.values()].map((m) => m.sent_at_ms || 0));
+  const behind = c && c.last_message_at_ms > newest && now - c.last_message_at_ms < 60_000 ? 1 : 0;
+  return expected.convs.size + expected.messages.size + fresh + behind;
+}
+
+async function refreshOnce() {
+  const tasks = [loadRecent(expected.convs.size > 0)];
+  if (state.conversation) {
+    tasks.push(
+      (async () => {
+        const c = await api.get("/v1/conversations/" + encodeURIComponent(state.conversation.conversation_id));
+        state.conversation = corrected(c);
+        drawHeader();
+        await loadNewest();
+      })().catch(() => {}),
+    );
+  }
+  await Promise.all(tasks);
+}
+
+/** Re-reads now, then while expectations are unmet, with backoff (at most 2 s). */
+async function refreshSoon() {
+  if (refreshing) {
+    refreshSoon.again = true;
+    return;
+  }
+  refreshing = true;
+  try {
+    let delay = 100;
+    do {
+      refreshSoon.again = false;
+      await new Promise((r) => setTimeout(r, delay));
+      await refreshOnce();
+      delay = Math.min(delay * 2, 2000);
+    } while (refreshSoon.again || unmet() > 0);
+  } finally {
+    refreshing = false;
+  }
+}
+
+/** After (re)connecting: re-read everything shown; merging by id keeps it once. */
+async function fillGap() {
+  await loadTabs();
   refreshSoon();
 }
 
 function onFeed({ topic, payload }) {
+  (window.feedLog = window.feedLog || []).push(topic);
   const parts = topic.split("/");
   const i = parts.indexOf("conversations");
   if (i >= 0 && parts[i + 2] === "activity") {
@@ -612,8 +729,33 @@ function onFeed({ topic, payload }) {
     }
     return;
   }
-  const p = parts.indexOf("presence");
-  if (p >= 0) return;
+  if (parts.includes("presence")) return;
+  const until = Date.now() + 60_000;
+  const p = payload && typeof payload === "object" ? payload : {};
+  if (p.conversation_id && p.state && !p.rejected && ["open", "assigned", "resolved"].includes(p.state)) {
+    // An assignment: shown at once, and held until the store agrees.
+    const e = { state: p.state, assignee: p.assignee || null, until };
+    expected.convs.set(p.conversation_id, e);
+    // Not read yet: what the event says is enough to list it (`{number}-{customer}`).
+    const known = state.convs.get(p.conversation_id) || {
+      conversation_id: p.conversation_id,
+      phone_number_id: p.phone_number_id,
+      contact_wa_id: p.conversation_id.split("-").pop(),
+      unread_count: 0,
+      last_message_at_ms: p.at_ms,
+      last_message_preview: "",
+    };
+    state.convs.set(p.conversation_id, corrected(known));
+    if (state.conversation && state.conversation.conversation_id === p.conversation_id) {
+      state.conversation = corrected(state.conversation);
+      drawHeader();
+    }
+    drawTabs();
+    drawList();
+  }
+  const open = state.conversation && i >= 0 && parts[i + 1] === state.conversation.conversation_id;
+  if (open && p.kind === "status" && p.wamid) expected.messages.set(p.wamid, { rank: RANK[p.status] || 0, until });
+  else if (open && p.kind === "message" && p.id) expected.messages.set(p.id, { rank: 0, until });
   refreshSoon();
 }
 
