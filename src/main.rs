@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coexist::Config;
-use coexist::roles::{self, SinkName};
+use coexist::roles;
 use coexist::topics::Outcome;
 use tokio_util::sync::CancellationToken;
 
@@ -32,14 +32,8 @@ struct Cli {
 enum Command {
     /// Every role in one process: ingest, sinks, api.
     All,
-    /// The webhook receiver.
-    Ingest,
-    /// A processor (router, status, notifier).
-    Process { name: roles::ProcessorName },
-    /// A sink.
-    Sink { name: SinkName },
-    /// The REST API.
-    Api,
+    #[command(flatten)]
+    Role(roles::Role),
     /// The topic contract (topics.yaml).
     Topics {
         #[command(subcommand)]
@@ -152,17 +146,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::All => observed(config, roles::all).await,
-        Command::Ingest => observed(config, |c, s| async move { roles::ingest(&c, s).await }).await,
-        Command::Sink { name } => {
-            observed(config, |c, s| async move { roles::sink(&c, name, s).await }).await
-        }
-        Command::Api => observed(config, |c, s| async move { roles::api(&c, s).await }).await,
-        Command::Process { name } => {
-            observed(
-                config,
-                |c, s| async move { roles::process(&c, name, s).await },
-            )
-            .await
+        Command::Role(role) => {
+            observed(config, |c, s| async move { roles::run(role, &c, s).await }).await
         }
         Command::Topics {
             command: TopicsCommand::Apply,
