@@ -468,3 +468,50 @@ fn ci_runs_exactly_the_readme_test_command() {
         ".ci/run: {commands:?}"
     );
 }
+
+#[test]
+fn emqx_asks_the_apis_hooks_on_its_internal_listener() {
+    let compose = compose();
+    let api = &compose["services"]["api"];
+    let env: std::collections::HashMap<String, String> = environment(api).into_iter().collect();
+    assert_eq!(env["COEXIST_API_MQTT_BROKER"], "emqx");
+    let hooks_port = env["COEXIST_API_HOOKS_LISTEN"]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let public_port = env["COEXIST_API_LISTEN"]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        hooks_port, public_port,
+        "the hooks share the public listener"
+    );
+    assert!(api["ports"].is_null(), "the api publishes ports");
+    let conf = read("deploy/emqx/emqx.conf");
+    for path in [api::emqx::AUTHN_PATH, api::emqx::AUTHZ_PATH] {
+        assert!(
+            conf.contains(&format!("url = \"http://api:{hooks_port}{path}\"")),
+            "emqx.conf does not call {path} on api:{hooks_port}"
+        );
+    }
+    // EMQX's body templates carry what the hooks read.
+    for placeholder in [
+        "${username}",
+        "${password}",
+        "${clientid}",
+        "${topic}",
+        "${action}",
+    ] {
+        assert!(conf.contains(placeholder), "{placeholder}");
+    }
+    assert!(conf.contains("no_match = deny"));
+    let emqx_ports = format!("{:?}", compose["services"]["emqx"]["ports"]);
+    assert!(emqx_ports.contains("8883:8883") && emqx_ports.contains("8084:8084"));
+    assert!(
+        !emqx_ports.contains("\"1883:1883\""),
+        "plain MQTT published"
+    );
+}

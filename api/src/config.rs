@@ -41,8 +41,24 @@ pub struct ApiConfig {
     pub mqtt_public_host: String,
     pub mqtt_public_port: u16,
     /// How often devices' broker clients are compared with live sessions, and those
-    /// of ended or expired sessions deleted (0: never).
+    /// of ended or expired sessions deleted (0: never). Mosquitto only.
     pub mqtt_reconcile_secs: u64,
+    /// The broker devices log in to: `mosquitto` (its dynamic-security plugin holds
+    /// each device's login) or `emqx` (it asks this API's hooks, `hooks_listen`).
+    pub mqtt_broker: MqttBroker,
+    /// The internal listener of EMQX's authentication and authorization hooks
+    /// (`/emqx/authn`, `/emqx/authz`): reachable by the broker only, never the
+    /// public address. Empty: not served.
+    pub hooks_listen: String,
+}
+
+/// Which broker devices log in to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttBroker {
+    #[default]
+    Mosquitto,
+    Emqx,
 }
 
 /// One JWT key.
@@ -121,6 +137,8 @@ impl Default for ApiConfig {
             mqtt_public_host: String::new(),
             mqtt_public_port: 0,
             mqtt_reconcile_secs: 60,
+            mqtt_broker: MqttBroker::Mosquitto,
+            hooks_listen: String::new(),
         }
     }
 }

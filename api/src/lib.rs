@@ -15,6 +15,7 @@ pub mod client_ip;
 pub mod config;
 pub mod cursor;
 pub mod directory;
+pub mod emqx;
 pub mod error;
 pub mod extract;
 pub mod mqtt_access;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use mongodb::IndexModel;
 use mongodb::bson::{Document, doc};
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, MqttBroker};
 pub use state::{AppState, Deps, Inner};
 
 /// Milliseconds since the epoch: the one clock.
@@ -52,9 +53,23 @@ pub async fn serve(
         tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
     }
     tokio::spawn(prune_limiters(state.clone(), shutdown.clone()));
-    if state.config.mqtt_reconcile_secs > 0 {
+    if state.config.mqtt_reconcile_secs > 0 && state.config.mqtt_broker == MqttBroker::Mosquitto {
         tokio::spawn(reconcile_mqtt(state.clone(), shutdown.clone()));
     }
+    let hooks = if state.config.hooks_listen.is_empty() {
+        None
+    } else {
+        let hooks_listen = state.config.hooks_listen.clone();
+        let listener = tokio::net::TcpListener::bind(&hooks_listen).await?;
+        tracing::info!(listen = %hooks_listen, "emqx hooks up");
+        let app = emqx::router(state.clone());
+        let shutdown = shutdown.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }))
+    };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(%listen, "api up");
     axum::serve(
@@ -63,6 +78,9 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
+    if let Some(hooks) = hooks {
+        hooks.await??;
+    }
     Ok(())
 }
 
