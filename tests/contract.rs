@@ -515,3 +515,61 @@ fn emqx_asks_the_apis_hooks_on_its_internal_listener() {
         "plain MQTT published"
     );
 }
+
+#[test]
+fn grafana_reads_as_the_read_only_user_without_pasting_text_into_sql() {
+    let dashboard = read("dashboards/grafana/coexist.json");
+    // No variable pasted into a SQL string literal as typed: the only `'${` is the
+    // percent-encoded one inside decodeURLComponent.
+    for (at, _) in dashboard.match_indices("'${") {
+        assert!(
+            dashboard[..at].ends_with("decodeURLComponent("),
+            "a dashboard variable is pasted into a SQL string literal: {}",
+            &dashboard[at.saturating_sub(40)..at + 20]
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let sql = target["rawSql"].as_str().unwrap();
+            // Every variable is percent-encoded into decodeURLComponent('...').
+            for (at, _) in sql.match_indices("${") {
+                assert!(
+                    sql[..at].ends_with("decodeURLComponent('")
+                        && sql[at..].split('}').next().unwrap().ends_with(":percentencode"),
+                    "{}: a variable outside decodeURLComponent('${{x:percentencode}}')",
+                    panel["title"]
+                );
+            }
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        assert_ne!(variable["type"], "textbox", "{}", variable["name"]);
+        assert!(variable["regex"].as_str().is_some_and(|r| r.starts_with("/^")));
+    }
+    // Grafana and the API query as the read-only user, whose profile cannot write.
+    let reader = read("deploy/clickhouse/users.d/coexist-reader.xml");
+    assert!(reader.contains("<coexist_reader>") && reader.contains("<readonly>2</readonly>"));
+    let datasource = read("deploy/grafana/provisioning/datasources/clickhouse.yaml");
+    assert!(datasource.contains("username: coexist_reader"));
+    let compose = compose();
+    let api: std::collections::HashMap<String, String> =
+        environment(&compose["services"]["api"]).into_iter().collect();
+    assert_eq!(api["COEXIST_SINKS_CLICKHOUSE_USER"], "coexist_reader");
+    for console in ["grafana", "emqx", "minio"] {
+        for port in compose["services"][console]["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            let port = as_str(port);
+            let console_port = ["3000", "18083", "9001"]
+                .iter()
+                .any(|p| port.ends_with(&format!(":{p}")));
+            assert!(
+                !console_port || port.starts_with("127.0.0.1:"),
+                "{console} publishes {port} beyond loopback"
+            );
+        }
+    }
+}
