@@ -124,7 +124,12 @@ enum AdminCommand {
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create missing topics and report drift; exits non-zero on drift.
-    Apply,
+    Apply {
+        /// Which of topics.yaml's environments places them (replication factor,
+        /// min.insync.replicas); default [topics] env.
+        #[arg(long)]
+        env: Option<String>,
+    },
     /// Write the JSON Schemas of every topic's value into DIR.
     Schemas {
         #[arg(long, default_value = "schemas")]
@@ -150,8 +155,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             observed(config, |c, s| async move { roles::run(role, &c, s).await }).await
         }
         Command::Topics {
-            command: TopicsCommand::Apply,
+            command: TopicsCommand::Apply { env },
         } => {
+            let mut config = config;
+            if let Some(env) = env {
+                config.topics.env = env;
+            }
             let outcomes = roles::apply_topics(&config).await?;
             let mut drifted = 0;
             for (topic, outcome) in outcomes {

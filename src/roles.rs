@@ -321,8 +321,7 @@ pub async fn apply_topics(
     config: &Config,
 ) -> anyhow::Result<Vec<(String, crate::topics::Outcome)>> {
     let contract = crate::topics::contract()?;
-    let outcomes =
-        crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
+    let outcomes = crate::topics::apply(&config.kafka, &contract, &config.topics).await?;
     for (topic, outcome) in &outcomes {
         tracing::info!(%topic, ?outcome, "topic");
     }

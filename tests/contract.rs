@@ -536,7 +536,11 @@ fn grafana_reads_as_the_read_only_user_without_pasting_text_into_sql() {
             for (at, _) in sql.match_indices("${") {
                 assert!(
                     sql[..at].ends_with("decodeURLComponent('")
-                        && sql[at..].split('}').next().unwrap().ends_with(":percentencode"),
+                        && sql[at..]
+                            .split('}')
+                            .next()
+                            .unwrap()
+                            .ends_with(":percentencode"),
                     "{}: a variable outside decodeURLComponent('${{x:percentencode}}')",
                     panel["title"]
                 );
@@ -545,7 +549,11 @@ fn grafana_reads_as_the_read_only_user_without_pasting_text_into_sql() {
     }
     for variable in dashboard["templating"]["list"].as_array().unwrap() {
         assert_ne!(variable["type"], "textbox", "{}", variable["name"]);
-        assert!(variable["regex"].as_str().is_some_and(|r| r.starts_with("/^")));
+        assert!(
+            variable["regex"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("/^"))
+        );
     }
     // Grafana and the API query as the read-only user, whose profile cannot write.
     let reader = read("deploy/clickhouse/users.d/coexist-reader.xml");
@@ -553,8 +561,9 @@ fn grafana_reads_as_the_read_only_user_without_pasting_text_into_sql() {
     let datasource = read("deploy/grafana/provisioning/datasources/clickhouse.yaml");
     assert!(datasource.contains("username: coexist_reader"));
     let compose = compose();
-    let api: std::collections::HashMap<String, String> =
-        environment(&compose["services"]["api"]).into_iter().collect();
+    let api: std::collections::HashMap<String, String> = environment(&compose["services"]["api"])
+        .into_iter()
+        .collect();
     assert_eq!(api["COEXIST_SINKS_CLICKHOUSE_USER"], "coexist_reader");
     for console in ["grafana", "emqx", "minio"] {
         for port in compose["services"][console]["ports"]
@@ -572,4 +581,61 @@ fn grafana_reads_as_the_read_only_user_without_pasting_text_into_sql() {
             );
         }
     }
+}
+
+#[test]
+fn topics_fit_a_cluster_and_tables_survive_their_readers() {
+    let contract = coexist::topics::contract().unwrap();
+    let place = |env: &str| {
+        contract
+            .placement(&coexist::config::TopicsConfig {
+                env: env.into(),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let production = place("production");
+    assert!(production.replication_factor >= 3, "{production:?}");
+    assert!(
+        production.min_insync_replicas >= 2
+            && production.min_insync_replicas < production.replication_factor,
+        "{production:?}"
+    );
+    let development = place("development");
+    assert_eq!(
+        (
+            development.replication_factor,
+            development.min_insync_replicas
+        ),
+        (1, 1)
+    );
+    // A config override of the replication factor wins.
+    let overridden = contract
+        .placement(&coexist::config::TopicsConfig {
+            env: "production".into(),
+            replication_factor: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(overridden.replication_factor, 5);
+    // Topics read whole as tables lose nothing a rebuild needs: compacted on a key per
+    // entity, or never deleted.
+    for name in [
+        events::topics::AGENTS_PRESENCE,
+        events::topics::DIRECTORY_CHANGES,
+    ] {
+        let spec = contract.topics.iter().find(|t| t.name == name).unwrap();
+        assert!(
+            spec.retention_hours < 0,
+            "{name} is read whole but deleted after {} h",
+            spec.retention_hours
+        );
+    }
+    let presence = contract
+        .topics
+        .iter()
+        .find(|t| t.name == events::topics::AGENTS_PRESENCE)
+        .unwrap();
+    assert_eq!(presence.cleanup_policy, "compact");
+    assert_eq!(presence.key, "org/agent_id/device_id");
 }

@@ -17,6 +17,17 @@ pub struct PresenceEvent {
     pub at_ms: i64,
 }
 
+impl PresenceEvent {
+    /// The record key on `agents.presence`: one per device. The topic is compacted and
+    /// read whole as a table (router, notifier), and both fold it per device, the
+    /// newest state winning (activity counts as online), so the newest record per
+    /// device is all a rebuild needs, however long an agent stays online. One key
+    /// for presence and activity keeps a device's records in one partition, in order.
+    pub fn table_key(&self) -> String {
+        format!("{}/{}/{}", self.org, self.agent_id, self.device_id)
+    }
+}
+
 /// The most devices per agent that the router and the notifier track. Device ids
 /// come from the devices themselves, so without a bound one agent's app could grow
 /// every processor's memory without end; beyond it, the device heard from longest
