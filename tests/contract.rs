@@ -639,3 +639,58 @@ fn topics_fit_a_cluster_and_tables_survive_their_readers() {
     assert_eq!(presence.cleanup_policy, "compact");
     assert_eq!(presence.key, "org/agent_id/device_id");
 }
+
+/// The schemas consumers have now: `main`'s (or `SCHEMA_BASE`'s) as committed, or the
+/// working tree's when git cannot say.
+fn published_schema(file: &str) -> Option<serde_json::Value> {
+    let base = std::env::var("SCHEMA_BASE").unwrap_or_else(|_| "main".into());
+    let from_git = std::process::Command::new("git")
+        .args(["show", &format!("{base}:{file}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| o.stdout);
+    let text = match from_git {
+        Some(bytes) => String::from_utf8(bytes).ok()?,
+        None => std::fs::read_to_string(repo(file)).ok()?,
+    };
+    serde_json::from_str(&text).ok()
+}
+
+#[test]
+fn schema_changes_keep_consumers_reading_under_composes_compatibility_level() {
+    let compose = compose();
+    let level_name = as_str(
+        &compose["services"]["schema-registry"]["environment"]["SCHEMA_REGISTRY_SCHEMA_COMPATIBILITY_LEVEL"],
+    );
+    let level = events::compat::Level::parse(&level_name).expect("a registry level");
+    assert_eq!(level, events::compat::Level::Forward);
+    let mut problems = Vec::new();
+    for (topic, generated) in events::schema::topic_value_schemas() {
+        // Every schema states its open-content policy.
+        assert!(
+            generated.get("additionalProperties").is_some(),
+            "{topic}: no additionalProperties"
+        );
+        let file = format!("schemas/{}", events::schema::schema_file_name(topic));
+        for (label, published) in [
+            ("committed", published_schema(&file)),
+            (
+                "working tree",
+                std::fs::read_to_string(repo(&file))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok()),
+            ),
+        ] {
+            let Some(published) = published else { continue };
+            for p in events::compat::check(&published, &generated, level) {
+                problems.push(format!("{topic} ({label}): {p}"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "schema changes that break consumers under {level_name}: {problems:#?}"
+    );
+}

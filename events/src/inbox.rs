@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// An agent device's presence or activity (`agents.presence`, keyed by org).
+/// An agent device's presence or activity (`agents.presence`, keyed per device: `PresenceEvent::table_key`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PresenceEvent {
     pub org: String,
