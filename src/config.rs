@@ -68,7 +68,10 @@ impl Default for LogConfig {
 pub struct TopicsConfig {
     /// Create missing topics when `coexist all` starts.
     pub apply_on_start: bool,
-    /// Replication factor of created topics (1 locally, 3 on a real cluster).
+    /// Which of topics.yaml's `environments` places the topics (replication factor,
+    /// `min.insync.replicas`): `development` (one broker) or `production`.
+    pub env: String,
+    /// Overrides the environment's replication factor when > 0.
     pub replication_factor: i32,
 }
 
@@ -76,7 +79,8 @@ impl Default for TopicsConfig {
     fn default() -> Self {
         Self {
             apply_on_start: true,
-            replication_factor: 1,
+            env: "development".into(),
+            replication_factor: 0,
         }
     }
 }

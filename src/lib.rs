@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chaos;
 pub mod child;
 pub mod config;
+pub mod deploy;
 pub mod fail_closed;
 pub mod roles;
 pub mod simulate;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coexist::Config;
-use coexist::roles::{self, SinkName};
+use coexist::roles;
 use coexist::topics::Outcome;
 use tokio_util::sync::CancellationToken;
 
@@ -32,14 +32,8 @@ struct Cli {
 enum Command {
     /// Every role in one process: ingest, sinks, api.
     All,
-    /// The webhook receiver.
-    Ingest,
-    /// A processor (router, status, notifier).
-    Process { name: roles::ProcessorName },
-    /// A sink.
-    Sink { name: SinkName },
-    /// The REST API.
-    Api,
+    #[command(flatten)]
+    Role(roles::Role),
     /// The topic contract (topics.yaml).
     Topics {
         #[command(subcommand)]
@@ -130,7 +124,12 @@ enum AdminCommand {
 #[derive(Subcommand)]
 enum TopicsCommand {
     /// Create missing topics and report drift; exits non-zero on drift.
-    Apply,
+    Apply {
+        /// Which of topics.yaml's environments places them (replication factor,
+        /// min.insync.replicas); default [topics] env.
+        #[arg(long)]
+        env: Option<String>,
+    },
     /// Write the JSON Schemas of every topic's value into DIR.
     Schemas {
         #[arg(long, default_value = "schemas")]
@@ -152,21 +151,16 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::All => observed(config, roles::all).await,
-        Command::Ingest => observed(config, |c, s| async move { roles::ingest(&c, s).await }).await,
-        Command::Sink { name } => {
-            observed(config, |c, s| async move { roles::sink(&c, name, s).await }).await
-        }
-        Command::Api => observed(config, |c, s| async move { roles::api(&c, s).await }).await,
-        Command::Process { name } => {
-            observed(
-                config,
-                |c, s| async move { roles::process(&c, name, s).await },
-            )
-            .await
+        Command::Role(role) => {
+            observed(config, |c, s| async move { roles::run(role, &c, s).await }).await
         }
         Command::Topics {
-            command: TopicsCommand::Apply,
+            command: TopicsCommand::Apply { env },
         } => {
+            let mut config = config;
+            if let Some(env) = env {
+                config.topics.env = env;
+            }
             let outcomes = roles::apply_topics(&config).await?;
             let mut drifted = 0;
             for (topic, outcome) in outcomes {

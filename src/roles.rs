@@ -17,6 +17,83 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+/// The long-running roles, as `coexist` subcommands (flattened into the CLI): one
+/// process each when scaled out, all of them in `coexist all`. docker-compose has a
+/// service per value of this type (tests/contract.rs derives the list from here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Role {
+    /// The webhook receiver (and the MQTT presence bridge).
+    Ingest,
+    /// A processor (router, status, notifier).
+    Process { name: ProcessorName },
+    /// A sink.
+    Sink { name: SinkName },
+    /// The REST API.
+    Api,
+}
+
+impl Role {
+    /// `ingest`, `api`, `process-router`, `sink-mongo`: the role's name in logs,
+    /// consumer groups and docker-compose.
+    pub fn name(self) -> String {
+        match self {
+            Role::Ingest => ingest::webhook::ROLE.into(),
+            Role::Api => "api".into(),
+            Role::Process { name } => name.role(),
+            Role::Sink { name } => name.role(),
+        }
+    }
+
+    /// The config sections the role reads besides `[log]` and `[metrics]`, which
+    /// every process reads: what a deployment must point at its own servers and
+    /// secrets (`crate::deploy::required_keys`). Kept beside [`run`], which hands
+    /// exactly these to the role.
+    pub fn sections(self) -> &'static [&'static str] {
+        match self {
+            Role::Ingest => &["kafka", "mqtt", "sealing", "ingest"],
+            Role::Api => &[
+                "kafka",
+                "mqtt",
+                "s3",
+                "sealing",
+                "api",
+                "sinks.mongo",
+                "sinks.clickhouse",
+            ],
+            Role::Process { name } => match name {
+                ProcessorName::Router => &["kafka", "processors.router"],
+                ProcessorName::Status => &["kafka", "processors.status"],
+                ProcessorName::Notifier => &["kafka", "processors.notifier"],
+            },
+            Role::Sink { name } => match name {
+                SinkName::Mongo => &["kafka", "sinks.batch", "sinks.mongo"],
+                SinkName::Clickhouse => &["kafka", "sinks.batch", "sinks.clickhouse"],
+                SinkName::Mqtt => &["kafka", "sinks.batch", "mqtt", "sinks.mqtt"],
+                SinkName::Whatsapp => &[
+                    "kafka",
+                    "sinks.batch",
+                    "s3",
+                    "sealing",
+                    "graph",
+                    "sinks.whatsapp",
+                ],
+                SinkName::Media => &["kafka", "sinks.batch", "s3", "sealing", "graph"],
+                SinkName::Expo => &["kafka", "sinks.batch", "sinks.mongo", "sinks.expo"],
+            },
+        }
+    }
+}
+
+/// Runs one role.
+pub async fn run(role: Role, config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match role {
+        Role::Ingest => ingest(config, shutdown).await,
+        Role::Api => api(config, shutdown).await,
+        Role::Process { name } => process(config, name, shutdown).await,
+        Role::Sink { name } => sink(config, name, shutdown).await,
+    }
+}
+
 /// The sinks, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SinkName {
@@ -244,8 +321,7 @@ pub async fn apply_topics(
     config: &Config,
 ) -> anyhow::Result<Vec<(String, crate::topics::Outcome)>> {
     let contract = crate::topics::contract()?;
-    let outcomes =
-        crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
+    let outcomes = crate::topics::apply(&config.kafka, &contract, &config.topics).await?;
     for (topic, outcome) in &outcomes {
         tracing::info!(%topic, ?outcome, "topic");
     }

@@ -16,7 +16,37 @@ pub const CONTRACT: &str = include_str!("../topics.yaml");
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
+    /// How topics are placed on each kind of cluster (`coexist topics apply --env`).
+    pub environments: std::collections::BTreeMap<String, Placement>,
     pub topics: Vec<TopicSpec>,
+}
+
+/// Replication of every topic on one kind of cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub replication_factor: i32,
+    /// Replicas that must have a write before `acks=all` is answered: with 3 and 2,
+    /// one broker can be down without losing an acknowledged record or refusing writes.
+    pub min_insync_replicas: i32,
+}
+
+impl Contract {
+    /// The placement of `[topics] env`, with `replication_factor` overridden when the
+    /// config sets one (> 0).
+    pub fn placement(&self, topics: &crate::config::TopicsConfig) -> anyhow::Result<Placement> {
+        let mut placement = *self.environments.get(&topics.env).with_context(|| {
+            format!(
+                "topics.yaml has no environment {:?} (it has {:?})",
+                topics.env,
+                self.environments.keys().collect::<Vec<_>>()
+            )
+        })?;
+        if topics.replication_factor > 0 {
+            placement.replication_factor = topics.replication_factor;
+        }
+        Ok(placement)
+    }
 }
 
 /// One topic of the contract.
@@ -39,7 +69,7 @@ pub struct TopicSpec {
 }
 
 impl TopicSpec {
-    fn configs(&self) -> Vec<(&'static str, String)> {
+    fn configs(&self, placement: &Placement) -> Vec<(&'static str, String)> {
         let retention_ms = if self.retention_hours < 0 {
             -1
         } else {
@@ -48,6 +78,10 @@ impl TopicSpec {
         vec![
             ("cleanup.policy", self.cleanup_policy.clone()),
             ("retention.ms", retention_ms.to_string()),
+            (
+                "min.insync.replicas",
+                placement.min_insync_replicas.to_string(),
+            ),
         ]
     }
 }
@@ -64,12 +98,15 @@ pub enum Outcome {
     Drift(Vec<String>),
 }
 
-/// Creates missing topics of `contract` and reports drift of existing ones. Idempotent.
+/// Creates missing topics of `contract` and reports drift of existing ones, placed
+/// as `topics` (`[topics] env`) says. Idempotent.
 pub async fn apply(
     kafka: &KafkaConfig,
     contract: &Contract,
-    replication_factor: i32,
+    topics: &crate::config::TopicsConfig,
 ) -> anyhow::Result<Vec<(String, Outcome)>> {
+    let placement = contract.placement(topics)?;
+    let replication_factor = placement.replication_factor;
     let admin = kafka.admin()?;
     let metadata = admin
         .inner()
@@ -92,7 +129,7 @@ pub async fn apply(
         .iter()
         .filter(|t| !existing.contains_key(&t.name))
         .collect();
-    let configs: Vec<Vec<(&str, String)>> = missing.iter().map(|t| t.configs()).collect();
+    let configs: Vec<Vec<(&str, String)>> = missing.iter().map(|t| t.configs(&placement)).collect();
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .zip(&configs)
@@ -133,7 +170,7 @@ pub async fn apply(
                 spec.partitions
             ));
         }
-        drift.extend(config_drift(&admin, spec, &options).await);
+        drift.extend(config_drift(&admin, spec, &placement, &options).await);
         let outcome = if drift.is_empty() {
             Outcome::Matches
         } else {
@@ -148,6 +185,7 @@ pub async fn apply(
 async fn config_drift(
     admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     spec: &TopicSpec,
+    placement: &Placement,
     options: &AdminOptions,
 ) -> Vec<String> {
     let described = match admin
@@ -161,7 +199,7 @@ async fn config_drift(
         },
         Err(err) => return vec![format!("configs not checked: {err}")],
     };
-    spec.configs()
+    spec.configs(placement)
         .into_iter()
         .filter_map(|(key, want)| {
             let have = described.get(key).and_then(|e| e.value.clone());

@@ -71,9 +71,13 @@ impl Scenario {
         config.sinks.batch.max_wait_ms = 5;
         let sim = start_simulator(&config).await;
         fast_expo(&mut config, &sim);
-        coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
-            .await
-            .unwrap();
+        coexist::topics::apply(
+            &config.kafka,
+            &coexist::topics::contract().unwrap(),
+            &config.topics,
+        )
+        .await
+        .unwrap();
         let db = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose())
             .await
             .unwrap()

@@ -49,7 +49,7 @@ impl Ingest {
         config_edit(&mut config);
         let contract = coexist::topics::contract().unwrap();
         if !config.kafka.brokers.ends_with(":1") {
-            coexist::topics::apply(&config.kafka, &contract, 1)
+            coexist::topics::apply(&config.kafka, &contract, &config.topics)
                 .await
                 .unwrap();
         }
@@ -444,7 +444,7 @@ async fn agents_presence_and_activity_reach_kafka_and_garbage_is_dead_lettered()
             format!("{prefix}/{org}/presence/{agent}"),
             QoS::AtLeastOnce,
             true,
-            "online",
+            r#"{"state":"online","device_id":"web"}"#,
         )
         .await
         .unwrap();
@@ -468,9 +468,9 @@ async fn agents_presence_and_activity_reach_kafka_and_garbage_is_dead_lettered()
         .await
         .unwrap();
 
-    // agents.presence is keyed by org.
+    // agents.presence is keyed per device (compacted: each device's newest state).
     let reader = Ingest {
-        phone_number_id: org.clone(),
+        phone_number_id: format!("{org}/{agent}/web"),
         ..ingest
     };
     let presence = reader

@@ -66,9 +66,13 @@ async fn an_inbound_image_is_copied_to_s3_byte_for_byte() {
         messages_per_second: 0,
     }];
     config.sinks.batch.max_wait_ms = 5;
-    coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
-        .await
-        .unwrap();
+    coexist::topics::apply(
+        &config.kafka,
+        &coexist::topics::contract().unwrap(),
+        &config.topics,
+    )
+    .await
+    .unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let (config, stop) = (config.clone(), shutdown.clone());

@@ -203,7 +203,7 @@ async fn a_sink_reports_exact_counts_dead_letters_and_lag_back_to_zero() {
     const FED: usize = 25;
     let (config, id) = config("metrics");
     let contract = coexist::topics::contract().unwrap();
-    coexist::topics::apply(&config.kafka, &contract, 1)
+    coexist::topics::apply(&config.kafka, &contract, &config.topics)
         .await
         .unwrap();
     let partitions = contract

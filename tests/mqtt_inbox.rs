@@ -42,9 +42,13 @@ impl Scenario {
             config.mqtt.password = runtime::Secret::new("coexist-dev");
         }
         config.sinks.batch.max_wait_ms = 5;
-        coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
-            .await
-            .unwrap();
+        coexist::topics::apply(
+            &config.kafka,
+            &coexist::topics::contract().unwrap(),
+            &config.topics,
+        )
+        .await
+        .unwrap();
         let publisher = config.kafka.publisher("inbox-test").await.unwrap();
         Self {
             org: format!("{name}-{id}"),

@@ -30,6 +30,7 @@ fn fresh_topic(prefix: &str, partitions: i32) -> (String, Contract) {
         .as_nanos();
     let name = format!("{prefix}.{nanos}");
     let contract = Contract {
+        environments: coexist::topics::contract().unwrap().environments,
         topics: vec![spec(&name, partitions)],
     };
     (name, contract)
@@ -40,15 +41,22 @@ async fn apply_creates_then_matches_then_reports_drift() {
     let config = Config::load(None).unwrap();
     let (name, contract) = fresh_topic("test.contract", 2);
 
-    let first = apply(&config.kafka, &contract, 1).await.unwrap();
+    let first = apply(&config.kafka, &contract, &config.topics)
+        .await
+        .unwrap();
     assert_eq!(first, vec![(name.clone(), Outcome::Created)]);
-    let second = apply(&config.kafka, &contract, 1).await.unwrap();
+    let second = apply(&config.kafka, &contract, &config.topics)
+        .await
+        .unwrap();
     assert_eq!(second, vec![(name.clone(), Outcome::Matches)]);
 
     let drifted = Contract {
+        environments: contract.environments.clone(),
         topics: vec![spec(&name, 3)],
     };
-    let third = apply(&config.kafka, &drifted, 1).await.unwrap();
+    let third = apply(&config.kafka, &drifted, &config.topics)
+        .await
+        .unwrap();
     match &third[..] {
         [(topic, Outcome::Drift(diffs))] => {
             assert_eq!(topic, &name);
@@ -65,7 +73,9 @@ async fn apply_creates_then_matches_then_reports_drift() {
 async fn the_broker_refuses_values_that_break_the_schema() {
     let config = Config::load(None).unwrap();
     let contract = coexist::topics::contract().unwrap();
-    apply(&config.kafka, &contract, 1).await.unwrap();
+    apply(&config.kafka, &contract, &config.topics)
+        .await
+        .unwrap();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)
         .set("message.timeout.ms", "5000")
@@ -104,7 +114,9 @@ async fn the_broker_refuses_values_that_break_the_schema() {
 async fn a_new_group_starts_at_its_time_and_a_known_group_at_its_commit() {
     let mut config = Config::load(None).unwrap();
     let (topic, contract) = fresh_topic("test.start", 3);
-    apply(&config.kafka, &contract, 1).await.unwrap();
+    apply(&config.kafka, &contract, &config.topics)
+        .await
+        .unwrap();
     let writer = Writer::new(&config, &topic);
     let send = |partition: i32, value: String| {
         let writer = writer.clone();
@@ -188,7 +200,9 @@ async fn a_new_group_at_latest_reads_what_comes_after_it_joined_on_every_partiti
     use rdkafka::consumer::Consumer;
     let mut config = Config::load(None).unwrap();
     let (topic, contract) = fresh_topic("test.latest", 2);
-    apply(&config.kafka, &contract, 1).await.unwrap();
+    apply(&config.kafka, &contract, &config.topics)
+        .await
+        .unwrap();
     let writer = Writer::new(&config, &topic);
     let send = |partition: i32, value: &'static str| {
         let writer = writer.clone();

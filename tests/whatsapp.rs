@@ -65,9 +65,13 @@ impl Scenario {
         }];
         config.sinks.batch.max_wait_ms = 5;
         config.sinks.whatsapp.retry_initial_ms = 50;
-        coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
-            .await
-            .unwrap();
+        coexist::topics::apply(
+            &config.kafka,
+            &coexist::topics::contract().unwrap(),
+            &config.topics,
+        )
+        .await
+        .unwrap();
         let publisher = config.kafka.publisher("whatsapp-test").await.unwrap();
         Self {
             config,

@@ -41,7 +41,7 @@ pub struct ApiConfig {
     pub mqtt_public_host: String,
     pub mqtt_public_port: u16,
     /// How often devices' broker clients are compared with live sessions, and those
-    /// of ended or expired sessions deleted (0: never).
+    /// of ended or expired sessions deleted (0: never). Mosquitto only.
     pub mqtt_reconcile_secs: u64,
     /// Frames the live feed (`GET /v1/feed`) buffers per connection before it ends a
     /// connection that falls behind (the client reconnects and reads the gap).
@@ -51,6 +51,22 @@ pub struct ApiConfig {
     /// Least time between two activities (typing, viewing) of one agent in one
     /// conversation over REST; extra ones are answered but not published.
     pub activity_min_interval_ms: u64,
+    /// The broker devices log in to: `mosquitto` (its dynamic-security plugin holds
+    /// each device's login) or `emqx` (it asks this API's hooks, `hooks_listen`).
+    pub mqtt_broker: MqttBroker,
+    /// The internal listener of EMQX's authentication and authorization hooks
+    /// (`/emqx/authn`, `/emqx/authz`): reachable by the broker only, never the
+    /// public address. Empty: not served.
+    pub hooks_listen: String,
+}
+
+/// Which broker devices log in to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MqttBroker {
+    #[default]
+    Mosquitto,
+    Emqx,
 }
 
 /// One JWT key.
@@ -132,6 +148,8 @@ impl Default for ApiConfig {
             feed_buffer: 1024,
             feed_ping_secs: 15,
             activity_min_interval_ms: 2000,
+            mqtt_broker: MqttBroker::Mosquitto,
+            hooks_listen: String::new(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod console;
 pub mod cursor;
 pub mod directory;
+pub mod emqx;
 pub mod error;
 pub mod extract;
 pub mod feed;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use mongodb::IndexModel;
 use mongodb::bson::{Document, doc};
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, MqttBroker};
 pub use state::{AppState, Deps, Inner};
 
 /// Milliseconds since the epoch: the one clock.
@@ -59,9 +60,23 @@ pub async fn serve(
         state.feed.clone(),
         shutdown.clone(),
     ));
-    if state.config.mqtt_reconcile_secs > 0 {
+    if state.config.mqtt_reconcile_secs > 0 && state.config.mqtt_broker == MqttBroker::Mosquitto {
         tokio::spawn(reconcile_mqtt(state.clone(), shutdown.clone()));
     }
+    let hooks = if state.config.hooks_listen.is_empty() {
+        None
+    } else {
+        let hooks_listen = state.config.hooks_listen.clone();
+        let listener = tokio::net::TcpListener::bind(&hooks_listen).await?;
+        tracing::info!(listen = %hooks_listen, "emqx hooks up");
+        let app = emqx::router(state.clone());
+        let shutdown = shutdown.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }))
+    };
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     tracing::info!(%listen, "api up");
     axum::serve(
@@ -70,6 +85,9 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await?;
+    if let Some(hooks) = hooks {
+        hooks.await??;
+    }
     Ok(())
 }
 

@@ -2,9 +2,14 @@
 """Writes dashboards/grafana/coexist.json from the panel SQL in dashboards/*.sql.
 
 The SQL is the one source: Grafana's ClickHouse plugin gets each panel's query with
-{org:String} as the dashboard variable ${org}, {phone_number_id:String} as
+{org:String} and {phone_number_id:String} bound to the dashboard variables ${org} and
 ${phone_number_id}, and {from:DateTime}/{to:DateTime} as the plugin's $__fromTime /
-$__toTime. Run it after changing a panel: python3 dashboards/grafana/generate.py
+$__toTime. The plugin cannot send query parameters, so a variable reaches the SQL only
+percent-encoded (Grafana's `percentencode` format leaves [A-Za-z0-9-_.~] and %XX, no quote
+or backslash) inside decodeURLComponent('...'): whatever a URL sets it to, it stays one
+string literal. The variables list the orgs and numbers ClickHouse has, filtered by a
+regex of valid ids. Grafana queries as the read-only user (deploy/clickhouse).
+Run it after changing a panel: python3 dashboards/grafana/generate.py
 """
 import json
 import pathlib
@@ -28,12 +33,18 @@ PANELS = [
 ]
 
 
+# Valid ids (events::ids): what the variables may list.
+ID_REGEX = "/^[A-Za-z0-9_.@=-]{1,128}$/"
+
+
 def grafana_sql(sql: str) -> str:
     sql = "\n".join(l for l in sql.splitlines() if not l.startswith("--"))
-    sql = sql.replace("{org:String}", "'${org}'")
-    sql = sql.replace("{phone_number_id:String}", "'${phone_number_id}'")
+    sql = sql.replace("{org:String}", "decodeURLComponent('${org:percentencode}')")
+    sql = sql.replace(
+        "{phone_number_id:String}", "decodeURLComponent('${phone_number_id:percentencode}')"
+    )
     sql = sql.replace("{from:DateTime}", "$__fromTime").replace("{to:DateTime}", "$__toTime")
-    assert not re.search(r"\{\w+:\w+\}", sql), sql
+    assert not re.search(r"(?<!\$)\{\w+:\w+\}", sql), sql
     return sql.strip()
 
 
@@ -75,10 +86,16 @@ def main():
         "refresh": "1m",
         "time": {"from": "now-7d", "to": "now"},
         "templating": {"list": [
-            {"name": "org", "label": "Org", "type": "textbox", "query": "demo",
-             "current": {"text": "demo", "value": "demo"}},
-            {"name": "phone_number_id", "label": "Number (empty: all)", "type": "textbox", "query": "",
-             "current": {"text": "", "value": ""}},
+            {"name": "org", "label": "Org", "type": "query", "refresh": 1,
+             "datasource": {"type": "grafana-clickhouse-datasource", "uid": "coexist-clickhouse"},
+             "query": "SELECT DISTINCT org FROM message_events ORDER BY org",
+             "regex": ID_REGEX, "current": {"text": "demo", "value": "demo"}},
+            {"name": "phone_number_id", "label": "Number (empty: all)", "type": "query", "refresh": 1,
+             "datasource": {"type": "grafana-clickhouse-datasource", "uid": "coexist-clickhouse"},
+             "query": "SELECT DISTINCT phone_number_id FROM message_events"
+                      " WHERE org = decodeURLComponent('${org:percentencode}') ORDER BY phone_number_id",
+             "regex": ID_REGEX, "includeAll": True, "allValue": "",
+             "current": {"text": "All", "value": ""}},
         ]},
         "panels": panels,
     }

@@ -24,7 +24,7 @@ esac
 
 mkdir -p "$dir"
 umask 077
-printf 'user_id,password,is_superuser\n%s,%s,false\n' \
+printf 'user_id,password,is_superuser\n%s,%s,true\n' \
   "$MQTT_SINK_USERNAME" "$MQTT_SINK_PASSWORD" > "$file"
 unset MQTT_SINK_PASSWORD
 

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// An agent device's presence or activity (`agents.presence`, keyed by org).
+/// An agent device's presence or activity (`agents.presence`, keyed per device: `PresenceEvent::table_key`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PresenceEvent {
     pub org: String,
@@ -15,6 +15,17 @@ pub struct PresenceEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
     pub at_ms: i64,
+}
+
+impl PresenceEvent {
+    /// The record key on `agents.presence`: one per device. The topic is compacted and
+    /// read whole as a table (router, notifier), and both fold it per device, the
+    /// newest state winning (activity counts as online), so the newest record per
+    /// device is all a rebuild needs, however long an agent stays online. One key
+    /// for presence and activity keeps a device's records in one partition, in order.
+    pub fn table_key(&self) -> String {
+        format!("{}/{}/{}", self.org, self.agent_id, self.device_id)
+    }
 }
 
 /// The most devices per agent that the router and the notifier track. Device ids

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod clock;
 pub mod codec;
+pub mod compat;
 pub mod delivery;
 pub mod directory;
 pub mod event;

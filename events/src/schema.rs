@@ -76,8 +76,30 @@ pub fn topic_value_schemas() -> Vec<(&'static str, Value)> {
     ];
     schemas
         .into_iter()
-        .map(|(topic, schema)| (topic, schema.to_value()))
+        .map(|(topic, schema)| {
+            let mut schema = schema.to_value();
+            state_open_content(&mut schema);
+            (topic, schema)
+        })
         .collect()
+}
+
+/// States the open-content policy on every object schema that does not close
+/// itself: `additionalProperties: true`. Consumers must ignore properties they do
+/// not know, so a new optional property is a compatible change (`compat`, under the
+/// FORWARD level compose configures); a type that closes itself
+/// (`deny_unknown_fields`) keeps `false`.
+pub fn state_open_content(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(true));
+            }
+            map.values_mut().for_each(state_open_content);
+        }
+        Value::Array(items) => items.iter_mut().for_each(state_open_content),
+        _ => {}
+    }
 }
 
 /// The file a topic's schema is checked in as.

@@ -32,9 +32,75 @@ pub enum ConfigError {
 }
 
 /// A secret (token, password, key): read from config or env, never printed.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// What a secret's value is prefixed with while [`secrets_of`] serializes a config.
+const SECRET_MARK: &str = "\u{1}secret:";
+
+thread_local! {
+    static MARK_SECRETS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if MARK_SECRETS.with(std::cell::Cell::get) {
+            serializer.serialize_str(&format!("{SECRET_MARK}{}", self.0))
+        } else {
+            serializer.serialize_str(&self.0)
+        }
+    }
+}
+
+/// Every key of `config` that holds secrets (a [`Secret`], or a list of them or of
+/// tables with one), as its env name, with the secret values under it. Found from
+/// the types: how each key was declared, not what it is called.
+pub fn secrets_of<T: Serialize>(config: &T) -> std::collections::BTreeMap<String, Vec<String>> {
+    MARK_SECRETS.with(|m| m.set(true));
+    let table = Table::try_from(config);
+    MARK_SECRETS.with(|m| m.set(false));
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(table) = table {
+        collect_secrets(&table, &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+fn collect_secrets(
+    table: &Table,
+    path: &mut Vec<String>,
+    out: &mut std::collections::BTreeMap<String, Vec<String>>,
+) {
+    for (key, value) in table {
+        path.push(key.clone());
+        match value {
+            Value::Table(inner) => collect_secrets(inner, path, out),
+            other => {
+                let mut found = Vec::new();
+                marked(other, &mut found);
+                if !found.is_empty() {
+                    out.insert(env_name(path), found);
+                }
+            }
+        }
+        path.pop();
+    }
+}
+
+/// The secret values anywhere inside a leaf (lists of secrets, lists of tables).
+fn marked(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::String(s) => {
+            if let Some(secret) = s.strip_prefix(SECRET_MARK) {
+                found.push(secret.to_string());
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| marked(v, found)),
+        Value::Table(t) => t.values().for_each(|v| marked(v, found)),
+        _ => {}
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
@@ -99,7 +165,8 @@ fn defaults<T: Serialize + Default>() -> Result<Table, ConfigError> {
     Table::try_from(T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
-fn env_name(path: &[String]) -> String {
+/// `COEXIST_SINKS_MONGO_URI` for `["sinks", "mongo", "uri"]`.
+pub fn env_name(path: &[String]) -> String {
     let mut name = String::from(ENV_PREFIX);
     for part in path {
         name.push('_');
@@ -262,6 +329,52 @@ mod tests {
         let keys = env_keys::<Root>();
         assert!(keys.contains(&"COEXIST_KAFKA_BROKERS".to_string()));
         assert!(keys.contains(&"COEXIST_SECRETS".to_string()));
+    }
+
+    #[test]
+    fn secrets_are_found_by_type_in_lists_and_tables() {
+        #[derive(Serialize)]
+        struct Key {
+            id: String,
+            key: Secret,
+        }
+        #[derive(Serialize)]
+        struct Conf {
+            name: String,
+            keys: Vec<Key>,
+            plain: Vec<Secret>,
+            kafka: Inner,
+        }
+        #[derive(Serialize)]
+        struct Inner {
+            password: Secret,
+            brokers: String,
+        }
+        let conf = Conf {
+            name: "n".into(),
+            keys: vec![Key {
+                id: "k1".into(),
+                key: Secret::new("s1"),
+            }],
+            plain: vec![Secret::new("a"), Secret::new("b")],
+            kafka: Inner {
+                password: Secret::new(""),
+                brokers: "b".into(),
+            },
+        };
+        let found = secrets_of(&conf);
+        let expected: std::collections::BTreeMap<String, Vec<String>> = [
+            ("COEXIST_KEYS", vec!["s1"]),
+            ("COEXIST_PLAIN", vec!["a", "b"]),
+            ("COEXIST_KAFKA_PASSWORD", vec![""]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        assert_eq!(found, expected);
+        // And plain serialization is untouched.
+        let table = Table::try_from(&conf).unwrap();
+        assert_eq!(table["kafka"]["password"].as_str(), Some(""));
     }
 
     #[test]

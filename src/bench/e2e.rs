@@ -201,12 +201,8 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
         }
         None => {
             let config = pipeline_config(&config, &run)?;
-            crate::topics::apply(
-                &config.kafka,
-                &crate::topics::contract()?,
-                config.topics.replication_factor,
-            )
-            .await?;
+            crate::topics::apply(&config.kafka, &crate::topics::contract()?, &config.topics)
+                .await?;
             let log = out.with_extension("log");
             let mut target = Target::start(&config, args.mode, &roles, &log)?;
             println!("started {} (log: {})", target.describe(), log.display());
@@ -660,8 +656,11 @@ async fn baseline(
     };
     crate::topics::apply(
         &config.kafka,
-        &crate::topics::Contract { topics: vec![spec] },
-        config.topics.replication_factor,
+        &crate::topics::Contract {
+            environments: crate::topics::contract()?.environments,
+            topics: vec![spec],
+        },
+        &config.topics,
     )
     .await?;
 

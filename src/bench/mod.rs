@@ -80,7 +80,7 @@ pub async fn ingest(mut config: Config, args: IngestArgs) -> anyhow::Result<Repo
         .collect();
 
     let contract = crate::topics::contract()?;
-    crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
+    crate::topics::apply(&config.kafka, &contract, &config.topics).await?;
 
     // Baseline: the same bodies straight to the raw topic, idempotent, acks=all.
     let producer: FutureProducer = ClientConfig::new()

@@ -125,7 +125,10 @@ where
 {
     let run = format!("bench-{label}-{}", std::process::id());
     let topic = format!("bench.{label}.{}", std::process::id());
-    let mut contract = crate::topics::Contract { topics: vec![] };
+    let mut contract = crate::topics::Contract {
+        environments: crate::topics::contract()?.environments,
+        topics: vec![],
+    };
     for name in [topic.clone(), format!("{topic}.out")] {
         contract.topics.push(crate::topics::TopicSpec {
             name,
@@ -139,7 +142,7 @@ where
             readers: vec![],
         });
     }
-    crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
+    crate::topics::apply(&config.kafka, &contract, &config.topics).await?;
     let publisher = config.kafka.publisher("bench").await?;
     let count = inputs.len();
     let bar = ProgressBar::new(count as u64).with_message(format!("producing {label} inputs"));

@@ -516,7 +516,7 @@ pub async fn run(config: &crate::Config, args: ScenarioArgs) -> anyhow::Result<(
     });
     let records = generate(&args, end_ms);
     let contract = crate::topics::contract()?;
-    crate::topics::apply(&config.kafka, &contract, config.topics.replication_factor).await?;
+    crate::topics::apply(&config.kafka, &contract, &config.topics).await?;
     let publisher = config.kafka.publisher("simulate-scenario").await?;
     let bar = indicatif::ProgressBar::new(records.len() as u64);
     bar.set_style(

@@ -44,9 +44,13 @@ impl Scenario {
             })
             .collect();
         router.router.orgs = BTreeMap::from([(org.clone(), agents)]);
-        coexist::topics::apply(&config.kafka, &coexist::topics::contract().unwrap(), 1)
-            .await
-            .unwrap();
+        coexist::topics::apply(
+            &config.kafka,
+            &coexist::topics::contract().unwrap(),
+            &config.topics,
+        )
+        .await
+        .unwrap();
         let publisher = config.kafka.publisher("router-test").await.unwrap();
         Self {
             config,

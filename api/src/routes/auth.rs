@@ -583,7 +583,8 @@ pub async fn revoke(
             ))
         })
         .collect();
-    if !usernames.is_empty() {
+    // With EMQX the revoked session is the end of the login: its hook asks.
+    if !usernames.is_empty() && state.config.mqtt_broker == crate::config::MqttBroker::Mosquitto {
         let mqtt = state.mqtt.clone();
         tokio::spawn(async move {
             if let Err(err) = crate::mqtt_access::delete_clients(&mqtt, &usernames).await {

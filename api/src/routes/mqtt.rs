@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use crate::config::MqttBroker;
 use crate::error::{ApiError, ApiResult};
 use crate::mqtt_access;
 use crate::state::AppState;
@@ -40,17 +41,30 @@ pub async fn credentials(
     let username = format!("{}:{}:{}", caller.org, caller.user_id, caller.session_id);
     let password = crate::auth::sessions::random_id(24);
     let correlation = crate::auth::sessions::random_id(8);
-    let commands = mqtt_access::provision_commands(
-        prefix,
-        &caller.org,
-        &caller.user_id,
-        &username,
-        &password,
-        &correlation,
-    );
-    mqtt_access::run(&state.mqtt, &commands, &correlation)
-        .await
-        .map_err(ApiError::unavailable)?;
+    match state.config.mqtt_broker {
+        // EMQX asks the hooks (crate::emqx), which check this hash and the session.
+        MqttBroker::Emqx => {
+            let stored = crate::emqx::store_password(&state, &caller.session_id, &password)
+                .await
+                .map_err(ApiError::unavailable)?;
+            if !stored {
+                return Err(ApiError::unauthorized("session ended"));
+            }
+        }
+        MqttBroker::Mosquitto => {
+            let commands = mqtt_access::provision_commands(
+                prefix,
+                &caller.org,
+                &caller.user_id,
+                &username,
+                &password,
+                &correlation,
+            );
+            mqtt_access::run(&state.mqtt, &commands, &correlation)
+                .await
+                .map_err(ApiError::unavailable)?;
+        }
+    }
     let host = if state.config.mqtt_public_host.is_empty() {
         state.mqtt.host.clone()
     } else {

@@ -96,7 +96,7 @@ async fn forward(prefix: &str, publisher: &Publisher, publish: &Publish) -> Resu
     let error = match parse::parse(prefix, &publish.topic, &publish.payload, now_ms()) {
         Ok(Some(event)) => {
             match publisher
-                .send_json(topics::AGENTS_PRESENCE, &event.org, &event, vec![])
+                .send_json(topics::AGENTS_PRESENCE, &event.table_key(), &event, vec![])
                 .await
             {
                 Ok(()) => return Ok(()),
