@@ -51,6 +51,9 @@ pub struct ApiConfig {
     /// Least time between two activities (typing, viewing) of one agent in one
     /// conversation over REST; extra ones are answered but not published.
     pub activity_min_interval_ms: u64,
+    /// How long a business number's template list (`GET /v1/templates`) is served
+    /// from memory before the Graph API is asked again.
+    pub templates_cache_secs: u64,
 }
 
 /// One JWT key.
@@ -132,6 +135,7 @@ impl Default for ApiConfig {
             feed_buffer: 1024,
             feed_ping_secs: 15,
             activity_min_interval_ms: 2000,
+            templates_cache_secs: 300,
         }
     }
 }

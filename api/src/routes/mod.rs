@@ -11,6 +11,7 @@ pub mod feed;
 pub mod mqtt;
 pub mod presence;
 pub mod push;
+pub mod templates;
 
 use mongodb::bson::{Bson, Document};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(feed::feed))
         .routes(routes!(presence::set_presence))
         .routes(routes!(presence::conversation_activity))
+        .routes(routes!(templates::list_templates))
 }
 
 /// Liveness.
