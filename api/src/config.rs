@@ -54,6 +54,10 @@ pub struct ApiConfig {
     /// How long a business number's template list (`GET /v1/templates`) is served
     /// from memory before the Graph API is asked again.
     pub templates_cache_secs: u64,
+    /// The largest file `POST /v1/media` accepts (413 beyond).
+    pub upload_max_bytes: usize,
+    /// The MIME types `POST /v1/media` accepts (415 otherwise): what WhatsApp sends.
+    pub upload_types: Vec<String>,
 }
 
 /// One JWT key.
@@ -136,6 +140,29 @@ impl Default for ApiConfig {
             feed_ping_secs: 15,
             activity_min_interval_ms: 2000,
             templates_cache_secs: 300,
+            upload_max_bytes: 16 << 20,
+            upload_types: [
+                "image/jpeg",
+                "image/png",
+                "image/webp",
+                "video/mp4",
+                "video/3gpp",
+                "audio/aac",
+                "audio/amr",
+                "audio/mpeg",
+                "audio/mp4",
+                "audio/ogg",
+                "application/pdf",
+                "text/plain",
+                "application/msword",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.ms-excel",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.ms-powerpoint",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

@@ -38,11 +38,13 @@ pub enum SendRequest {
         components: Option<Vec<Value>>,
         reply_to: Option<String>,
     },
-    /// Image, video, audio, document or sticker, by uploaded media id or by link.
+    /// Image, video, audio, document or sticker: by Meta media id, by https link, or
+    /// by the `s3_key` `POST /v1/media` answered (exactly one of the three).
     Media {
         kind: MediaKind,
         id: Option<String>,
         link: Option<String>,
+        s3_key: Option<String>,
         caption: Option<String>,
         filename: Option<String>,
         reply_to: Option<String>,
@@ -102,20 +104,31 @@ pub fn outbound_payload(req: &SendRequest) -> Result<OutboundPayload, String> {
             kind,
             id,
             link,
+            s3_key,
             caption,
             filename,
             reply_to,
         } => {
-            let mut media = match (id, link) {
-                (Some(id), None) if !id.is_empty() && id.len() <= 128 => Media {
+            let mut media = match (id, link, s3_key) {
+                (Some(id), None, None) if !id.is_empty() && id.len() <= 128 => Media {
                     id: Some(id.clone()),
                     ..Media::default()
                 },
-                (None, Some(link)) if link.starts_with("https://") && link.len() <= 2048 => Media {
-                    link: Some(link.clone()),
+                (None, Some(link), None) if link.starts_with("https://") && link.len() <= 2048 => {
+                    Media {
+                        link: Some(link.clone()),
+                        ..Media::default()
+                    }
+                }
+                (None, None, Some(key)) if !key.is_empty() && key.len() <= 512 => Media {
+                    s3_key: Some(key.clone()),
                     ..Media::default()
                 },
-                _ => return Err("media needs exactly one of id or an https link".into()),
+                _ => {
+                    return Err(
+                        "media needs exactly one of id, an https link or an uploaded s3_key".into(),
+                    );
+                }
             };
             if let Some(caption) = caption {
                 if matches!(kind, MediaKind::Audio | MediaKind::Sticker) {
@@ -173,6 +186,12 @@ pub async fn send_message(
     let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
     let (number, to) = parties(&conversation)?;
     let payload = outbound_payload(&req).map_err(ApiError::invalid)?;
+    if let SendRequest::Media {
+        s3_key: Some(key), ..
+    } = &req
+    {
+        super::upload::check_key(&state, &caller.org, key).await?;
+    }
     outbound(&state, &caller, &conversation_id, &number, &to, payload).await
 }
 
@@ -390,6 +409,7 @@ mod tests {
             kind: MediaKind::Document,
             id: None,
             link: Some("https://x.test/a.pdf".into()),
+            s3_key: None,
             caption: Some("c".into()),
             filename: Some("a.pdf".into()),
             reply_to: None,
@@ -419,6 +439,7 @@ mod tests {
             kind: MediaKind::Image,
             id: Some("1".into()),
             link: Some("https://x".into()),
+            s3_key: None,
             caption: None,
             filename: None,
             reply_to: None,
@@ -428,6 +449,7 @@ mod tests {
             kind: MediaKind::Audio,
             id: Some("1".into()),
             link: None,
+            s3_key: None,
             caption: Some("no".into()),
             filename: None,
             reply_to: None,

@@ -12,6 +12,7 @@ pub mod mqtt;
 pub mod presence;
 pub mod push;
 pub mod templates;
+pub mod upload;
 
 use mongodb::bson::{Bson, Document};
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(presence::set_presence))
         .routes(routes!(presence::conversation_activity))
         .routes(routes!(templates::list_templates))
+        .routes(routes!(upload::upload_media))
 }
 
 /// Liveness.

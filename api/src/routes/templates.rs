@@ -31,6 +31,7 @@ pub struct GraphApi {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TemplateQuery {
     /// One of the caller's org's business numbers.
     #[param(pattern = r"^[0-9]{1,32}$")]
