@@ -58,6 +58,8 @@ pub struct ApiConfig {
     pub upload_max_bytes: usize,
     /// The MIME types `POST /v1/media` accepts (415 otherwise): what WhatsApp sends.
     pub upload_types: Vec<String>,
+    /// How long an `Idempotency-Key` is remembered (a retry later is a new command).
+    pub idempotency_ttl_secs: u64,
 }
 
 /// One JWT key.
@@ -140,6 +142,7 @@ impl Default for ApiConfig {
             feed_ping_secs: 15,
             activity_min_interval_ms: 2000,
             templates_cache_secs: 300,
+            idempotency_ttl_secs: 86_400,
             upload_max_bytes: 16 << 20,
             upload_types: [
                 "image/jpeg",

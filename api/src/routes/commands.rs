@@ -18,6 +18,7 @@ use super::{Accepted, accepted, valid_id};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Path};
+use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::state::AppState;
 
 /// What to send. `reply_to` quotes an earlier message of the conversation.
@@ -175,11 +176,12 @@ pub fn outbound_payload(req: &SendRequest) -> Result<OutboundPayload, String> {
 
 /// Send a message in a conversation.
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/messages", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = SendRequest,
-    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (1-128 visible ASCII) answers the first command id and sends nothing again; the same key with another request is 422.")), request_body = SendRequest,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn send_message(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyKey,
     Path(conversation_id): Path<String>,
     Body(req): Body<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
@@ -192,7 +194,16 @@ pub async fn send_message(
     {
         super::upload::check_key(&state, &caller.org, key).await?;
     }
-    outbound(&state, &caller, &conversation_id, &number, &to, payload).await
+    outbound(
+        &state,
+        &caller,
+        &key,
+        &conversation_id,
+        &number,
+        &to,
+        payload,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -204,11 +215,12 @@ pub struct MarkRead {
 
 /// Mark a conversation read up to a message (blue ticks for the customer).
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/read", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = MarkRead,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (1-128 visible ASCII) answers the first command id and sends nothing again; the same key with another request is 422.")), request_body = MarkRead,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn mark_read(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyKey,
     Path(conversation_id): Path<String>,
     Body(req): Body<MarkRead>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
@@ -227,7 +239,16 @@ pub async fn mark_read(
     }
     let (number, to) = parties(&conversation)?;
     let payload = OutboundPayload::read(&req.message_id);
-    outbound(&state, &caller, &conversation_id, &number, &to, payload).await
+    outbound(
+        &state,
+        &caller,
+        &key,
+        &conversation_id,
+        &number,
+        &to,
+        payload,
+    )
+    .await
 }
 
 fn parties(conversation: &store::inbox::Conversation) -> ApiResult<(String, String)> {
@@ -245,12 +266,19 @@ fn parties(conversation: &store::inbox::Conversation) -> ApiResult<(String, Stri
 async fn outbound(
     state: &AppState,
     caller: &Caller,
+    key: &IdempotencyKey,
     conversation_id: &str,
     number: &str,
     to: &str,
     payload: OutboundPayload,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    let id = super::command_id();
+    let payload = payload.to_value();
+    let fingerprint = idempotency::fingerprint(&format!("outbound:{conversation_id}"), &payload);
+    let reservation = match idempotency::claim(state, caller, key, &fingerprint).await? {
+        Claim::Replay(id) => return Ok(accepted(id)),
+        Claim::Fresh(reservation) => reservation,
+    };
+    let id = reservation.command_id.clone();
     let message = OutboundMessage {
         id: id.clone(),
         org: caller.org.clone(),
@@ -259,12 +287,16 @@ async fn outbound(
         to: to.to_string(),
         sent_by: caller.user_id.clone(),
         at_ms: crate::now_ms(),
-        payload: payload.to_value(),
+        payload,
     };
-    state
+    if let Err(err) = state
         .publisher
         .send_json(events::topics::MESSAGES_OUTBOUND, number, &message, vec![])
-        .await?;
+        .await
+    {
+        reservation.release(state).await;
+        return Err(err.into());
+    }
     Ok(accepted(id))
 }
 
@@ -297,11 +329,12 @@ pub enum CommandRequest {
 
 /// Claim, transfer, resolve, reopen, force-assign or annotate a conversation.
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/commands", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = CommandRequest,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (1-128 visible ASCII) answers the first command id and sends nothing again; the same key with another request is 422.")), request_body = CommandRequest,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn conversation_command(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyKey,
     Path(conversation_id): Path<String>,
     Body(action): Body<CommandAction>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
@@ -332,7 +365,15 @@ pub async fn conversation_command(
     let number = conversation
         .phone_number_id
         .ok_or_else(|| ApiError::conflict("the conversation has no business number"))?;
-    let id = super::command_id();
+    let fingerprint = idempotency::fingerprint(
+        &format!("command:{conversation_id}"),
+        &serde_json::to_value(&action).map_err(ApiError::unavailable)?,
+    );
+    let reservation = match idempotency::claim(&state, &caller, &key, &fingerprint).await? {
+        Claim::Replay(id) => return Ok(accepted(id)),
+        Claim::Fresh(reservation) => reservation,
+    };
+    let id = reservation.command_id.clone();
     let command = ConversationCommand {
         id: id.clone(),
         org: caller.org.clone(),
@@ -342,7 +383,7 @@ pub async fn conversation_command(
         at_ms: crate::now_ms(),
         action,
     };
-    state
+    if let Err(err) = state
         .publisher
         .send_json(
             events::topics::CONVERSATION_COMMANDS,
@@ -350,7 +391,11 @@ pub async fn conversation_command(
             &command,
             vec![],
         )
-        .await?;
+        .await
+    {
+        reservation.release(&state).await;
+        return Err(err.into());
+    }
     Ok(accepted(id))
 }
 
