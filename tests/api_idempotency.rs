@@ -100,6 +100,28 @@ async fn a_retried_command_is_one_command() {
     assert_eq!(ids.len(), 1, "{answers:?}");
     let burst_id = ids.into_iter().next().unwrap();
 
+    // A history sync (an admin's command) too.
+    let sync = format!("/v1/business-numbers/{}/sync", a.phone_number_id);
+    let key4 = format!("sync-{}", unique());
+    let (status, synced) = post(
+        &stack,
+        &sync,
+        &admin.access,
+        Some(&key4),
+        json!({"kind": "history"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{synced}");
+    let (_, synced2) = post(
+        &stack,
+        &sync,
+        &admin.access,
+        Some(&key4),
+        json!({"kind": "history"}),
+    )
+    .await;
+    assert_eq!(synced2["command_id"], synced["command_id"]);
+
     // Without a key, each POST is its own command (the marker that ends the read).
     let (_, marker) = post(
         &stack,
@@ -132,6 +154,11 @@ async fn a_retried_command_is_one_command() {
         "{records:?}"
     );
     assert_eq!(count(&burst_id), 1, "{records:?}");
+    assert_eq!(
+        count(synced["command_id"].as_str().unwrap()),
+        1,
+        "{records:?}"
+    );
     assert!(records.iter().all(|r| !r.contains("something else")));
 
     // Conversation commands too.
