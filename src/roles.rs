@@ -248,6 +248,12 @@ pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result
         s3: config.s3.clone(),
         clickhouse: Some(config.sinks.clickhouse.client()),
         sealer: runtime::seal::Sealer::from_config(&config.sealing)?,
+        graph: api::routes::templates::GraphApi {
+            base_url: config.graph.base_url.clone(),
+            api_version: config.graph.api_version.clone(),
+            access_token: config.graph.access_token.clone(),
+            request_timeout_ms: config.graph.request_timeout_ms,
+        },
     };
     let result = api::serve(deps, shutdown).await;
     publisher.flush(Duration::from_secs(5));

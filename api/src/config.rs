@@ -51,6 +51,15 @@ pub struct ApiConfig {
     /// Least time between two activities (typing, viewing) of one agent in one
     /// conversation over REST; extra ones are answered but not published.
     pub activity_min_interval_ms: u64,
+    /// How long a business number's template list (`GET /v1/templates`) is served
+    /// from memory before the Graph API is asked again.
+    pub templates_cache_secs: u64,
+    /// The largest file `POST /v1/media` accepts (413 beyond).
+    pub upload_max_bytes: usize,
+    /// The MIME types `POST /v1/media` accepts (415 otherwise): what WhatsApp sends.
+    pub upload_types: Vec<String>,
+    /// How long an `Idempotency-Key` is remembered (a retry later is a new command).
+    pub idempotency_ttl_secs: u64,
     /// The broker devices log in to: `mosquitto` (its dynamic-security plugin holds
     /// each device's login) or `emqx` (it asks this API's hooks, `hooks_listen`).
     pub mqtt_broker: MqttBroker,
@@ -150,6 +159,31 @@ impl Default for ApiConfig {
             activity_min_interval_ms: 2000,
             mqtt_broker: MqttBroker::Mosquitto,
             hooks_listen: String::new(),
+            templates_cache_secs: 300,
+            idempotency_ttl_secs: 86_400,
+            upload_max_bytes: 16 << 20,
+            upload_types: [
+                "image/jpeg",
+                "image/png",
+                "image/webp",
+                "video/mp4",
+                "video/3gpp",
+                "audio/aac",
+                "audio/amr",
+                "audio/mpeg",
+                "audio/mp4",
+                "audio/ogg",
+                "application/pdf",
+                "text/plain",
+                "application/msword",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+                "application/vnd.ms-excel",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                "application/vnd.ms-powerpoint",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod emqx;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod idempotency;
 pub mod mqtt_access;
 pub mod openapi;
 pub mod routes;
@@ -51,7 +52,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listen = deps.config.listen.clone();
     let state: AppState = Arc::new(Inner::new(deps)?);
-    if let Err(err) = ensure_indexes(&state.db).await {
+    if let Err(err) = ensure_indexes(&state.db, state.config.idempotency_ttl_secs).await {
         tracing::warn!(error = %err, "auth indexes not created (is MongoDB up?)");
     }
     tokio::spawn(prune_limiters(state.clone(), shutdown.clone()));
@@ -120,13 +121,25 @@ async fn reconcile_mqtt(state: AppState, shutdown: tokio_util::sync::Cancellatio
     }
 }
 
-async fn ensure_indexes(db: &mongodb::Database) -> anyhow::Result<()> {
+async fn ensure_indexes(db: &mongodb::Database, idempotency_ttl_secs: u64) -> anyhow::Result<()> {
     let index = |keys: Document| IndexModel::builder().keys(keys).build();
     db.collection::<Document>(auth::sessions::SESSIONS)
         .create_indexes([index(doc! { "org": 1, "agent_id": 1 })])
         .await?;
     db.collection::<Document>(auth::sessions::OTPS)
         .create_indexes([index(doc! { "challenge_id": 1 })])
+        .await?;
+    // Idempotency keys are unique by `_id`; they are forgotten after their TTL.
+    let ttl = mongodb::options::IndexOptions::builder()
+        .expire_after(std::time::Duration::from_secs(idempotency_ttl_secs))
+        .build();
+    db.collection::<Document>(idempotency::COLLECTION)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "created_at": 1 })
+                .options(ttl)
+                .build(),
+        )
         .await?;
     Ok(())
 }

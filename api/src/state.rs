@@ -25,6 +25,8 @@ pub struct Deps {
     pub clickhouse: Option<clickhouse::Client>,
     /// Seals business-number credentials (`[sealing]`, shared with the roles that open them).
     pub sealer: Sealer,
+    /// The Graph API (template lists).
+    pub graph: crate::routes::templates::GraphApi,
 }
 
 pub type AppState = Arc<Inner>;
@@ -49,6 +51,10 @@ pub struct Inner {
     activity_limiter: DefaultKeyedRateLimiter<String>,
     /// `[api] trusted_proxies`, parsed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub graph: crate::routes::templates::GraphApi,
+    /// Outbound HTTP (the Graph API).
+    pub http: reqwest::Client,
+    pub templates: crate::routes::templates::TemplateCache,
     /// The live feed's fan-out (`GET /v1/feed`).
     pub feed: Arc<crate::feed::Feed>,
 }
@@ -92,6 +98,9 @@ impl Inner {
                 .unwrap_or_else(|| per_minute(60)),
             ),
             trusted_proxies,
+            graph: deps.graph,
+            http: reqwest::Client::new(),
+            templates: Default::default(),
             feed: Arc::new(crate::feed::Feed::new(config.feed_buffer)),
             s3: deps.s3.client(),
             media_origin: deps.s3.public_origin(),

@@ -12,12 +12,17 @@
 //! - `GET /{version}/{media_id}` → `{messaging_product, url, mime_type, sha256,
 //!   file_size, id}`; the url needs the bearer token too. Ids never uploaded answer
 //!   [`synthetic_media`]'s bytes (ids starting with `missing` are 404).
+//! - `GET /{version}/{waba_or_phone_number_id}/message_templates` → Meta's
+//!   `{data: [{name, language, status, category, id, components}], paging}`: the
+//!   fixed set of [`templates`] (approved ones, one pending, one rejected), filtered
+//!   by `?status=` as Meta does.
 //! - `POST /{version}/{phone_number_id}/smb_app_data` with `sync_type`
 //!   `smb_app_state_sync` or `history` → `{messaging_product, request_id}`.
 //!
 //! For tests and load measurements (not Meta's):
 //! - `GET /_sim/graph/sent`: every accepted call, with its receive time in ms;
 //! - `GET /_sim/graph/last_code?to=DIGITS`: the newest login code sent to a phone;
+//! - `GET /_sim/graph/template_reads`: how many template lists were served;
 //! - `POST /_sim/graph/fail_next` `{"count", "status", "code"}`: the next sends fail so;
 //! - `POST /_sim/graph/inbound` `{"phone_number_id", "from", "text"?, "image_id"?}`:
 //!   a customer's message, posted signed to the webhook.
@@ -138,6 +143,7 @@ struct Sim {
     app_secret: Option<Secret>,
     http: reqwest::Client,
     counter: AtomicU64,
+    template_reads: AtomicU64,
     sent: Mutex<Vec<SentRecord>>,
     uploads: Mutex<HashMap<String, (Vec<u8>, String)>>,
     fail_next: Mutex<VecDeque<(u16, i64)>>,
@@ -166,6 +172,7 @@ pub fn router(config: &crate::Config) -> Router {
         app_secret,
         http: reqwest::Client::new(),
         counter: AtomicU64::new(0),
+        template_reads: AtomicU64::new(0),
         sent: Mutex::default(),
         uploads: Mutex::default(),
         fail_next: Mutex::default(),
@@ -174,12 +181,17 @@ pub fn router(config: &crate::Config) -> Router {
     Router::new()
         .route("/_sim/graph/sent", get(list_sent))
         .route("/_sim/graph/last_code", get(last_code))
+        .route("/_sim/graph/template_reads", get(template_reads))
         .route("/_sim/graph/fail_next", post(fail_next))
         .route("/_sim/graph/inbound", post(inbound))
         .route("/_sim/graph/download/{media_id}", get(download))
         .route("/{version}/{media_id}", get(media_info))
         .route("/{version}/{phone_number_id}/messages", post(messages))
         .route("/{version}/{phone_number_id}/media", post(upload))
+        .route(
+            "/{version}/{account_id}/message_templates",
+            get(message_templates),
+        )
         .route(
             "/{version}/{phone_number_id}/smb_app_data",
             post(smb_app_data),
@@ -879,4 +891,91 @@ mod tests {
             "cmd-1"
         );
     }
+}
+
+/// The templates every account has in the simulator, in Meta's format: approved
+/// ones (with and without body parameters), one pending and one rejected.
+pub fn templates() -> Vec<Value> {
+    vec![
+        json!({
+            "name": "hello_world", "language": "en_US", "status": "APPROVED",
+            "category": "UTILITY", "id": "1000000000000001",
+            "components": [
+                {"type": "HEADER", "format": "TEXT", "text": "Hello World"},
+                {"type": "BODY", "text": "Welcome and congratulations!! This message demonstrates your ability to send a WhatsApp message notification from the Cloud API."},
+                {"type": "FOOTER", "text": "WhatsApp Business Platform sample message"}
+            ]
+        }),
+        json!({
+            "name": "order_update", "language": "en_US", "status": "APPROVED",
+            "category": "UTILITY", "id": "1000000000000002", "parameter_format": "POSITIONAL",
+            "components": [
+                {"type": "BODY", "text": "Hi {{1}}, your order {{2}} is on its way.",
+                 "example": {"body_text": [["Ann", "#1042"]]}},
+                {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Thanks"}]}
+            ]
+        }),
+        json!({
+            "name": "follow_up", "language": "en_US", "status": "APPROVED",
+            "category": "MARKETING", "id": "1000000000000003", "parameter_format": "POSITIONAL",
+            "components": [
+                {"type": "HEADER", "format": "TEXT", "text": "Still there, {{1}}?",
+                 "example": {"header_text": ["Ann"]}},
+                {"type": "BODY", "text": "We have not heard from you in a while. Reply to this message to pick up where we left off."}
+            ]
+        }),
+        json!({
+            "name": "coexist_login", "language": "en_US", "status": "APPROVED",
+            "category": "AUTHENTICATION", "id": "1000000000000004",
+            "components": [
+                {"type": "BODY", "add_security_recommendation": true},
+                {"type": "BUTTONS", "buttons": [{"type": "OTP", "otp_type": "COPY_CODE", "text": "Copy code"}]}
+            ]
+        }),
+        json!({
+            "name": "summer_sale", "language": "en_US", "status": "PENDING",
+            "category": "MARKETING", "id": "1000000000000005",
+            "components": [{"type": "BODY", "text": "Everything is {{1}} off this week."}]
+        }),
+        json!({
+            "name": "win_big", "language": "en_US", "status": "REJECTED",
+            "category": "MARKETING", "id": "1000000000000006",
+            "components": [{"type": "BODY", "text": "You won!"}]
+        }),
+    ]
+}
+
+#[derive(Deserialize)]
+struct TemplateQuery {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn message_templates(
+    State(sim): State<Shared>,
+    Path((_version, account_id)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<TemplateQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = authorize(&sim, &headers, Some(&account_id)) {
+        return refused.into_response();
+    }
+    sim.template_reads.fetch_add(1, Ordering::Relaxed);
+    let data: Vec<Value> = templates()
+        .into_iter()
+        .filter(|t| query.status.as_deref().is_none_or(|s| t["status"] == s))
+        .collect();
+    let (first, last) = (
+        data.first().map(|t| t["id"].clone()).unwrap_or_default(),
+        data.last().map(|t| t["id"].clone()).unwrap_or_default(),
+    );
+    Json(json!({
+        "data": data,
+        "paging": {"cursors": {"before": first, "after": last}},
+    }))
+    .into_response()
+}
+
+async fn template_reads(State(sim): State<Shared>) -> Json<Value> {
+    Json(json!({ "template_reads": sim.template_reads.load(Ordering::Relaxed) }))
 }

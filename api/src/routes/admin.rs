@@ -226,18 +226,26 @@ pub fn sync_payload(kind: SyncKind) -> serde_json::Value {
 /// Start the coexistence sync of a number: its Business-app contacts or its history.
 /// Progress arrives as webhooks; follow it with `GET` on the same path.
 #[utoipa::path(post, path = "/v1/business-numbers/{phone_number_id}/sync", tag = "admin",
-    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$")),
+    security(("bearer" = ["admin"])), params(("phone_number_id" = String, Path, pattern = r"^[0-9]{1,32}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key answers the first command id and starts nothing again; the same key with another request is 422.")),
     request_body = SyncRequest,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn start_sync(
     State(state): State<AppState>,
     Admin(caller): Admin,
+    key: crate::idempotency::IdempotencyKey,
     Path(phone_number_id): Path<String>,
     Body(req): Body<SyncRequest>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     valid_digits("phone_number_id", &phone_number_id)?;
     number_of(&state, &caller.org, &phone_number_id).await?;
-    let id = super::command_id();
+    let payload = sync_payload(req.kind);
+    let fingerprint = crate::idempotency::fingerprint(&format!("sync:{phone_number_id}"), &payload);
+    let reservation = match crate::idempotency::claim(&state, &caller, &key, &fingerprint).await? {
+        crate::idempotency::Claim::Replay(id) => return Ok(accepted(id)),
+        crate::idempotency::Claim::Fresh(reservation) => reservation,
+    };
+    let id = reservation.command_id.clone();
     let message = OutboundMessage {
         id: id.clone(),
         org: caller.org.clone(),
@@ -246,9 +254,9 @@ pub async fn start_sync(
         to: String::new(),
         sent_by: caller.user_id.clone(),
         at_ms: crate::now_ms(),
-        payload: sync_payload(req.kind),
+        payload,
     };
-    state
+    if let Err(err) = state
         .publisher
         .send_json(
             events::topics::MESSAGES_OUTBOUND,
@@ -256,7 +264,11 @@ pub async fn start_sync(
             &message,
             vec![],
         )
-        .await?;
+        .await
+    {
+        reservation.release(&state).await;
+        return Err(err.into());
+    }
     Ok(accepted(id))
 }
 

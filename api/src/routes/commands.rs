@@ -18,6 +18,7 @@ use super::{Accepted, accepted, valid_id};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Path};
+use crate::idempotency::{self, Claim, IdempotencyKey};
 use crate::state::AppState;
 
 /// What to send. `reply_to` quotes an earlier message of the conversation.
@@ -38,11 +39,13 @@ pub enum SendRequest {
         components: Option<Vec<Value>>,
         reply_to: Option<String>,
     },
-    /// Image, video, audio, document or sticker, by uploaded media id or by link.
+    /// Image, video, audio, document or sticker: by Meta media id, by https link, or
+    /// by the `s3_key` `POST /v1/media` answered (exactly one of the three).
     Media {
         kind: MediaKind,
         id: Option<String>,
         link: Option<String>,
+        s3_key: Option<String>,
         caption: Option<String>,
         filename: Option<String>,
         reply_to: Option<String>,
@@ -102,20 +105,31 @@ pub fn outbound_payload(req: &SendRequest) -> Result<OutboundPayload, String> {
             kind,
             id,
             link,
+            s3_key,
             caption,
             filename,
             reply_to,
         } => {
-            let mut media = match (id, link) {
-                (Some(id), None) if !id.is_empty() && id.len() <= 128 => Media {
+            let mut media = match (id, link, s3_key) {
+                (Some(id), None, None) if !id.is_empty() && id.len() <= 128 => Media {
                     id: Some(id.clone()),
                     ..Media::default()
                 },
-                (None, Some(link)) if link.starts_with("https://") && link.len() <= 2048 => Media {
-                    link: Some(link.clone()),
+                (None, Some(link), None) if link.starts_with("https://") && link.len() <= 2048 => {
+                    Media {
+                        link: Some(link.clone()),
+                        ..Media::default()
+                    }
+                }
+                (None, None, Some(key)) if !key.is_empty() && key.len() <= 512 => Media {
+                    s3_key: Some(key.clone()),
                     ..Media::default()
                 },
-                _ => return Err("media needs exactly one of id or an https link".into()),
+                _ => {
+                    return Err(
+                        "media needs exactly one of id, an https link or an uploaded s3_key".into(),
+                    );
+                }
             };
             if let Some(caption) = caption {
                 if matches!(kind, MediaKind::Audio | MediaKind::Sticker) {
@@ -162,18 +176,34 @@ pub fn outbound_payload(req: &SendRequest) -> Result<OutboundPayload, String> {
 
 /// Send a message in a conversation.
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/messages", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = SendRequest,
-    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (1-128 visible ASCII) answers the first command id and sends nothing again; the same key with another request is 422.")), request_body = SendRequest,
+    responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn send_message(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyKey,
     Path(conversation_id): Path<String>,
     Body(req): Body<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let conversation = super::conversations::find(&state, &caller.org, &conversation_id).await?;
     let (number, to) = parties(&conversation)?;
     let payload = outbound_payload(&req).map_err(ApiError::invalid)?;
-    outbound(&state, &caller, &conversation_id, &number, &to, payload).await
+    if let SendRequest::Media {
+        s3_key: Some(key), ..
+    } = &req
+    {
+        super::upload::check_key(&state, &caller.org, key).await?;
+    }
+    outbound(
+        &state,
+        &caller,
+        &key,
+        &conversation_id,
+        &number,
+        &to,
+        payload,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -185,11 +215,12 @@ pub struct MarkRead {
 
 /// Mark a conversation read up to a message (blue ticks for the customer).
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/read", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = MarkRead,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (1-128 visible ASCII) answers the first command id and sends nothing again; the same key with another request is 422.")), request_body = MarkRead,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn mark_read(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyKey,
     Path(conversation_id): Path<String>,
     Body(req): Body<MarkRead>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
@@ -208,7 +239,16 @@ pub async fn mark_read(
     }
     let (number, to) = parties(&conversation)?;
     let payload = OutboundPayload::read(&req.message_id);
-    outbound(&state, &caller, &conversation_id, &number, &to, payload).await
+    outbound(
+        &state,
+        &caller,
+        &key,
+        &conversation_id,
+        &number,
+        &to,
+        payload,
+    )
+    .await
 }
 
 fn parties(conversation: &store::inbox::Conversation) -> ApiResult<(String, String)> {
@@ -226,12 +266,19 @@ fn parties(conversation: &store::inbox::Conversation) -> ApiResult<(String, Stri
 async fn outbound(
     state: &AppState,
     caller: &Caller,
+    key: &IdempotencyKey,
     conversation_id: &str,
     number: &str,
     to: &str,
     payload: OutboundPayload,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
-    let id = super::command_id();
+    let payload = payload.to_value();
+    let fingerprint = idempotency::fingerprint(&format!("outbound:{conversation_id}"), &payload);
+    let reservation = match idempotency::claim(state, caller, key, &fingerprint).await? {
+        Claim::Replay(id) => return Ok(accepted(id)),
+        Claim::Fresh(reservation) => reservation,
+    };
+    let id = reservation.command_id.clone();
     let message = OutboundMessage {
         id: id.clone(),
         org: caller.org.clone(),
@@ -240,12 +287,16 @@ async fn outbound(
         to: to.to_string(),
         sent_by: caller.user_id.clone(),
         at_ms: crate::now_ms(),
-        payload: payload.to_value(),
+        payload,
     };
-    state
+    if let Err(err) = state
         .publisher
         .send_json(events::topics::MESSAGES_OUTBOUND, number, &message, vec![])
-        .await?;
+        .await
+    {
+        reservation.release(state).await;
+        return Err(err.into());
+    }
     Ok(accepted(id))
 }
 
@@ -278,11 +329,12 @@ pub enum CommandRequest {
 
 /// Claim, transfer, resolve, reopen, force-assign or annotate a conversation.
 #[utoipa::path(post, path = "/v1/conversations/{conversation_id}/commands", tag = "commands",
-    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$")), request_body = CommandRequest,
+    security(("bearer" = [])), params(("conversation_id" = String, Path, pattern = r"^[A-Za-z0-9._@=-]{1,128}$"), ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key (1-128 visible ASCII) answers the first command id and sends nothing again; the same key with another request is 422.")), request_body = CommandRequest,
     responses((status = 202, body = Accepted), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn conversation_command(
     State(state): State<AppState>,
     caller: Caller,
+    key: IdempotencyKey,
     Path(conversation_id): Path<String>,
     Body(action): Body<CommandAction>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
@@ -313,7 +365,15 @@ pub async fn conversation_command(
     let number = conversation
         .phone_number_id
         .ok_or_else(|| ApiError::conflict("the conversation has no business number"))?;
-    let id = super::command_id();
+    let fingerprint = idempotency::fingerprint(
+        &format!("command:{conversation_id}"),
+        &serde_json::to_value(&action).map_err(ApiError::unavailable)?,
+    );
+    let reservation = match idempotency::claim(&state, &caller, &key, &fingerprint).await? {
+        Claim::Replay(id) => return Ok(accepted(id)),
+        Claim::Fresh(reservation) => reservation,
+    };
+    let id = reservation.command_id.clone();
     let command = ConversationCommand {
         id: id.clone(),
         org: caller.org.clone(),
@@ -323,7 +383,7 @@ pub async fn conversation_command(
         at_ms: crate::now_ms(),
         action,
     };
-    state
+    if let Err(err) = state
         .publisher
         .send_json(
             events::topics::CONVERSATION_COMMANDS,
@@ -331,7 +391,11 @@ pub async fn conversation_command(
             &command,
             vec![],
         )
-        .await?;
+        .await
+    {
+        reservation.release(&state).await;
+        return Err(err.into());
+    }
     Ok(accepted(id))
 }
 
@@ -390,6 +454,7 @@ mod tests {
             kind: MediaKind::Document,
             id: None,
             link: Some("https://x.test/a.pdf".into()),
+            s3_key: None,
             caption: Some("c".into()),
             filename: Some("a.pdf".into()),
             reply_to: None,
@@ -419,6 +484,7 @@ mod tests {
             kind: MediaKind::Image,
             id: Some("1".into()),
             link: Some("https://x".into()),
+            s3_key: None,
             caption: None,
             filename: None,
             reply_to: None,
@@ -428,6 +494,7 @@ mod tests {
             kind: MediaKind::Audio,
             id: Some("1".into()),
             link: None,
+            s3_key: None,
             caption: Some("no".into()),
             filename: None,
             reply_to: None,
