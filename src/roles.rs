@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use runtime::{RoleContext, observe};
+use runtime::{RoleContext, Shared, observe};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -127,12 +127,21 @@ impl SinkName {
 
 /// Runs the webhook receiver and, if enabled, the MQTT presence bridge.
 pub async fn ingest(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    ingest_in(config, &Shared::default(), shutdown).await
+}
+
+async fn ingest_in(
+    config: &Config,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     crate::fail_closed::refuse_public_without_secrets(
         "ingest",
         &config.ingest.listen,
         &crate::fail_closed::missing_ingest_secrets(config),
     )?;
-    let ctx = context(config, ingest::webhook::ROLE.into(), shutdown);
+    let mut ctx = context(config, ingest::webhook::ROLE.into(), shutdown);
+    ctx.shared = shared.clone();
     ingest::run(&ctx, &config.ingest).await
 }
 
@@ -147,6 +156,7 @@ pub fn context(config: &Config, role: String, shutdown: CancellationToken) -> Ro
         s3: config.s3.clone(),
         sealing: config.sealing.clone(),
         shutdown,
+        shared: Shared::default(),
     }
 }
 
@@ -157,7 +167,17 @@ pub async fn sink(
     name: SinkName,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ctx = context(config, name.role(), shutdown);
+    sink_in(config, name, &Shared::default(), shutdown).await
+}
+
+async fn sink_in(
+    config: &Config,
+    name: SinkName,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ctx = context(config, name.role(), shutdown);
+    ctx.shared = shared.clone();
     ctx.starting();
     let sinks = &config.sinks;
     match name {
@@ -201,7 +221,17 @@ pub async fn process(
     name: ProcessorName,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ctx = context(config, name.role(), shutdown);
+    process_in(config, name, &Shared::default(), shutdown).await
+}
+
+async fn process_in(
+    config: &Config,
+    name: ProcessorName,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ctx = context(config, name.role(), shutdown);
+    ctx.shared = shared.clone();
     ctx.starting();
     let processors = &config.processors;
     match name {
@@ -215,12 +245,23 @@ pub async fn process(
 
 /// Runs the API.
 pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    api_in(config, &Shared::default(), shutdown).await
+}
+
+async fn api_in(
+    config: &Config,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     crate::fail_closed::refuse_public_without_secrets(
         "the API",
         &config.api.listen,
         &crate::fail_closed::missing_api_secrets(config),
     )?;
-    let publisher = config.kafka.publisher("api").await?;
+    let publisher = match &shared.publisher {
+        Some(shared) => shared.clone(),
+        None => config.kafka.publisher("api").await?,
+    };
     let client = mongodb::Client::with_uri_str(config.sinks.mongo.uri.expose()).await?;
     let check = "api.mongodb";
     observe::global()
@@ -260,11 +301,13 @@ pub async fn api(config: &Config, shutdown: CancellationToken) -> anyhow::Result
     result
 }
 
-/// Every role in one process. If one fails, the others are shut down too.
+/// Every role in one process, sharing one producer and one directory follower
+/// ([`Shared`]). If one fails, the others are shut down too.
 pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     if config.topics.apply_on_start {
         apply_topics(&config).await?;
     }
+    let shared = Shared::for_process(&config.kafka, shutdown.clone()).await?;
     let mut roles = JoinSet::new();
     let spawn = |roles: &mut JoinSet<(String, anyhow::Result<()>)>, name: String, fut| {
         roles.spawn(async move { (name, fut.await) });
@@ -273,32 +316,32 @@ pub async fn all(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &mut roles,
         "ingest".into(),
         boxed({
-            let (c, s) = (config.clone(), shutdown.clone());
-            async move { ingest(&c, s).await }
+            let (c, h, s) = (config.clone(), shared.clone(), shutdown.clone());
+            async move { ingest_in(&c, &h, s).await }
         }),
     );
     spawn(
         &mut roles,
         "api".into(),
         boxed({
-            let (c, s) = (config.clone(), shutdown.clone());
-            async move { api(&c, s).await }
+            let (c, h, s) = (config.clone(), shared.clone(), shutdown.clone());
+            async move { api_in(&c, &h, s).await }
         }),
     );
     for name in ProcessorName::ALL {
-        let (c, s) = (config.clone(), shutdown.clone());
+        let (c, h, s) = (config.clone(), shared.clone(), shutdown.clone());
         spawn(
             &mut roles,
             name.role(),
-            boxed(async move { process(&c, name, s).await }),
+            boxed(async move { process_in(&c, name, &h, s).await }),
         );
     }
     for name in SinkName::ALL {
-        let (c, s) = (config.clone(), shutdown.clone());
+        let (c, h, s) = (config.clone(), shared.clone(), shutdown.clone());
         spawn(
             &mut roles,
             name.role(),
-            boxed(async move { sink(&c, name, s).await }),
+            boxed(async move { sink_in(&c, name, &h, s).await }),
         );
     }
     let mut first_error = None;

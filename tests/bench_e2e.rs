@@ -26,7 +26,7 @@ fn the_e2e_bench_receives_every_message_exactly_once_and_writes_its_result() {
             "--numbers",
             "2",
         ])
-        .args(["--drain-seconds", "10", "--json"])
+        .args(["--drain-seconds", "10", "--idle-seconds", "2", "--json"])
         .arg(&json)
         .env("COEXIST_LOG_LEVEL", "warn")
         .output()
@@ -53,11 +53,36 @@ fn the_e2e_bench_receives_every_message_exactly_once_and_writes_its_result() {
         assert!(p50.is_some_and(|p50| p50 > 0.0) && p50 <= p99, "{latency}");
     }
     assert_eq!(report["params"]["rate"], 40.0);
+    // What a later commit is compared on: CPU at rest, memory, the stage breakdown.
+    let idle = &report["idle"];
+    assert!(idle["coexist_cpu_pct"].as_f64().is_some(), "{idle}");
+    assert!(
+        idle["broker_pid"].as_u64().is_some(),
+        "the local broker is found: {idle}"
+    );
+    assert!(report["rss_kib_at_rest"].as_u64().is_some_and(|k| k > 1024));
+    assert!(report["rss_kib_after"].as_u64().is_some_and(|k| k > 1024));
+    let stages = report["stages"].as_array().expect("stages");
+    for stage in [
+        "received_produced",
+        "produced_consumed",
+        "consumed_published",
+        "received_published",
+    ] {
+        let s = stages
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .unwrap_or_else(|| panic!("stage {stage} in {stages:?}"));
+        // Every message of the run passed each stage once (probes came before the
+        // first scrape).
+        assert_eq!(s["count"], 80, "{s}");
+    }
+    assert!(report["ratios"]["steady_p99"].as_f64().is_some());
     assert!(report["started_at_unix"].as_u64().is_some());
     assert!(stdout.contains("webhook → mqtt"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
-        started.elapsed() < Duration::from_secs(60),
+        started.elapsed() < Duration::from_secs(75),
         "the smoke run took {:?}",
         started.elapsed()
     );

@@ -316,7 +316,15 @@ pub async fn publish_event(publisher: &Publisher, event: &WhatsAppEvent) -> Resu
             topics::WHATSAPP_EVENTS,
             key,
             event,
-            vec![("coexist.kind", event.body.kind().to_string())],
+            vec![
+                ("coexist.kind", event.body.kind().to_string()),
+                // The start of the real-time path's stage timings (the MQTT sink's
+                // `coexist_path_seconds`).
+                (
+                    raw_headers::RECEIVED_AT_MS,
+                    event.received_at_ms.to_string(),
+                ),
+            ],
         )
         .await
 }

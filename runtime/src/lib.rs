@@ -21,5 +21,5 @@ pub use config::Secret;
 pub use consume::{DeadLetter, DeadLetters, LoopConfig, Record, Reject, Stage, read_batch};
 pub use kafka::{KafkaConfig, Publisher};
 pub use retry::RetryPolicy;
-pub use role::RoleContext;
+pub use role::{RoleContext, Shared};
 pub use s3::S3Config;

@@ -33,6 +33,36 @@ pub struct RoleContext {
     pub s3: S3Config,
     pub sealing: SealingConfig,
     pub shutdown: CancellationToken,
+    /// What the roles of one process share (`coexist all`); a role process has
+    /// nothing shared and makes its own.
+    pub shared: Shared,
+}
+
+/// What the roles of one process share instead of each making its own: in
+/// `coexist all`, one producer (each librdkafka client is threads, connections and
+/// metadata requests of its own; eleven buy nothing over one) and one follower of
+/// the directory (one reader polling `directory.changes` instead of four).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    pub publisher: Option<Publisher>,
+    pub directory: Option<DirectoryHandle>,
+}
+
+impl Shared {
+    /// One producer and one directory follower for every role of this process
+    /// (until `shutdown`); returns once the directory has been read whole.
+    pub async fn for_process(
+        kafka: &KafkaConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let publisher = kafka.publisher("all").await?;
+        let (directory, _follower) =
+            directory::follow(kafka, Vec::new(), "all-directory", shutdown).await?;
+        Ok(Self {
+            publisher: Some(publisher),
+            directory: Some(directory),
+        })
+    }
 }
 
 impl RoleContext {
@@ -45,9 +75,12 @@ impl RoleContext {
             .set_not_ready(&RebalanceLog::readiness_check(&self.role), "starting");
     }
 
-    /// The role's producer.
+    /// The role's producer: the process's one if it shares one.
     pub async fn publisher(&self) -> anyhow::Result<Publisher> {
-        Ok(self.kafka.publisher(&self.role).await?)
+        match &self.shared.publisher {
+            Some(shared) => Ok(shared.clone()),
+            None => Ok(self.kafka.publisher(&self.role).await?),
+        }
     }
 
     /// The role's dead letters: stage header `sink.mongo` for role `sink-mongo`.
@@ -61,8 +94,11 @@ impl RoleContext {
     }
 
     /// The directory, read whole and then followed live until shutdown (by a reader
-    /// named `{role}-directory`).
+    /// named `{role}-directory`, or the process's one if it shares one).
     pub async fn follow_directory(&self) -> anyhow::Result<(DirectoryHandle, JoinHandle<()>)> {
+        if let Some(shared) = &self.shared.directory {
+            return Ok((shared.clone(), tokio::spawn(async {})));
+        }
         directory::follow(
             &self.kafka,
             Vec::new(),

@@ -28,12 +28,19 @@ pub type PartitionedValues = Vec<(i32, Vec<u8>)>;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings of a group-less reader (the group id only names the client; nothing is
-/// committed).
+/// committed). Tables (the directory, presence) change seldom and are not on the
+/// path of a message to a device, so a follower waits the long fetch wait
+/// (`kafka.background_fetch_wait_max_ms`): at rest it asks the broker twice a
+/// second, not fifty times.
 pub fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
     let mut config = kafka.client();
     config
         .set("group.id", format!("{}-{purpose}", kafka.client_id))
         .set("enable.auto.commit", "false")
+        .set(
+            "fetch.wait.max.ms",
+            kafka.background_fetch_wait_max_ms.to_string(),
+        )
         .set("isolation.level", "read_uncommitted");
     config
 }

@@ -28,6 +28,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
+use super::host::{self, StageSummary};
 use super::stats::{Summary, index_after};
 use crate::Config;
 use crate::simulate::{inbound_text, post_webhook};
@@ -78,6 +79,51 @@ pub struct E2eArgs {
     /// Skip the rdkafka baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// With `--mode roles`, how many processes of each consumer role (every role but
+    /// ingest and the API) run in its group: 2 measures scaling out.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// How long the pipeline's and the broker's CPU is measured at rest, before the
+    /// run (from `/proc`); 0 skips it.
+    #[arg(long, default_value_t = 10.0)]
+    pub idle_seconds: f64,
+}
+
+/// Roles that hold no consumer group, run once whatever `--instances` says.
+const SINGLE_ROLES: [&str; 2] = ["ingest", "api"];
+
+/// CPU at rest, in % of one core, over `seconds` before the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub seconds: f64,
+    /// The process listening on the broker's port, if it is on this machine.
+    pub broker_pid: Option<u32>,
+    pub broker_cpu_pct: Option<f64>,
+    /// Every process of the pipeline together.
+    pub coexist_cpu_pct: Option<f64>,
+}
+
+/// coexist's latency over the baseline's, both warmed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    /// Over the whole schedule.
+    pub p50: f64,
+    pub p99: f64,
+    /// Over the last quarter of each (steady state): the headline.
+    pub steady_p50: f64,
+    pub steady_p99: f64,
+}
+
+impl Ratios {
+    fn of(e2e: &Phase, baseline: &Phase) -> Self {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        Self {
+            p50: ratio(e2e.latency.p50_ms, baseline.latency.p50_ms),
+            p99: ratio(e2e.latency.p99_ms, baseline.latency.p99_ms),
+            steady_p50: ratio(e2e.last_quarter.p50_ms, baseline.last_quarter.p50_ms),
+            steady_p99: ratio(e2e.last_quarter.p99_ms, baseline.last_quarter.p99_ms),
+        }
+    }
 }
 
 /// Every role `coexist all` runs, by the name `--roles` takes.
@@ -141,8 +187,10 @@ pub struct Params {
     pub mode: Mode,
     pub roles: Vec<String>,
     pub attach: Option<String>,
+    pub instances: usize,
     pub linger_ms: u32,
     pub fetch_wait_max_ms: u32,
+    pub background_fetch_wait_max_ms: u32,
     pub batch_max_wait_ms: u64,
 }
 
@@ -159,8 +207,21 @@ pub struct Report {
     pub load_after: [f64; 3],
     pub cores: usize,
     pub e2e: Phase,
+    /// Warmed like the pipeline (its topic and group have carried records before
+    /// the clock starts).
     pub baseline: Option<Phase>,
+    pub ratios: Option<Ratios>,
     pub keeps_up: bool,
+    /// CPU at rest before the run (none with `--attach` or `--idle-seconds 0`).
+    pub idle: Option<Idle>,
+    /// Resident memory of the pipeline's processes together, at rest before the run
+    /// and right after it (none with `--attach`).
+    pub rss_kib_at_rest: Option<u64>,
+    pub rss_kib_after: Option<u64>,
+    /// Where an inbound message's time goes inside coexist, stage by stage, from
+    /// the timestamps its Kafka record carries (the MQTT sink's
+    /// `coexist_path_seconds`, scraped before and after the run).
+    pub stages: Vec<StageSummary>,
 }
 
 /// Runs the bench and writes the JSON result; returns it and the file's path.
@@ -204,7 +265,7 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
             crate::topics::apply(&config.kafka, &crate::topics::contract()?, &config.topics)
                 .await?;
             let log = out.with_extension("log");
-            let mut target = Target::start(&config, args.mode, &roles, &log)?;
+            let mut target = Target::start(&config, args.mode, &roles, args.instances, &log)?;
             println!("started {} (log: {})", target.describe(), log.display());
             let url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
             wait_until_up(
@@ -270,10 +331,23 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
     };
     warm_up(&webhooks, &numbers_ids, &probes, probe, &mut target).await?;
 
+    // At rest: the pipeline up, its groups joined, nothing sent.
+    let idle = match &target {
+        Some(target) if args.idle_seconds > 0.0 => {
+            Some(target.idle(&config, args.idle_seconds).await)
+        }
+        _ => None,
+    };
+    let rss_kib_at_rest = target.as_ref().and_then(Target::rss_kib);
+
     let baseline = if args.no_baseline {
         None
     } else {
-        Some(baseline(&config, &run, &bodies, &marker, &args).await?)
+        Some(baseline(&config, &run, &bodies, &marker, &numbers_ids, &args).await?)
+    };
+    let metrics_before = match &target {
+        Some(target) => target.scrape().await,
+        None => String::new(),
     };
 
     // The pipeline: signed webhooks over HTTP, timed to MQTT.
@@ -290,6 +364,17 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
     let load_after = load_average();
     subscriber.abort();
     let e2e = phase(&schedule, count, &sent, &arrivals);
+    let (stages, rss_kib_after) = match &target {
+        Some(target) => (
+            host::stage_summaries(
+                &metrics_before,
+                &target.scrape().await,
+                &runtime::observe::path::ALL,
+            ),
+            target.rss_kib(),
+        ),
+        None => (Vec::new(), None),
+    };
 
     if let Some(mut target) = target.take() {
         target.stop();
@@ -312,16 +397,23 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
                 vec![]
             },
             attach: args.attach.clone(),
+            instances: args.instances,
             linger_ms: config.kafka.linger_ms,
             fetch_wait_max_ms: config.kafka.fetch_wait_max_ms,
+            background_fetch_wait_max_ms: config.kafka.background_fetch_wait_max_ms,
             batch_max_wait_ms: config.sinks.batch.max_wait_ms,
         },
         load_before,
         load_after,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ratios: baseline.as_ref().map(|b| Ratios::of(&e2e, b)),
         e2e,
         baseline,
         keeps_up,
+        idle,
+        rss_kib_at_rest,
+        rss_kib_after,
+        stages,
     };
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
@@ -634,6 +726,7 @@ async fn baseline(
     run: &str,
     bodies: &[(String, String)],
     marker: &str,
+    numbers: &[String],
     args: &E2eArgs,
 ) -> anyhow::Result<Phase> {
     let contract = crate::topics::contract()?;
@@ -681,14 +774,20 @@ async fn baseline(
     consumer.assign(&assignment)?;
     let count = bodies.len();
     let arrivals = Arc::new(Arrivals::new(count));
+    let probe_marker = format!("{marker}p");
+    let probes = Arc::new(Mutex::new(BTreeSet::new()));
     let reader = tokio::spawn({
         let (arrivals, marker) = (arrivals.clone(), marker.to_string());
+        let (probes, probe_marker) = (probes.clone(), probe_marker.clone());
         async move {
             loop {
                 match consumer.recv().await {
                     Ok(m) => {
-                        if let Some(i) = index_after(m.payload().unwrap_or_default(), &marker) {
+                        let payload = m.payload().unwrap_or_default();
+                        if let Some(i) = index_after(payload, &marker) {
                             arrivals.record(i, Instant::now());
+                        } else if let Some(n) = index_after(payload, &probe_marker) {
+                            probes.lock().unwrap_or_else(|p| p.into_inner()).insert(n);
                         }
                     }
                     Err(err) => tracing::warn!(%err, "baseline consumer"),
@@ -696,10 +795,39 @@ async fn baseline(
             }
         }
     });
-    // The consumer's first fetch, before the clock starts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
     let publisher = config.kafka.publisher("bench-e2e-baseline").await?;
+
+    // Warm, like the pipeline: probes on every number's key until each has come
+    // back, so the topic, its partitions and the consumer are all flowing before
+    // the clock starts (a cold baseline's first seconds made its p99 a warm-up
+    // artifact, flattering every ratio to it).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for round in 0.. {
+        let seen = probes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if seen.len() >= numbers.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the baseline's probes did not come back in 60 s"
+        );
+        for (n, number) in numbers
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| !seen.contains(n))
+        {
+            let _ = publisher
+                .send(runtime::kafka::Outgoing {
+                    topic: &topic,
+                    key: number,
+                    value: format!("{probe_marker}{n}.{round}").into_bytes(),
+                    headers: vec![],
+                })
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let bodies = Arc::new(bodies.to_vec());
     let schedule = Schedule::new(args.rate);
     let bar = progress("rdkafka produce → consume", count, &arrivals);
@@ -729,13 +857,21 @@ async fn baseline(
 struct Target {
     children: Vec<(String, std::process::Child)>,
     config_file: PathBuf,
+    /// The `/metrics` of the children that run the MQTT sink.
+    metrics: Vec<String>,
 }
 
 impl Target {
     /// Starts `coexist all`, or one process per role, from a config file holding
     /// `config` whole; `COEXIST_*` variables are not passed on, so the file is all
     /// they read. Their output goes to `log`.
-    fn start(config: &Config, mode: Mode, roles: &[String], log: &Path) -> anyhow::Result<Self> {
+    fn start(
+        config: &Config,
+        mode: Mode,
+        roles: &[String],
+        instances: usize,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let config_file = log.with_extension("toml");
         crate::child::write_config(&config_file, config)?;
         let log =
@@ -749,18 +885,45 @@ impl Target {
                         "--roles must include {needed}: the bench measures webhook → MQTT"
                     );
                 }
-                roles
-                    .iter()
-                    .map(|role| role_args(role).map(|args| (role.clone(), args)))
-                    .collect::<anyhow::Result<_>>()?
+                let mut commands = Vec::new();
+                for role in roles {
+                    let n = if SINGLE_ROLES.contains(&role.as_str()) {
+                        1
+                    } else {
+                        instances.max(1)
+                    };
+                    for i in 0..n {
+                        let name = if n == 1 {
+                            role.clone()
+                        } else {
+                            format!("{role}#{i}")
+                        };
+                        commands.push((name, role_args(role)?));
+                    }
+                }
+                commands
             }
         };
         let mut target = Self {
             children: Vec::new(),
             config_file,
+            metrics: Vec::new(),
         };
         for (name, args) in commands {
-            let child = crate::child::command(&target.config_file)?
+            let metrics = format!("127.0.0.1:{}", crate::child::free_port()?);
+            let mut command = crate::child::command(&target.config_file)?;
+            if name.starts_with("sink-mqtt#") {
+                // Each instance its own MQTT session: one client id would take the
+                // other's session over.
+                let id = format!("{}-{}", config.sinks.mqtt.client_id, name.replace('#', "-"));
+                command.env("COEXIST_SINKS_MQTT_CLIENT_ID", id);
+            }
+            if name == "all" || name.starts_with("sink-mqtt") {
+                target.metrics.push(format!("http://{metrics}/metrics"));
+            }
+            let child = command
+                .arg("--metrics-listen")
+                .arg(&metrics)
                 .args(&args)
                 .env("NO_COLOR", "1")
                 .stdin(std::process::Stdio::null())
@@ -771,6 +934,56 @@ impl Target {
             target.children.push((name, child));
         }
         Ok(target)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// Resident memory of every child together.
+    fn rss_kib(&self) -> Option<u64> {
+        self.pids().into_iter().map(host::rss_kib).sum()
+    }
+
+    /// The CPU of the children and of the broker (if it listens on this machine)
+    /// over `seconds`, nothing being sent.
+    async fn idle(&self, config: &Config, seconds: f64) -> Idle {
+        let broker_pid = config
+            .kafka
+            .brokers
+            .split(',')
+            .next()
+            .and_then(|b| b.rsplit(':').next()?.parse().ok())
+            .and_then(host::listener_pid);
+        let mut pids = self.pids();
+        pids.extend(broker_pid);
+        let bar = ProgressBar::new_spinner()
+            .with_message(format!("measuring CPU at rest for {seconds:.0} s"));
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let mut cpu = host::cpu_percent(&pids, Duration::from_secs_f64(seconds)).await;
+        bar.finish_and_clear();
+        let broker_cpu_pct = broker_pid.and_then(|_| cpu.pop().flatten());
+        Idle {
+            seconds,
+            broker_pid,
+            broker_cpu_pct,
+            coexist_cpu_pct: cpu.into_iter().sum(),
+        }
+    }
+
+    /// Every MQTT sink's `/metrics`, concatenated (histograms are summed by the
+    /// reader). Empty where a scrape fails: the stage table is then empty.
+    async fn scrape(&self) -> String {
+        let mut text = String::new();
+        for url in &self.metrics {
+            if let Ok(r) = reqwest::get(url).await
+                && let Ok(body) = r.text().await
+            {
+                text.push_str(&body);
+                text.push('\n');
+            }
+        }
+        text
     }
 
     fn describe(&self) -> String {
@@ -883,18 +1096,13 @@ pub fn render(report: &Report, path: &Path) -> String {
     let e = &report.e2e;
     out.push_str(&row("webhook → mqtt (coexist)", e));
     if let Some(b) = &report.baseline {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        out.push_str(&row("baseline, last quarter", &last_quarter(b)));
+        out.push_str(&row("coexist, last quarter", &last_quarter(e)));
+    }
+    if let Some(r) = &report.ratios {
         out.push_str(&format!(
-            "{:<28} {:>7} {:>8} {:>5} {:>9} {:>6.1}x {:>6.1}x {:>6.1}x {:>7.1}x\n",
-            "coexist / baseline",
-            "",
-            "",
-            "",
-            "",
-            ratio(e.latency.p50_ms, b.latency.p50_ms),
-            ratio(e.latency.p95_ms, b.latency.p95_ms),
-            ratio(e.latency.p99_ms, b.latency.p99_ms),
-            ratio(e.latency.max_ms, b.latency.max_ms),
+            "coexist / warmed baseline, steady state (last quarter): p50 {:.1}x, p99 {:.1}x (whole run: p50 {:.1}x, p99 {:.1}x)\n",
+            r.steady_p50, r.steady_p99, r.p50, r.p99
         ));
     }
     out.push_str(&format!(
@@ -905,6 +1113,34 @@ pub fn render(report: &Report, path: &Path) -> String {
         "p99 first quarter {:.2} ms, last quarter {:.2} ms; drained {:.0} ms after the last send; {} duplicate(s)\n",
         e.first_quarter.p99_ms, e.last_quarter.p99_ms, e.drain_ms, e.duplicates
     ));
+    if !report.stages.is_empty() {
+        out.push_str(
+            "inside coexist, per stage (from record header timestamps; ms, interpolated):\n",
+        );
+        for st in &report.stages {
+            out.push_str(&format!(
+                "  {:<22} {:>7} messages   p50 {:>7.2}   p99 {:>7.2}\n",
+                st.stage, st.count, st.p50_ms, st.p99_ms
+            ));
+        }
+    }
+    if let Some(idle) = &report.idle {
+        let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}%"));
+        out.push_str(&format!(
+            "at rest ({:.0} s before the run): broker {} of a core (pid {}), coexist {}\n",
+            idle.seconds,
+            pct(idle.broker_cpu_pct),
+            idle.broker_pid.map_or("?".to_string(), |p| p.to_string()),
+            pct(idle.coexist_cpu_pct),
+        ));
+    }
+    if let (Some(rest), Some(after)) = (report.rss_kib_at_rest, report.rss_kib_after) {
+        out.push_str(&format!(
+            "coexist RSS: {:.1} MiB at rest, {:.1} MiB after the run\n",
+            rest as f64 / 1024.0,
+            after as f64 / 1024.0
+        ));
+    }
     out.push_str(&format!(
         "keeps up: {}   load {:.2} before, {:.2} after ({} cores)   result: {}\n",
         if report.keeps_up { "yes" } else { "NO" },
@@ -914,6 +1150,14 @@ pub fn render(report: &Report, path: &Path) -> String {
         path.display()
     ));
     out
+}
+
+/// A phase's last quarter as a row of the table.
+fn last_quarter(p: &Phase) -> Phase {
+    Phase {
+        latency: p.last_quarter.clone(),
+        ..p.clone()
+    }
 }
 
 /// `$CARGO_TARGET_DIR/bench`, or `target/bench`.

@@ -4,6 +4,7 @@
 
 pub mod analytics;
 pub mod e2e;
+pub mod host;
 pub mod stats;
 
 use std::time::{Duration, Instant};

@@ -25,11 +25,25 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u32,
     /// Producer batching delay.
     pub linger_ms: u32,
-    /// Longest a consumer's fetch waits at the broker for data (librdkafka's
-    /// `fetch.wait.max.ms`, default 500). Kafka answers a fetch as soon as there is
-    /// data, so this only bounds idle polling there; tansu answers when it runs out,
-    /// so it bounds every record's latency (`coexist bench e2e`).
+    /// Longest a consumer on the real-time path (the roles in `realtime_roles`)
+    /// waits at the broker for data (librdkafka's `fetch.wait.max.ms`). Kafka
+    /// answers a fetch as soon as there is data, so this only bounds idle polling
+    /// there; tansu answers when it runs out, so it bounds every record's latency
+    /// (`coexist bench e2e`), and each such consumer costs the broker
+    /// `1000 / fetch_wait_max_ms` fetches a second at rest.
     pub fetch_wait_max_ms: u32,
+    /// The same for every other consumer: the store sinks, analytics, status, the
+    /// notifier, the Graph API senders and the table followers (directory,
+    /// presence). None of them is on the path a message takes to an agent's
+    /// device, so they may wait longer for a fetch: at 500 ms a consumer costs the
+    /// broker 2 fetches a second at rest instead of 50 at 20 ms, and a record
+    /// reaches MongoDB/ClickHouse at most half a second later.
+    pub background_fetch_wait_max_ms: u32,
+    /// The roles on the real-time path, whose consumers use `fetch_wait_max_ms`:
+    /// the router (a new conversation is assigned before the inbox shows it) and
+    /// the MQTT sink (what devices see). Add `sink-whatsapp` for faster outbound
+    /// sends on a broker that holds fetches (tansu), at 50 fetches/s at rest.
+    pub realtime_roles: Vec<String>,
     /// Confluent Schema Registry URL; empty means plain JSON values.
     pub schema_registry_url: String,
     /// librdkafka debug contexts (e.g. `fetch,cgrp`), logged under target `librdkafka`.
@@ -70,6 +84,8 @@ impl Default for KafkaConfig {
             message_timeout_ms: 10_000,
             linger_ms: 5,
             fetch_wait_max_ms: 500,
+            background_fetch_wait_max_ms: 500,
+            realtime_roles: vec!["process-router".into(), "sink-mqtt".into()],
             schema_registry_url: String::new(),
             librdkafka_debug: String::new(),
             new_group_start: "earliest".into(),
@@ -140,6 +156,17 @@ impl KafkaConfig {
         config
     }
 
+    /// How long `role`'s group consumer waits at the broker for data: the short
+    /// wait on the real-time path, the long one elsewhere (see `realtime_roles`).
+    /// A role run as several instances (`sink-mqtt` twice) is still one role.
+    pub fn fetch_wait_ms(&self, role: &str) -> u32 {
+        if self.realtime_roles.iter().any(|r| r == role) {
+            self.fetch_wait_max_ms
+        } else {
+            self.background_fetch_wait_max_ms
+        }
+    }
+
     /// The consumer group of a role: `{client_id}-{role}`.
     pub fn group_id(&self, role: &str) -> String {
         format!("{}-{role}", self.client_id)
@@ -177,7 +204,7 @@ impl KafkaConfig {
             // and idempotent writes), so read_committed buys nothing; and tansu's last
             // stable offset can lag its high watermark, which stalls such consumers.
             .set("isolation.level", "read_uncommitted")
-            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            .set("fetch.wait.max.ms", self.fetch_wait_ms(role).to_string())
             // librdkafka's default assignor list starts with range, which gives
             // partition p of every subscribed topic to the same member: stages that
             // read co-partitioned topics (the router: events and commands, both keyed
@@ -262,6 +289,28 @@ mod tests {
                 "{protocol} {mechanism}: {:?}",
                 created.err()
             );
+        }
+    }
+
+    #[test]
+    fn only_the_real_time_path_polls_fast() {
+        let config = KafkaConfig {
+            fetch_wait_max_ms: 20,
+            background_fetch_wait_max_ms: 500,
+            ..KafkaConfig::default()
+        };
+        assert_eq!(config.fetch_wait_ms("sink-mqtt"), 20);
+        assert_eq!(config.fetch_wait_ms("process-router"), 20);
+        for role in [
+            "sink-mongo",
+            "sink-clickhouse",
+            "process-status",
+            "process-notifier",
+            "sink-expo",
+            "sink-whatsapp",
+            "sink-media",
+        ] {
+            assert_eq!(config.fetch_wait_ms(role), 500, "{role}");
         }
     }
 

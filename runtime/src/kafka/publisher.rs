@@ -38,6 +38,15 @@ pub struct Publisher {
     registry: Option<Registry>,
 }
 
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("client_id", &self.config.get("client.id"))
+            .field("registry", &self.registry.is_some())
+            .finish()
+    }
+}
+
 /// A record to produce.
 pub struct Outgoing<'a> {
     pub topic: &'a str,

@@ -34,6 +34,9 @@ use mapping::{Owners, Undo};
 use recent::RecentIds;
 pub use run::{TOPICS, run};
 
+/// The role name (metrics label).
+const ROLE: &str = "sink-mqtt";
+
 pub struct MqttSink {
     client: AsyncClient,
     /// What the event loop reports: packet ids sent and acknowledged.
@@ -130,6 +133,29 @@ fn connect(
 /// Waits until every publish of the batch is acknowledged, folding the event loop's
 /// reports; a late ack of an abandoned batch does not count ([`Acks`]). On time out
 /// the batch's publishes become stale, and the batch is redone.
+/// Records how long an inbound message spent in each stage of the real-time path,
+/// from ingest's receipt (header), the record's timestamp (handed to the producer),
+/// when this batch reached the sink and when its publishes were acknowledged.
+fn path_timings(record: &Record, consumed_ms: i64, published_ms: i64) {
+    use runtime::observe::path;
+    let received_ms = record
+        .headers
+        .iter()
+        .find(|(k, _)| k == "coexist.received_at_ms")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+    let metrics = &runtime::observe::global().metrics;
+    if let Some(produced_ms) = record.timestamp_ms {
+        if let Some(received_ms) = received_ms {
+            metrics.path_stage(path::RECEIVED_PRODUCED, produced_ms - received_ms);
+        }
+        metrics.path_stage(path::PRODUCED_CONSUMED, consumed_ms - produced_ms);
+    }
+    metrics.path_stage(path::CONSUMED_PUBLISHED, published_ms - consumed_ms);
+    if let Some(received_ms) = received_ms {
+        metrics.path_stage(path::RECEIVED_PUBLISHED, published_ms - received_ms);
+    }
+}
+
 async fn await_acks(
     acks: &mut Acks,
     deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
@@ -253,8 +279,11 @@ impl MqttSink {
         undo: &mut Vec<Undo>,
     ) -> anyhow::Result<Vec<Reject>> {
         let mut rejects = Vec::new();
+        let consumed_ms = events::clock::now_ms();
         self.catch_up(); // reports about abandoned batches, a lost session
         let mut published = Vec::new();
+        // The inbound messages published, for the real-time path's stage timings.
+        let mut timed = Vec::new();
         for (index, record) in batch.iter().enumerate() {
             let (key, topics, payload, follow) = match self.route(record, &published, undo) {
                 Ok(routed) => routed,
@@ -288,6 +317,9 @@ impl MqttSink {
                 }
                 self.acks.publishing();
             }
+            if record.topic == topics::WHATSAPP_EVENTS {
+                timed.push(index);
+            }
             published.push(key);
         }
         let deadline =
@@ -296,6 +328,13 @@ impl MqttSink {
         for id in published {
             self.followups.release(&id);
             self.recent.insert(id);
+        }
+        let metrics = &runtime::observe::global().metrics;
+        metrics.cache_size(ROLE, "recent_ids", self.recent.len());
+        metrics.cache_size(ROLE, "conversation_owners", self.owned_conversations());
+        let published_ms = events::clock::now_ms();
+        for record in timed.into_iter().filter_map(|i| batch.get(i)) {
+            path_timings(record, consumed_ms, published_ms);
         }
         Ok(rejects)
     }

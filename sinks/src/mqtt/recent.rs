@@ -20,6 +20,15 @@ impl RecentIds {
         }
     }
 
+    /// How many ids are remembered (at most the capacity).
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.set.contains(id)
     }

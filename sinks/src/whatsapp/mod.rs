@@ -186,6 +186,12 @@ impl Stage for WhatsAppSink {
         if self.batches.is_multiple_of(1000) {
             self.window.prune(now, self.config.window_hours);
         }
+        // Bounded by time: customers whose window closed `window_hours` ago are pruned.
+        runtime::observe::global().metrics.cache_size(
+            "sink-whatsapp",
+            "window_book",
+            self.window.len(),
+        );
 
         let mut answers = Vec::new();
         let mut sends: BTreeMap<String, Vec<(OutboundMessage, Call)>> = BTreeMap::new();
