@@ -246,6 +246,8 @@ impl Network {
                 }
                 let upstream = upstream.clone();
                 let mut cut_now = watch.clone();
+                // Only a cut after this connection was made ends it.
+                cut_now.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
@@ -483,10 +485,15 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
     w.login(&bob, &bob_phone).await;
     let select = wait_css(&bob, "#presence", "the presence switch").await;
     select.select_by_value("away").await.unwrap();
+    // The console's presence device is its session (PresenceEvent::table_key).
+    let session = bob
+        .execute("return window.consoleState.me.session_id", vec![])
+        .await
+        .unwrap();
     read_until(
         &w.stack.config.kafka.brokers,
         events::topics::AGENTS_PRESENCE,
-        &w.org.org,
+        &format!("{}/bob/{}", w.org.org, session.as_str().unwrap()),
         "\"state\":\"away\"",
     )
     .await;

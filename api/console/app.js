@@ -717,7 +717,10 @@ async function fillGap() {
 }
 
 function onFeed({ topic, payload }) {
-  (window.feedLog = window.feedLog || []).push(topic);
+  // The last topics seen, for tests and debugging (bounded).
+  const log = (window.feedLog = window.feedLog || []);
+  log.push(topic);
+  if (log.length > 200) log.splice(0, log.length - 200);
   const parts = topic.split("/");
   const i = parts.indexOf("conversations");
   if (i >= 0 && parts[i + 2] === "activity") {
@@ -826,7 +829,12 @@ async function invite(ev) {
     await api.post("/v1/agents", body);
     $("invite-form").reset();
     notice(`Invited ${body.agent_id}: they can log in with ${contact}.`, "info");
-    await drawAgents();
+    // The invitation is a directory change: listed once the store has it.
+    for (let i = 0; i < 40; i++) {
+      await drawAgents();
+      if (state.agents.some((a) => a.agent_id === body.agent_id)) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
   } catch (err) {
     notice(err.message);
   }
