@@ -319,10 +319,11 @@ async fn presence_and_activity_over_rest_take_the_devices_path() {
         )
         .await;
     assert_eq!((status, &body), (202, &json!({"published": true})));
+    // Keyed per device (`PresenceEvent::table_key`): the topic is compacted.
     let records = support::read_until(
         &t.stack.config.kafka.brokers,
         events::topics::AGENTS_PRESENCE,
-        &a,
+        &format!("{a}/admin/{}", admin.session_id),
         &admin.session_id,
     )
     .await;

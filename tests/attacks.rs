@@ -575,7 +575,7 @@ async fn a_two_mib_presence_message_does_not_stop_presence_for_another_org() {
         support::read_until(
             &brokers,
             events::topics::AGENTS_PRESENCE,
-            &bob_org,
+            &format!("{bob_org}/"),
             "bobs-phone",
         ),
     )
@@ -683,7 +683,7 @@ async fn forged_activity_changes_no_ones_presence() {
         support::read_until(
             &stack.config.kafka.brokers,
             events::topics::AGENTS_PRESENCE,
-            o,
+            &format!("{o}/"),
             "marker",
         ),
     )

@@ -457,7 +457,8 @@ pub async fn read_until(brokers: &str, topic: &str, key: &str, until: &str) -> V
 }
 
 /// Records keyed `key` on `topic` (value and headers), from the start until the
-/// `nth` one containing `until`.
+/// `nth` one containing `until`. A `key` ending in `/` matches every key it starts
+/// (`agents.presence` is keyed `org/agent/device`: `"{org}/"` reads an org's).
 pub async fn read_records(
     brokers: &str,
     topic: &str,
@@ -485,7 +486,11 @@ pub async fn read_records(
             .await
             .unwrap_or_else(|_| panic!("{until} never reached {topic}"))
             .unwrap();
-        if message.key() != Some(key.as_bytes()) {
+        let wanted = match message.key() {
+            Some(k) if key.ends_with('/') => k.starts_with(key.as_bytes()),
+            k => k == Some(key.as_bytes()),
+        };
+        if !wanted {
             continue;
         }
         let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
