@@ -664,8 +664,17 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
         },
     )
     .await;
-    let reason = text_of(&ann, "#composer-reason").await;
-    assert!(reason.contains("window closed"), "reason shown: {reason:?}");
+    until_on(
+        Some(&ann),
+        "the reason shown",
+        Duration::from_secs(10),
+        || async {
+            text_of(&ann, "#composer-reason")
+                .await
+                .contains("window closed")
+        },
+    )
+    .await;
     click(&ann, "#open-templates").await;
     until("templates listed", Duration::from_secs(15), || async {
         present(&ann, "#template-select option").await > 1

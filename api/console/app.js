@@ -70,6 +70,7 @@ function time(ms) {
 
 /** How long the 24-hour window has left, or why it is closed. */
 function windowLeft(c) {
+  if (c.pending) return { open: false, text: "loading…" };
   if (!c.window_expires_at_ms) return { open: false, text: "no customer message yet: templates only" };
   const left = c.window_expires_at_ms - Date.now();
   if (left <= 0) return { open: false, text: "24 h window closed: templates only" };
@@ -747,6 +748,7 @@ function onFeed({ topic, payload }) {
       unread_count: 0,
       last_message_at_ms: p.at_ms,
       last_message_preview: "",
+      pending: true, // known from the feed only: the window is not known yet
     };
     state.convs.set(p.conversation_id, corrected(known));
     if (state.conversation && state.conversation.conversation_id === p.conversation_id) {
