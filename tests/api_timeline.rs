@@ -263,16 +263,25 @@ async fn a_note_is_on_the_timeline_and_on_the_conversation_topic_once_and_never_
         )
         .await;
     assert_eq!(one["unread_count"], 1, "{one}");
-    let (status, _, result) = t
-        .stack
-        .call(
-            "GET",
-            &format!("/v1/commands/{command_id}"),
-            Some(&t.admin),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{result}");
+    // The note and the command's result come from the same assignment record but
+    // are separate writes: the result may land a moment after the note.
+    let result_path = format!("/v1/commands/{command_id}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let result = loop {
+        let (status, _, result) = t
+            .stack
+            .call("GET", &result_path, Some(&t.admin), None)
+            .await;
+        if status == 200 {
+            break result;
+        }
+        assert_eq!(status, 404, "{result}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result for the note's command after 30 s: {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(result["accepted"], true, "{result}");
 
     // On the conversation's MQTT topic, once.

@@ -121,18 +121,42 @@ async fn visible(c: &Client, css: &str) -> bool {
     }
 }
 
+/// Whether a command failed because the page re-rendered the element between
+/// finding and using it (the inbox redraws as the feed brings news): find it again.
+fn is_stale(error: &fantoccini::error::CmdError) -> bool {
+    error.to_string().contains("stale element")
+}
+
 async fn fill(c: &Client, css: &str, text: &str) {
-    let e = wait_css(c, css, "a field to fill").await;
-    e.clear().await.unwrap();
-    e.send_keys(text).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let e = wait_css(c, css, "a field to fill").await;
+        match async {
+            e.clear().await?;
+            e.send_keys(text).await
+        }
+        .await
+        {
+            Ok(()) => return,
+            Err(error) if is_stale(&error) && start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("fill {css}: {error}"),
+        }
+    }
 }
 
 async fn click(c: &Client, css: &str) {
-    wait_css(c, css, "a control to click")
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    let start = Instant::now();
+    loop {
+        match wait_css(c, css, "a control to click").await.click().await {
+            Ok(_) => return,
+            Err(error) if is_stale(&error) && start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("click {css}: {error}"),
+        }
+    }
 }
 
 async fn text_of(c: &Client, css: &str) -> String {
