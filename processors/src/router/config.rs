@@ -44,6 +44,12 @@ pub struct RouterConfig {
     /// older than this when the router sees it is ignored, so the set of answered
     /// ids stays bounded; keep it shorter than `conversations.commands` retention.
     pub command_ttl_ms: i64,
+    /// How long a resolved conversation is remembered (ms), so that a late or
+    /// redelivered message does not reopen it and a sticky policy finds its last
+    /// agent (a number's longer sticky window wins). After that it is forgotten:
+    /// the router's memory is its live work plus this much history, not every
+    /// conversation ever.
+    pub resolved_retention_ms: i64,
 }
 
 impl Default for RouterConfig {
@@ -55,6 +61,7 @@ impl Default for RouterConfig {
             offline_grace_ms: 120_000,
             clock_tolerance_ms: 2_000,
             command_ttl_ms: 7 * 24 * 3_600_000,
+            resolved_retention_ms: 30 * 24 * 3_600_000,
         }
     }
 }
@@ -106,6 +113,7 @@ impl RouterConfig {
             ("offline_grace_ms", self.offline_grace_ms),
             ("clock_tolerance_ms", self.clock_tolerance_ms),
             ("command_ttl_ms", self.command_ttl_ms),
+            ("resolved_retention_ms", self.resolved_retention_ms),
         ]
         .into_iter()
         .chain(windows.map(|w| ("sticky window_ms", w)))

@@ -74,6 +74,9 @@ pub struct Router {
     held: BTreeMap<(String, String), BTreeSet<String>>,
     /// Index of `conversations`: the queue, by the change that queued each one.
     queue: BTreeMap<u64, String>,
+    /// Index of `conversations`: the resolved ones by when they were resolved, so
+    /// those past [`RouterConfig::resolved_retention_ms`] are forgotten.
+    resolved_by_time: BTreeSet<(i64, String)>,
     /// The last agent each business number assigned a conversation to.
     round_robin: BTreeMap<String, String>,
     /// Changes applied so far: numbers queue positions and output ids.
@@ -193,6 +196,7 @@ impl Router {
             answered_by_time: BTreeSet::new(),
             held: BTreeMap::new(),
             queue: BTreeMap::new(),
+            resolved_by_time: BTreeSet::new(),
             round_robin: BTreeMap::new(),
             changes: 0,
             presence: BTreeMap::new(),
@@ -218,6 +222,48 @@ impl Router {
     /// How many answered command ids are remembered (bounded by the TTL).
     pub fn remembered_commands(&self) -> usize {
         self.answered.len()
+    }
+
+    /// How many conversations are held: the open and assigned ones (live work, all
+    /// kept) and the resolved ones within their retention.
+    pub fn remembered_conversations(&self) -> usize {
+        self.conversations.len()
+    }
+
+    /// Forgets conversations resolved longer ago than their retention: the config's
+    /// `resolved_retention_ms`, or the number's sticky window if that is longer (a
+    /// returning customer goes back to their agent within it). A forgotten one that
+    /// the customer writes to again is a new conversation, routed as any other; all
+    /// a redelivery older than the retention could do is reopen it, as a new message
+    /// would. Returns how many were forgotten.
+    fn forget_resolved(&mut self, now_ms: i64) -> usize {
+        let cutoff = now_ms.saturating_sub(self.config.resolved_retention_ms);
+        let expired: Vec<(i64, String)> = self
+            .resolved_by_time
+            .range(..(cutoff, String::new()))
+            .filter(|(resolved_at, id)| {
+                let Some(conv) = self.conversations.get(id) else {
+                    return true;
+                };
+                let window = match self.policy_for(&conv.org, &conv.phone_number_id) {
+                    Policy::Sticky { window_ms } => window_ms,
+                    _ => 0,
+                };
+                *resolved_at < now_ms.saturating_sub(window.max(self.config.resolved_retention_ms))
+            })
+            .cloned()
+            .collect();
+        for entry in &expired {
+            self.resolved_by_time.remove(entry);
+            if self
+                .conversations
+                .get(&entry.1)
+                .is_some_and(|c| c.status == Status::Resolved)
+            {
+                self.conversations.remove(&entry.1);
+            }
+        }
+        expired.len()
     }
 
     /// Forgets every conversation of the business numbers `lost` says this router no
@@ -247,6 +293,10 @@ impl Router {
                             self.held.remove(&key);
                         }
                     }
+                }
+                Status::Resolved => {
+                    self.resolved_by_time
+                        .remove(&(conv.changed_at_ms, id.clone()));
                 }
                 _ => {}
             }
@@ -295,6 +345,7 @@ impl Router {
             }
             Input::Tick => {
                 self.forget_answered_before(now_ms.saturating_sub(self.config.command_ttl_ms));
+                self.forget_resolved(now_ms);
                 let cause = format!("tick:{now_ms}");
                 self.requeue_absent(&cause, now_ms, &mut out);
                 cause
@@ -340,8 +391,15 @@ impl Router {
             last_agent: None,
         });
         // Leave the old indexes.
-        if let Status::Open { since } = conv.status {
-            self.queue.remove(&since);
+        match conv.status {
+            Status::Open { since } => {
+                self.queue.remove(&since);
+            }
+            Status::Resolved => {
+                self.resolved_by_time
+                    .remove(&(conv.changed_at_ms, id.clone()));
+            }
+            Status::Assigned(_) => {}
         }
         let released = conv.status.agent().map(str::to_owned);
         if let Some(agent) = &released {
@@ -369,7 +427,10 @@ impl Router {
                 }
                 Status::Assigned(owner.to_owned())
             }
-            (ConversationState::Resolved, _) => Status::Resolved,
+            (ConversationState::Resolved, _) => {
+                self.resolved_by_time.insert((ev.at_ms, id.clone()));
+                Status::Resolved
+            }
             _ => {
                 if ev.command_id.is_some() {
                     conv.released_by = released;

@@ -115,11 +115,13 @@ pub async fn run(ctx: &RoleContext, config: &RouterStageConfig) -> anyhow::Resul
                 let Some(mut outputs) = owned.sync(batches.consumer(), kafka, &mut router, &shutdown).await else { break };
                 outputs.extend(router.handle(Input::Tick, now_ms()));
                 if !publish(&publisher, &outputs, &shutdown).await { break }
-                // Answered command ids are bounded by `command_ttl_ms`; devices by
-                // the agents there are.
+                // Answered command ids are bounded by `command_ttl_ms`, resolved
+                // conversations by `resolved_retention_ms`; devices by the agents
+                // there are.
                 let metrics = &observe::global().metrics;
                 metrics.cache_size(&ctx.role, "answered_commands", router.remembered_commands());
                 metrics.cache_size(&ctx.role, "presence_devices", router.tracked_devices());
+                metrics.cache_size(&ctx.role, "conversations", router.remembered_conversations());
             }
             batch_result = batches.recv() => {
                 let Some(records) = batch_result.transpose()? else { break };

@@ -27,6 +27,7 @@ fn config(policy: Policy) -> RouterConfig {
         offline_grace_ms: 60_000,
         clock_tolerance_ms: 0,
         command_ttl_ms: 3_600_000,
+        resolved_retention_ms: 3_600_000,
     }
 }
 
@@ -235,6 +236,61 @@ fn a_message_older_than_the_resolution_does_not_reopen() {
         r.snapshot().conversations[0].state,
         ConversationState::Resolved
     );
+}
+
+#[test]
+fn resolved_conversations_are_forgotten_after_their_retention_and_live_ones_never() {
+    let mut r = Router::new(RouterConfig {
+        resolved_retention_ms: 10_000,
+        ..config(Policy::LeastLoaded)
+    });
+    r.handle(online("ana", 0), 0);
+    r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
+    r.handle(command("k1", "c1", "ana", CommandAction::Resolve), 2000);
+    r.handle(message("m2", "c2", Origin::Customer, 3000), 3000); // ana holds it
+    r.handle(command("k2", "c3", "ana", CommandAction::Resolve), 3000); // unknown: nothing
+    assert_eq!(r.remembered_conversations(), 2);
+    // Within the retention: kept, so a redelivery of m1 still reopens nothing.
+    r.handle(Input::Tick, 12_000);
+    assert_eq!(r.remembered_conversations(), 2);
+    assert!(
+        r.handle(message("m1", "c1", Origin::Customer, 1000), 12_000)
+            .is_empty()
+    );
+    // Past it: the resolved one is gone; the assigned ones stay however old.
+    r.handle(Input::Tick, 12_001);
+    assert_eq!(r.remembered_conversations(), 1);
+    r.handle(Input::Tick, 10_000_000);
+    assert_eq!(r.owner(&conv("c2")), Some("ana"));
+    assert_eq!(r.remembered_conversations(), 1);
+    // The customer writes again: a new conversation, routed like any other.
+    let out = r.handle(
+        message("m4", "c1", Origin::Customer, 10_001_000),
+        10_001_000,
+    );
+    assert_eq!(moves(&out), [(Open, None), (Assigned, Some("ana"))]);
+}
+
+#[test]
+fn a_longer_sticky_window_keeps_a_resolved_conversation_for_its_agent() {
+    let mut r = Router::new(RouterConfig {
+        resolved_retention_ms: 10_000,
+        ..config(Policy::Sticky { window_ms: 50_000 })
+    });
+    r.handle(online("bob", 0), 0);
+    r.handle(message("m1", "c1", Origin::Customer, 1000), 1000);
+    r.handle(command("k1", "c1", "bob", CommandAction::Resolve), 2000);
+    r.handle(online("ana", 3000), 3000);
+    r.handle(Input::Tick, 30_000);
+    assert_eq!(r.remembered_conversations(), 1);
+    // Least-loaded would pick ana (the tie goes to the lower id); sticky, bob.
+    r.handle(message("m2", "c1", Origin::Customer, 40_000), 40_000);
+    assert_eq!(r.owner(&conv("c1")), Some("bob"));
+    r.handle(command("k2", "c1", "bob", CommandAction::Resolve), 41_000);
+    r.handle(Input::Tick, 91_000);
+    assert_eq!(r.remembered_conversations(), 1);
+    r.handle(Input::Tick, 91_001);
+    assert_eq!(r.remembered_conversations(), 0);
 }
 
 // ---- policies ---------------------------------------------------------------
@@ -846,6 +902,7 @@ fn prop_config(p1: Policy, p2: Policy) -> RouterConfig {
         offline_grace_ms: 20_000,
         clock_tolerance_ms: 0,
         command_ttl_ms: 3_600_000,
+        resolved_retention_ms: 3_600_000,
     }
 }
 
