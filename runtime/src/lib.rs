@@ -10,6 +10,7 @@ pub mod directory;
 pub mod kafka;
 pub mod mqtt;
 pub mod observe;
+pub mod presence;
 pub mod retry;
 pub mod role;
 pub mod s3;

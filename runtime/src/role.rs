@@ -16,6 +16,7 @@ use crate::directory::{self, DirectoryHandle};
 use crate::kafka::{KafkaConfig, Publisher, RebalanceLog};
 use crate::mqtt::MqttConnection;
 use crate::observe;
+use crate::presence::{PresenceFeed, PresenceHub};
 use crate::retry::RetryPolicy;
 use crate::s3::S3Config;
 use crate::seal::{Sealer, SealingConfig};
@@ -40,27 +41,34 @@ pub struct RoleContext {
 
 /// What the roles of one process share instead of each making its own: in
 /// `coexist all`, one producer (each librdkafka client is threads, connections and
-/// metadata requests of its own; eleven buy nothing over one) and one follower of
-/// the directory (one reader polling `directory.changes` instead of four).
+/// metadata requests of its own; eleven buy nothing over one), one follower of
+/// the directory (one reader polling `directory.changes` instead of four) and one
+/// of the presence table (instead of the router's and the notifier's).
 #[derive(Debug, Clone, Default)]
 pub struct Shared {
     pub publisher: Option<Publisher>,
     pub directory: Option<DirectoryHandle>,
+    pub presence: Option<PresenceHub>,
 }
 
 impl Shared {
-    /// One producer and one directory follower for every role of this process
-    /// (until `shutdown`); returns once the directory has been read whole.
+    /// One producer, one directory follower and one presence follower for every
+    /// role of this process (until `shutdown`); returns once the directory and the
+    /// presence table have been read whole.
     pub async fn for_process(
         kafka: &KafkaConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let publisher = kafka.publisher("all").await?;
         let (directory, _follower) =
-            directory::follow(kafka, Vec::new(), "all-directory", shutdown).await?;
+            directory::follow(kafka, Vec::new(), "all-directory", shutdown.clone()).await?;
+        let presence = PresenceHub::start(kafka, "all-presence", shutdown)
+            .await?
+            .map(|(hub, _follower)| hub);
         Ok(Self {
             publisher: Some(publisher),
             directory: Some(directory),
+            presence,
         })
     }
 }
@@ -106,6 +114,18 @@ impl RoleContext {
             self.shutdown.clone(),
         )
         .await
+    }
+
+    /// The presence table as it is now, then every change (the process's hub if it
+    /// shares one, else a reader named `{role}-presence` of the role's own). `None`
+    /// only at shutdown.
+    pub async fn presence(&self) -> anyhow::Result<Option<(PresenceFeed, JoinHandle<()>)>> {
+        if let Some(hub) = &self.shared.presence {
+            return Ok(Some((hub.subscribe(), tokio::spawn(async {}))));
+        }
+        let purpose = format!("{}-presence", self.role);
+        let started = PresenceHub::start(&self.kafka, &purpose, self.shutdown.clone()).await?;
+        Ok(started.map(|(hub, task)| (hub.subscribe(), task)))
     }
 
     /// Retries `connect` until it succeeds or shutdown (a store that is down at

@@ -6,7 +6,7 @@
 use events::clock::now_ms;
 use std::time::Duration;
 
-use events::inbox::{AssignmentEvent, PresenceEvent};
+use events::inbox::AssignmentEvent;
 use events::{WhatsAppEvent, codec, topics};
 use runtime::consume;
 use runtime::observe;
@@ -30,16 +30,12 @@ pub async fn run(ctx: &RoleContext, config: &NotifierConfig) -> anyhow::Result<(
     else {
         return Ok(());
     };
-    let Some((presence_table, presence_ends)) =
-        read(topics::AGENTS_PRESENCE, "notifier-presence").await
-    else {
+    let Some((presence, presence_task)) = ctx.presence().await? else {
         return Ok(());
     };
     let now = now_ms();
-    for (_, value) in &presence_table {
-        if let Ok(event) = codec::decode::<PresenceEvent>(value) {
-            notifier.handle(NotifierInput::Presence(&event), now);
-        }
+    for event in &presence.initial {
+        notifier.handle(NotifierInput::Presence(event), now);
     }
     for (_, value) in &assignments {
         if let Ok(assignment) = codec::decode::<AssignmentEvent>(value) {
@@ -48,12 +44,11 @@ pub async fn run(ctx: &RoleContext, config: &NotifierConfig) -> anyhow::Result<(
     }
     tracing::info!(
         assignments = assignments.len(),
-        presence = presence_table.len(),
+        presence = presence.initial.len(),
         "notifier rebuilt"
     );
 
-    let (mut presence, presence_task) =
-        table::presence_feed(kafka, &presence_ends, "notifier-presence", shutdown.clone())?;
+    let mut presence = presence.live;
     // A new notifier starts at the present: pushes about history are noise.
     let mut batches = consume::Batches::spawn(
         kafka.consumer_from(&ctx.role, TOPICS, &starts_at)?,

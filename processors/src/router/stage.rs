@@ -24,7 +24,7 @@ use events::clock::now_ms;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use events::inbox::{AssignmentEvent, ConversationCommand, PresenceEvent};
+use events::inbox::{AssignmentEvent, ConversationCommand};
 use events::{WhatsAppEvent, codec, topics};
 use rdkafka::consumer::Consumer;
 use runtime::consume;
@@ -66,27 +66,16 @@ pub async fn run(ctx: &RoleContext, config: &RouterStageConfig) -> anyhow::Resul
         // Nothing is owned yet, so this only records agents and policies.
         router.handle(Input::Directory(Box::new(change), stamp), now_ms());
     }
-    // Who is online, before routing anything: the presence table up to now, then live.
-    let Some((presence_table, ends)) = table::read_until_ok(
-        kafka,
-        topics::AGENTS_PRESENCE,
-        None,
-        "router-presence",
-        &shutdown,
-    )
-    .await
-    else {
+    // Who is online, before routing anything: the presence table now, then live.
+    let Some((presence, presence_task)) = ctx.presence().await? else {
         return Ok(());
     };
-    tracing::info!(records = presence_table.len(), ?ends, "presence table read");
-    for (_, value) in presence_table {
-        if let Ok(event) = codec::decode::<PresenceEvent>(&value) {
-            // No conversation is owned yet, so this only records who is online.
-            router.handle(Input::Presence(event), now_ms());
-        }
+    tracing::info!(devices = presence.initial.len(), "presence table read");
+    for event in presence.initial {
+        // No conversation is owned yet, so this only records who is online.
+        router.handle(Input::Presence(event), now_ms());
     }
-    let (mut presence, presence_task) =
-        table::presence_feed(kafka, &ends, "router-presence", shutdown.clone())?;
+    let mut presence = presence.live;
     let mut batches = consume::Batches::spawn(
         kafka.consumer(&ctx.role, TOPICS)?,
         ctx.batch.clone(),
