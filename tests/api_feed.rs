@@ -464,5 +464,51 @@ async fn presence_and_activity_over_rest_take_the_devices_path() {
         Some(conversation.as_str())
     );
     assert_eq!(typing[0].agent_id, "admin");
+
+    // The feed is the browser's presence (a browser has no MQTT last will): bob's
+    // device is offline once the last of his streams ends, and not while another
+    // one is open.
+    let brokers = &t.stack.config.kafka.brokers;
+    let device = format!("{a}/bob/{}", bob.session_id);
+    let second = t.feed(&bob.access).await;
+    drop(feed_bob);
+    // A ping a second finds the closed stream; then a marker from bob himself.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, _, _) = t
+        .stack
+        .call(
+            "PUT",
+            "/v1/me/presence",
+            Some(&bob.access),
+            Some(json!({"status": "online"})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let before = support::read_until(
+        brokers,
+        events::topics::AGENTS_PRESENCE,
+        &device,
+        "\"state\":\"online\"",
+    )
+    .await;
+    assert!(
+        before.iter().all(|r| !r.contains("\"offline\"")),
+        "offline while a stream was open: {before:?}"
+    );
+    drop(second);
+    let after = support::read_until(
+        brokers,
+        events::topics::AGENTS_PRESENCE,
+        &device,
+        "\"state\":\"offline\"",
+    )
+    .await;
+    let offline: Vec<&String> = after.iter().filter(|r| r.contains("\"offline\"")).collect();
+    assert_eq!(offline.len(), 1, "{after:?}");
+    let event: events::inbox::PresenceEvent = serde_json::from_str(offline[0]).unwrap();
+    assert_eq!(
+        (event.agent_id.as_str(), event.device_id.as_str()),
+        ("bob", bob.session_id.as_str())
+    );
     t.stack.stop().await;
 }

@@ -183,7 +183,15 @@ async function start() {
   for (const node of document.querySelectorAll("[data-admin]")) node.hidden = state.me.role !== "admin";
   api.get("/v1/agents").then((r) => (state.agents = r.items || r.agents || r)).catch(() => {});
   if (state.stopFeed) state.stopFeed();
-  state.stopFeed = connect({ onReady: fillGap, onEvent: onFeed, onState: (s) => ($("live").dataset.state = s, ($("live").textContent = s === "live" ? "live" : "reconnecting…")) });
+  // The API says this device is offline when its feed ends (a browser has no MQTT
+  // last will): so after a reconnect the switch is said again.
+  let reconnect = false;
+  const onReady = () => {
+    fillGap();
+    if (reconnect) setPresence($("presence").value || "online");
+    reconnect = true;
+  };
+  state.stopFeed = connect({ onReady, onEvent: onFeed, onState: (s) => ($("live").dataset.state = s, ($("live").textContent = s === "live" ? "live" : "reconnecting…")) });
   route();
   setPresence("online");
 }
@@ -998,6 +1006,10 @@ function wire() {
     showLogin();
   });
   window.addEventListener("hashchange", route);
+  // Said again every minute while logged in: a stream whose end the API noticed
+  // late (a dead connection is found at its next ping) may have said "offline"
+  // after this tab was back; the router's grace period outlasts the minute.
+  setInterval(() => state.me && state.stopFeed && setPresence($("presence").value || "online"), 60_000);
   setInterval(() => {
     if (state.conversation) {
       activity("viewing");

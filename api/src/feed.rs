@@ -11,7 +11,15 @@
 //! whose hub lost the broker, is ended, and the client reconnects and fills the gap
 //! from the REST cursors. A stream also ends when its access token expires or its
 //! session is revoked (checked at every ping).
+//!
+//! The feed is also the browser's presence: a browser has no MQTT last will, so
+//! when a session's last stream here ends because its client went away (or its
+//! session was revoked), the API says `offline` for that device, as the broker
+//! would for a device's lost connection. The console says its switch again on
+//! every reconnect, so a network blip costs nothing (the router's grace period is
+//! far longer than a reconnect).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use events::access::{Action, may};
@@ -38,6 +46,8 @@ pub struct Feed {
     /// The hub's connection while it is live: presence and activity set over REST
     /// are published through it, as a device would publish them.
     client: std::sync::Mutex<Option<AsyncClient>>,
+    /// Open streams per session (device) on this process.
+    streams: std::sync::Mutex<HashMap<String, usize>>,
     /// Cancelled when the API shuts down: open streams end, so the server can.
     pub stop: CancellationToken,
 }
@@ -50,6 +60,7 @@ impl Feed {
             tx,
             live,
             client: std::sync::Mutex::new(None),
+            streams: std::sync::Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         }
     }
@@ -78,6 +89,26 @@ impl Feed {
             .publish(topic, QoS::AtLeastOnce, retain, payload)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Counts a stream of `session` as open.
+    pub fn stream_opened(&self, session: &str) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        *streams.entry(session.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a stream of `session` as closed; whether it was the session's last.
+    pub fn stream_closed(&self, session: &str) -> bool {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(open) = streams.get_mut(session) else {
+            return true;
+        };
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            streams.remove(session);
+            return true;
+        }
+        false
     }
 
     fn set_client(&self, client: Option<AsyncClient>) {

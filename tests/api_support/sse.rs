@@ -13,12 +13,19 @@ pub struct Frame {
     pub data: String,
 }
 
-/// A feed being read in the background.
+/// A feed being read in the background; dropping it closes the connection.
 pub struct Feed {
+    reader: tokio::task::JoinHandle<()>,
     frames: Arc<Mutex<Vec<Frame>>>,
     ended: Arc<Mutex<bool>>,
     pub status: u16,
     pub content_type: String,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Feed {
@@ -35,7 +42,7 @@ impl Feed {
         let frames = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(Mutex::new(false));
         let (f, e) = (frames.clone(), ended.clone());
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buffer = String::new();
             while let Ok(Some(chunk)) = response.chunk().await {
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
@@ -47,6 +54,7 @@ impl Feed {
             *e.lock().unwrap() = true;
         });
         Self {
+            reader,
             frames,
             ended,
             status,

@@ -53,9 +53,28 @@ enum End {
     Shutdown,
 }
 
-/// Feeds one connection until it ends; dropping `tx` ends the response body.
+impl End {
+    /// The client is gone for good (it closed the stream, or its session ended),
+    /// not about to reconnect (an expired token, a lag, the API going down).
+    fn device_gone(&self) -> bool {
+        matches!(self, End::Gone | End::Revoked)
+    }
+}
+
+/// Feeds one connection until it ends; dropping `tx` ends the response body. When
+/// the session's last stream on this process ends with its client gone, the device
+/// is offline (see [`crate::feed`]).
 async fn forward(state: AppState, caller: Caller, tx: mpsc::Sender<Event>) {
+    state.feed.stream_opened(&caller.session_id);
     let end = stream(&state, &caller, &tx).await;
+    let last = state.feed.stream_closed(&caller.session_id);
+    if last
+        && end.device_gone()
+        && let Err(err) = super::presence::say_offline(&state, &caller).await
+    {
+        tracing::warn!(org = %caller.org, agent = %caller.user_id, err = %err.message,
+            "feed ended; could not say the device is offline");
+    }
     tracing::debug!(org = %caller.org, agent = %caller.user_id, ?end, "feed ended");
 }
 

@@ -108,6 +108,17 @@ pub async fn set_presence(
     Ok((StatusCode::ACCEPTED, Json(Published { published: true })))
 }
 
+/// Says the caller's device (their session) is offline, on their presence topic as
+/// a device's last will would: when the browser's last feed stream ends.
+pub(crate) async fn say_offline(state: &AppState, caller: &Caller) -> ApiResult<()> {
+    let topic = format!(
+        "{}/{}/presence/{}",
+        state.mqtt.topic_prefix, caller.org, caller.user_id
+    );
+    let payload = device_payload("offline", &caller.session_id);
+    publish(state, caller, topic, true, payload).await
+}
+
 /// Say the caller is typing in or viewing a conversation of their org (on
 /// `{prefix}/{org}/conversations/{conversation_id}/activity/{agent_id}`). Throttled
 /// per agent, conversation and kind: one per `[api] activity_min_interval_ms`
