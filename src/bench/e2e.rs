@@ -366,11 +366,7 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
     let e2e = phase(&schedule, count, &sent, &arrivals);
     let (stages, rss_kib_after) = match &target {
         Some(target) => (
-            host::stage_summaries(
-                &metrics_before,
-                &target.scrape().await,
-                &runtime::observe::path::ALL,
-            ),
+            stage_counts_settled(target, &metrics_before, e2e.received).await,
             target.rss_kib(),
         ),
         None => (Vec::new(), None),
@@ -714,6 +710,27 @@ impl Webhooks {
         post_webhook(&self.http, &self.url, signature, body)
             .await
             .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// The stages of the run, once every message received is counted in each: the MQTT
+/// sink records a batch's timings when the broker has acknowledged all of it, a
+/// moment after the subscriber got the messages. Waits at most 5 s for that.
+async fn stage_counts_settled(
+    target: &Target,
+    before: &str,
+    received: usize,
+) -> Vec<host::StageSummary> {
+    let all = &runtime::observe::path::ALL;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stages = host::stage_summaries(before, &target.scrape().await, all);
+        let complete =
+            stages.len() >= all.len() && stages.iter().all(|s| s.count >= received as u64);
+        if complete || Instant::now() >= deadline {
+            return stages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
