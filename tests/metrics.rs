@@ -141,9 +141,8 @@ fn events_lag(samples: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
 /// Every partition of `whatsapp.events` reported, every partition of any topic at
 /// lag 0, and every record fetched (of any topic) written or dead-lettered: a batch
 /// still being written would otherwise land between two samples.
-async fn caught_up(scrape: &Scrape, partitions: usize) -> bool {
-    let samples = scrape.samples().await;
-    let lag = events_lag(&samples);
+fn caught_up(samples: &BTreeMap<String, f64>, partitions: usize) -> bool {
+    let lag = events_lag(samples);
     let fetched: f64 = samples
         .iter()
         .filter(|(series, _)| {
@@ -152,10 +151,10 @@ async fn caught_up(scrape: &Scrape, partitions: usize) -> bool {
         .map(|(_, n)| n)
         .sum();
     let done = value(
-        &samples,
+        samples,
         &format!("coexist_records_out_total{{role=\"{ROLE}\"}}"),
     ) + value(
-        &samples,
+        samples,
         &format!("coexist_deadletters_total{{role=\"{ROLE}\"}}"),
     );
     // Every topic the sink reads at lag 0 too, not only `whatsapp.events`: a backlog
@@ -171,6 +170,26 @@ async fn caught_up(scrape: &Scrape, partitions: usize) -> bool {
         && lag.values().all(|&l| l == 0.0)
         && every_topic_caught_up
         && fetched == done
+}
+
+/// The first sample in which the sink is [`caught_up`], within `limit`.
+async fn caught_up_sample(
+    scrape: &Scrape,
+    partitions: usize,
+    limit: Duration,
+) -> BTreeMap<String, f64> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let samples = scrape.samples().await;
+        if caught_up(&samples, partitions) {
+            return samples;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sink never caught up in {limit:?}: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn message(org: &str, number: &str, i: usize) -> WhatsAppEvent {
@@ -226,14 +245,9 @@ async fn a_sink_reports_exact_counts_dead_letters_and_lag_back_to_zero() {
     )
     .await;
     // A new group starts at the earliest record: let it finish what earlier tests
-    // left on the topic, then count from there.
-    wait_for(
-        "the sink to catch up with the topic's history",
-        Duration::from_secs(90),
-        || caught_up(&scrape, partitions),
-    )
-    .await;
-    let before = scrape.samples().await;
+    // left on the topic, then count from the very sample that said so (a second
+    // scrape could catch a batch fetched but not yet written in between).
+    let before = caught_up_sample(&scrape, partitions, Duration::from_secs(90)).await;
     let out_series = format!("coexist_records_out_total{{role=\"{ROLE}\"}}");
     let dead_series = format!("coexist_deadletters_total{{role=\"{ROLE}\"}}");
 
@@ -273,13 +287,7 @@ async fn a_sink_reports_exact_counts_dead_letters_and_lag_back_to_zero() {
     )
     .await;
     // ...then for the committed offsets to reach the watermarks in the statistics.
-    wait_for(
-        "the lag of every partition back to 0",
-        Duration::from_secs(60),
-        || caught_up(&scrape, partitions),
-    )
-    .await;
-    let after = scrape.samples().await;
+    let after = caught_up_sample(&scrape, partitions, Duration::from_secs(60)).await;
     assert_eq!(
         records_in(&after) - records_in(&before),
         FED as f64 + 1.0,
