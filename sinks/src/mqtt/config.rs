@@ -14,6 +14,11 @@ pub struct MqttConfig {
     /// real-time path to devices, so it waits less than the stores' sinks; under load
     /// batches fill by themselves.
     pub batch_max_wait_ms: u64,
+    /// Publishes the client keeps unacknowledged at once (rumqttc's own default is
+    /// 100). A batch under load makes several hundred (a message goes to its
+    /// conversation and to inboxes), and with 100 its last publishes waited for
+    /// earlier PUBACKs before they could even leave.
+    pub max_inflight: u16,
 }
 
 impl MqttConfig {
@@ -33,6 +38,7 @@ impl Default for MqttConfig {
             dedup_capacity: 100_000,
             ack_timeout_ms: 10_000,
             batch_max_wait_ms: 2,
+            max_inflight: 1000,
         }
     }
 }

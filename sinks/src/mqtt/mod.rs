@@ -60,7 +60,8 @@ impl Drop for MqttSink {
 
 impl MqttSink {
     pub fn new(connection: &MqttConnection, config: MqttConfig) -> Self {
-        let options = connection.options(&config.client_id);
+        let mut options = connection.options(&config.client_id);
+        options.set_inflight(config.max_inflight.max(1));
         let (client, deliveries, event_loop) = connect(options.clone());
         Self {
             client,
@@ -344,6 +345,18 @@ impl MqttSink {
 mod tests {
     use super::acks::Delivery::{Acked, Sent};
     use super::*;
+
+    /// `[sinks.mqtt] max_inflight` reaches the client: with rumqttc's own 100, a
+    /// batch's later publishes waited for earlier PUBACKs before they could leave.
+    #[tokio::test]
+    async fn the_client_keeps_as_many_publishes_in_flight_as_configured() {
+        let config = MqttConfig {
+            max_inflight: 700,
+            ..MqttConfig::default()
+        };
+        let sink = MqttSink::new(&MqttConnection::default(), config);
+        assert_eq!(sink.options.inflight(), 700);
+    }
 
     /// The sink's commit path with the case: a batch gave up with its two
     /// publishes out; their PUBACKs arrive late, while the retry waits for its own two.
