@@ -30,8 +30,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings of a group-less reader (the group id only names the client; nothing is
 /// committed). Tables (the directory, presence) change seldom and are not on the
 /// path of a message to a device, so a follower waits the long fetch wait
-/// (`kafka.background_fetch_wait_max_ms`): at rest it asks the broker twice a
-/// second, not fifty times.
+/// (`kafka.background_fetch_wait_max_ms`), which makes it cheap for the broker at
+/// rest.
 pub fn reader_config(kafka: &KafkaConfig, purpose: &str) -> ClientConfig {
     let mut config = kafka.client();
     config

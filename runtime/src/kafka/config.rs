@@ -27,22 +27,23 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// Longest a consumer on the real-time path (the roles in `realtime_roles`)
     /// waits at the broker for data (librdkafka's `fetch.wait.max.ms`). Kafka
-    /// answers a fetch as soon as there is data, so this only bounds idle polling
-    /// there; tansu answers when it runs out, so it bounds every record's latency
-    /// (`coexist bench e2e`), and each such consumer costs the broker
-    /// `1000 / fetch_wait_max_ms` fetches a second at rest.
+    /// answers a fetch as soon as there is data, so this only paces idle polling
+    /// there. tansu 0.6 answers once it finds data too, but looks for it only at 0,
+    /// 1/2, 3/4, 7/8... of the wait: a record waits for the next look (a quarter of
+    /// the wait on average, half at most), and at rest each consumer costs the
+    /// broker about ten looks per wait, each reading every partition it owns
+    /// (`coexist bench e2e` reports both).
     pub fetch_wait_max_ms: u32,
     /// The same for every other consumer: the store sinks, analytics, status, the
     /// notifier, the Graph API senders and the table followers (directory,
     /// presence). None of them is on the path a message takes to an agent's
-    /// device, so they may wait longer for a fetch: at 500 ms a consumer costs the
-    /// broker 2 fetches a second at rest instead of 50 at 20 ms, and a record
-    /// reaches MongoDB/ClickHouse at most half a second later.
+    /// device, so they may wait longer for a fetch: fewer looks at rest, and on
+    /// tansu a record reaches MongoDB/ClickHouse at most half this wait later.
     pub background_fetch_wait_max_ms: u32,
     /// The roles on the real-time path, whose consumers use `fetch_wait_max_ms`:
     /// the router (a new conversation is assigned before the inbox shows it) and
     /// the MQTT sink (what devices see). Add `sink-whatsapp` for faster outbound
-    /// sends on a broker that holds fetches (tansu), at 50 fetches/s at rest.
+    /// sends on tansu, at the cost of one more consumer looking often at rest.
     pub realtime_roles: Vec<String>,
     /// Confluent Schema Registry URL; empty means plain JSON values.
     pub schema_registry_url: String,
