@@ -15,9 +15,9 @@ pub struct MqttConfig {
     /// batches fill by themselves.
     pub batch_max_wait_ms: u64,
     /// Publishes the client keeps unacknowledged at once (rumqttc's own default is
-    /// 100). A batch under load makes several hundred (a message goes to its
-    /// conversation and to inboxes), and with 100 its last publishes waited for
-    /// earlier PUBACKs before they could even leave.
+    /// 100). A batch under load can make several hundred (a message goes to its
+    /// conversation and to its owner's inbox), and with 100 its later publishes
+    /// wait for earlier PUBACKs before they can even leave.
     pub max_inflight: u16,
 }
 
