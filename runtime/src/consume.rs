@@ -406,9 +406,6 @@ async fn write_with_retry<S: Stage>(
     config: &LoopConfig,
     shutdown: &CancellationToken,
 ) -> bool {
-    let observer = observe::global();
-    // A store that refuses writes makes the role not ready until a batch succeeds.
-    let check = format!("{name}.writes");
     let mut backoff = config.retry().backoff();
     loop {
         let started = tokio::time::Instant::now();
@@ -420,17 +417,15 @@ async fn write_with_retry<S: Stage>(
         };
         match outcome {
             Ok(rejected) => {
-                let written = batch.len().saturating_sub(rejected);
-                observer
-                    .metrics
-                    .batch_done(name, written, started.elapsed());
-                observer.readiness.set_ready(&check);
+                report_written(
+                    name,
+                    batch.len().saturating_sub(rejected),
+                    started.elapsed(),
+                );
                 return true;
             }
             Err(err) => {
-                observer
-                    .readiness
-                    .set_not_ready(&check, format!("batch not written: {err:#}"));
+                report_not_written(name, &err);
                 let delay = backoff.next_delay();
                 tracing::warn!(stage = name, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64,
                     "batch not written; retrying without committing");
@@ -440,6 +435,27 @@ async fn write_with_retry<S: Stage>(
             }
         }
     }
+}
+
+/// A batch of stage `name` is written: `written` records out (the rest were
+/// dead-lettered), and the role is ready again if a failed write had made it not.
+/// Every loop that writes batches reports here, once.
+pub fn report_written(name: &str, written: usize, elapsed: Duration) {
+    let observer = observe::global();
+    observer.metrics.batch_done(name, written, elapsed);
+    observer.readiness.set_ready(&writes_check(name));
+}
+
+/// A batch of stage `name` could not be written: the role is not ready until one is
+/// (a store refusing writes shows in readiness, with why).
+pub fn report_not_written(name: &str, err: &anyhow::Error) {
+    observe::global()
+        .readiness
+        .set_not_ready(&writes_check(name), format!("batch not written: {err:#}"));
+}
+
+fn writes_check(name: &str) -> String {
+    format!("{name}.writes")
 }
 
 async fn send_rejects(

@@ -19,6 +19,10 @@ pub struct MqttConfig {
     /// conversation and to its owner's inbox), and with 100 its later publishes
     /// wait for earlier PUBACKs before they can even leave.
     pub max_inflight: u16,
+    /// Batches with publishes out at once: the next is published while the broker
+    /// still acknowledges the previous ones, and each is committed in order once
+    /// its own acks are in. 1 waits for each batch's acks before taking the next.
+    pub batches_in_flight: usize,
 }
 
 impl MqttConfig {
@@ -39,6 +43,7 @@ impl Default for MqttConfig {
             ack_timeout_ms: 10_000,
             batch_max_wait_ms: 2,
             max_inflight: 1000,
+            batches_in_flight: 8,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod mapping;
 pub mod recent;
 mod run;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use events::delivery::{OutboundResult, StatusTransition};
@@ -23,11 +24,11 @@ use events::inbox::AssignmentEvent;
 use events::{WhatsAppEvent, topics};
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use runtime::mqtt::MqttConnection;
-use runtime::{Record, Reject, Stage};
+use runtime::{Record, Reject};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use acks::{Acks, Delivery};
+use acks::{Acks, Delivery, Ticket};
 pub use config::MqttConfig;
 use followups::Followups;
 use mapping::{Owners, Undo};
@@ -46,6 +47,9 @@ pub struct MqttSink {
     /// To connect anew when packet ids can no longer be matched.
     options: rumqttc::MqttOptions,
     recent: RecentIds,
+    /// Keys published by the batches in flight, not yet in `recent`: a copy in a
+    /// later batch is not published again while the first awaits its PUBACK.
+    in_flight: HashSet<String>,
     followups: Followups,
     owners: Owners,
     config: MqttConfig,
@@ -56,6 +60,24 @@ impl Drop for MqttSink {
     fn drop(&mut self) {
         self.event_loop.abort();
     }
+}
+
+/// A batch whose publishes are out, awaiting their PUBACKs; committed once they
+/// are all in and every batch before it was committed.
+pub struct InFlight {
+    pub batch: Vec<Record>,
+    ticket: Ticket,
+    /// The keys it published, remembered in `recent` once acknowledged.
+    published: Vec<String>,
+    /// How it changed the owners table, reverted if it is redone.
+    undo: Vec<Undo>,
+    pub rejects: Vec<Reject>,
+    /// The inbound messages it published, for the real-time path's stage timings.
+    timed: Vec<usize>,
+    consumed_ms: i64,
+    pub started: tokio::time::Instant,
+    /// When its PUBACKs are overdue and every batch in flight is redone.
+    pub deadline: tokio::time::Instant,
 }
 
 impl MqttSink {
@@ -70,6 +92,7 @@ impl MqttSink {
             event_loop,
             options,
             recent: RecentIds::new(config.dedup_capacity),
+            in_flight: HashSet::new(),
             followups: Followups::new(config.dedup_capacity),
             owners: Owners::default(),
             config,
@@ -77,18 +100,31 @@ impl MqttSink {
         }
     }
 
-    /// Folds what the event loop reported so far; when packet ids can no longer be
-    /// matched (a lost session), connects anew with nothing outstanding.
-    fn catch_up(&mut self) {
-        while let Ok(delivery) = self.deliveries.try_recv() {
-            self.acks.observe(delivery);
-        }
-        if self.acks.lost() {
-            tracing::warn!("mqtt session lost with publishes out; connecting anew");
-            self.event_loop.abort();
-            (self.client, self.deliveries, self.event_loop) = connect(self.options.clone());
-            self.acks = Acks::default();
-        }
+    /// The event loop's next report, folded into the acks; `None` when it stopped.
+    pub async fn next_delivery(&mut self) -> Option<()> {
+        let delivery = self.deliveries.recv().await?;
+        self.acks.observe(delivery);
+        Some(())
+    }
+
+    /// Whether every publish of the batch was acknowledged.
+    pub fn acknowledged(&self, in_flight: &InFlight) -> bool {
+        self.acks.complete(in_flight.ticket)
+    }
+
+    /// How many publishes of the batch still await their PUBACK.
+    pub fn awaiting(&self, in_flight: &InFlight) -> usize {
+        self.acks.awaiting(in_flight.ticket)
+    }
+
+    /// Whether the session was lost with publishes out: every batch in flight must
+    /// be redone.
+    pub fn session_lost(&self) -> bool {
+        self.acks.lost()
+    }
+
+    fn seen(&self, key: &str) -> bool {
+        self.recent.contains(key) || self.in_flight.contains(key)
     }
 }
 
@@ -131,12 +167,9 @@ fn connect(
     (client, deliveries, event_loop)
 }
 
-/// Waits until every publish of the batch is acknowledged, folding the event loop's
-/// reports; a late ack of an abandoned batch does not count ([`Acks`]). On time out
-/// the batch's publishes become stale, and the batch is redone.
 /// Records how long an inbound message spent in each stage of the real-time path,
 /// from ingest's receipt (header), the record's timestamp (handed to the producer),
-/// when this batch reached the sink and when its publishes were acknowledged.
+/// when its batch reached the sink and when its publishes were acknowledged.
 fn path_timings(record: &Record, consumed_ms: i64, published_ms: i64) {
     use runtime::observe::path;
     let received_ms = record
@@ -157,29 +190,6 @@ fn path_timings(record: &Record, consumed_ms: i64, published_ms: i64) {
     }
 }
 
-async fn await_acks(
-    acks: &mut Acks,
-    deliveries: &mut mpsc::UnboundedReceiver<Delivery>,
-    deadline: tokio::time::Instant,
-) -> anyhow::Result<()> {
-    while !acks.complete() {
-        if acks.lost() {
-            acks.abandon();
-            anyhow::bail!("mqtt session lost before every publish was acknowledged");
-        }
-        match tokio::time::timeout_at(deadline, deliveries.recv()).await {
-            Ok(Some(delivery)) => acks.observe(delivery),
-            Ok(None) => anyhow::bail!("mqtt event loop stopped"),
-            Err(_) => {
-                let missing = acks.awaiting();
-                acks.abandon();
-                anyhow::bail!("mqtt broker did not acknowledge {missing} publishes in time")
-            }
-        }
-    }
-    Ok(())
-}
-
 impl MqttSink {
     /// Folds the assignments so far into the owners table, publishing nothing: how
     /// the table is rebuilt from `conversations.assignments` at start.
@@ -194,28 +204,22 @@ impl MqttSink {
 
     /// The dedup key and the topics of one record (none when already published);
     /// `Err` is why it cannot be read.
-    fn route(
-        &mut self,
-        record: &Record,
-        published: &[String],
-        undo: &mut Vec<Undo>,
-    ) -> Result<Routed, String> {
-        let prefix = &self.prefix;
+    fn route(&mut self, record: &Record, undo: &mut Vec<Undo>) -> Result<Routed, String> {
         match record.topic.as_str() {
             topics::CONVERSATION_ASSIGNMENTS => {
                 let a = record.decode::<AssignmentEvent>("an assignment")?;
                 let key = format!("assignment:{}:{}", a.org, a.id);
-                if self.recent.contains(&key) || published.contains(&key) {
+                if self.seen(&key) {
                     // A late copy must not move the owner back either.
                     return Ok((key, Vec::new(), None, Follow::No));
                 }
                 undo.extend(self.owners.apply(&a));
-                let topics = mapping::assignment_topics(prefix, &a);
+                let topics = mapping::assignment_topics(&self.prefix, &a);
                 Ok((key, topics, None, Follow::No))
             }
             topics::OUTBOUND_RESULTS => {
                 let r = record.decode::<OutboundResult>("an outbound result")?;
-                let topics = mapping::outbound_result_topics(prefix, &r);
+                let topics = mapping::outbound_result_topics(&self.prefix, &r);
                 Ok((
                     format!("result:{}:{}", r.org, r.id),
                     topics,
@@ -225,20 +229,16 @@ impl MqttSink {
             }
             topics::MESSAGES_STATUS => {
                 let t = record.decode::<StatusTransition>("a status transition")?;
-                let topics = mapping::status_topics(prefix, &t);
+                let topics = mapping::status_topics(&self.prefix, &t);
                 let payload = mapping::status_payload(&t);
                 let key = format!("status:{}:{}", t.org, t.id);
                 Ok((key, topics, Some(payload), Follow::No))
             }
             _ => {
                 let event = record.decode::<WhatsAppEvent>("a whatsapp event")?;
-                let topics = mapping::event_topics(prefix, &event, &self.owners);
+                let topics = mapping::event_topics(&self.prefix, &event, &self.owners);
                 let follow = match followups::original_of(&event) {
-                    Some(original)
-                        if !self.recent.contains(&original) && !published.contains(&original) =>
-                    {
-                        Follow::Change(original)
-                    }
+                    Some(original) if !self.seen(&original) => Follow::Change(original),
                     Some(_) => Follow::No,
                     None => Follow::Original,
                 };
@@ -261,39 +261,37 @@ enum Follow {
     Original,
 }
 
-impl Stage for MqttSink {
-    async fn handle(&mut self, batch: &[Record]) -> anyhow::Result<Vec<Reject>> {
-        let mut undo = Vec::new();
-        let result = self.publish(batch, &mut undo).await;
-        if result.is_err() {
-            // The batch will be redone: the owners table must be as it was before it.
-            self.owners.undo(undo);
-        }
-        result
-    }
-}
-
 impl MqttSink {
-    async fn publish(
-        &mut self,
-        batch: &[Record],
-        undo: &mut Vec<Undo>,
-    ) -> anyhow::Result<Vec<Reject>> {
-        let mut rejects = Vec::new();
-        let consumed_ms = events::clock::now_ms();
-        self.catch_up(); // reports about abandoned batches, a lost session
-        let mut published = Vec::new();
-        // The inbound messages published, for the real-time path's stage timings.
-        let mut timed = Vec::new();
-        for (index, record) in batch.iter().enumerate() {
-            let (key, topics, payload, follow) = match self.route(record, &published, undo) {
+    /// Hands every publish of `batch` to the client, QoS 1, and returns it in flight.
+    /// With the error, the client took only part of it: the batch (and every one in
+    /// flight) must be redone ([`Self::redo`]).
+    pub async fn start(&mut self, batch: Vec<Record>) -> (InFlight, anyhow::Result<()>) {
+        let started = tokio::time::Instant::now();
+        let mut f = InFlight {
+            ticket: self.acks.begin(),
+            published: Vec::new(),
+            undo: Vec::new(),
+            rejects: Vec::new(),
+            timed: Vec::new(),
+            consumed_ms: events::clock::now_ms(),
+            started,
+            deadline: started + Duration::from_millis(self.config.ack_timeout_ms),
+            batch,
+        };
+        let result = self.publish(&mut f).await;
+        (f, result)
+    }
+
+    async fn publish(&mut self, f: &mut InFlight) -> anyhow::Result<()> {
+        for (index, record) in f.batch.iter().enumerate() {
+            let (key, topics, payload, follow) = match self.route(record, &mut f.undo) {
                 Ok(routed) => routed,
                 Err(reason) => {
-                    rejects.push(Reject { index, reason });
+                    f.rejects.push(Reject { index, reason });
                     continue;
                 }
             };
-            if topics.is_empty() || self.recent.contains(&key) || published.contains(&key) {
+            if topics.is_empty() || self.seen(&key) {
                 continue;
             }
             let payload =
@@ -308,36 +306,60 @@ impl MqttSink {
                 .into_iter()
                 .flat_map(|(topics, payload)| topics.into_iter().map(move |t| (t, payload.clone())))
             {
-                let sent = self
-                    .client
+                self.client
                     .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await;
-                if let Err(err) = sent {
-                    self.acks.abandon();
-                    return Err(err.into());
-                }
-                self.acks.publishing();
+                    .await?;
+                self.acks.publishing(f.ticket);
             }
             if record.topic == topics::WHATSAPP_EVENTS {
-                timed.push(index);
+                f.timed.push(index);
             }
-            published.push(key);
+            self.in_flight.insert(key.clone());
+            f.published.push(key);
         }
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.ack_timeout_ms);
-        await_acks(&mut self.acks, &mut self.deliveries, deadline).await?;
-        for id in published {
-            self.followups.release(&id);
-            self.recent.insert(id);
+        Ok(())
+    }
+
+    /// The batch's publishes were all acknowledged ([`Self::acknowledged`]): what it
+    /// published is remembered, and its changes that waited for an original let go.
+    pub fn finish(&mut self, f: &InFlight) {
+        for id in &f.published {
+            self.in_flight.remove(id);
+            self.followups.release(id);
+            self.recent.insert(id.clone());
         }
         let metrics = &runtime::observe::global().metrics;
         metrics.cache_size(ROLE, "recent_ids", self.recent.len());
         metrics.cache_size(ROLE, "conversation_owners", self.owned_conversations());
         let published_ms = events::clock::now_ms();
-        for record in timed.into_iter().filter_map(|i| batch.get(i)) {
-            path_timings(record, consumed_ms, published_ms);
+        for record in f.timed.iter().filter_map(|&i| f.batch.get(i)) {
+            path_timings(record, f.consumed_ms, published_ms);
         }
-        Ok(rejects)
+    }
+
+    /// Every batch in flight gave up (acks overdue, a lost session, a client that
+    /// refused a publish): the owners table goes back to before the oldest, newest
+    /// undone first, and their batches come back in order, to be started again. A
+    /// lost session is connected anew, with nothing outstanding.
+    pub fn redo(
+        &mut self,
+        in_flight: impl DoubleEndedIterator<Item = InFlight>,
+    ) -> Vec<Vec<Record>> {
+        self.acks.abandon();
+        let mut batches = Vec::new();
+        for f in in_flight.rev() {
+            self.owners.undo(f.undo);
+            batches.push(f.batch);
+        }
+        batches.reverse();
+        self.in_flight.clear();
+        if self.acks.lost() {
+            tracing::warn!("mqtt session lost with publishes out; connecting anew");
+            self.event_loop.abort();
+            (self.client, self.deliveries, self.event_loop) = connect(self.options.clone());
+            self.acks.reset();
+        }
+        batches
     }
 }
 
@@ -358,38 +380,153 @@ mod tests {
         assert_eq!(sink.options.inflight(), 700);
     }
 
-    /// The sink's commit path with the case: a batch gave up with its two
-    /// publishes out; their PUBACKs arrive late, while the retry waits for its own two.
-    /// The retry must not be written (and its offsets committed) on them.
-    #[tokio::test]
-    async fn a_late_puback_does_not_commit_the_next_batch() {
-        let (tx, mut deliveries) = mpsc::unbounded_channel();
-        let mut acks = Acks::default();
-        acks.publishing();
-        acks.publishing();
-        tx.send(Sent(1)).unwrap();
-        let soon = || tokio::time::Instant::now() + Duration::from_millis(50);
-        assert!(
-            await_acks(&mut acks, &mut deliveries, soon())
-                .await
-                .is_err()
+    fn record(topic: &str, value: Vec<u8>) -> Record {
+        Record {
+            topic: topic.into(),
+            value,
+            ..Record::default()
+        }
+    }
+
+    /// A customer's message `wamid` in conversation `contact`, as the sink reads it.
+    fn message(wamid: &str, contact: &str) -> Record {
+        let event = events::semantics::samples::message(
+            "o",
+            "p",
+            contact,
+            wamid,
+            events::event::Origin::Customer,
+            1,
         );
-        // The retry publishes twice; the late acks of the first attempt come first.
-        acks.publishing();
-        acks.publishing();
-        for d in [Sent(2), Acked(1), Acked(2), Sent(3), Sent(4)] {
-            tx.send(d).unwrap();
+        record(
+            topics::WHATSAPP_EVENTS,
+            events::codec::encode(&event).unwrap(),
+        )
+    }
+
+    fn assignment(id: &str, contact: &str, agent: &str) -> Record {
+        let a = AssignmentEvent {
+            id: id.into(),
+            org: "o".into(),
+            phone_number_id: "p".into(),
+            conversation_id: events::ids::conversation_id("p", contact),
+            state: events::inbox::ConversationState::Assigned,
+            assignee: Some(agent.into()),
+            command_id: None,
+            issued_by: None,
+            rejected: None,
+            note: None,
+            at_ms: 1,
+        };
+        record(
+            topics::CONVERSATION_ASSIGNMENTS,
+            events::codec::encode(&a).unwrap(),
+        )
+    }
+
+    /// A sink whose acks are reported by the test instead of a broker; publishes
+    /// only queue in the client.
+    fn sink() -> (MqttSink, mpsc::UnboundedSender<Delivery>) {
+        let mut sink = MqttSink::new(&MqttConnection::default(), MqttConfig::default());
+        let (tx, deliveries) = mpsc::unbounded_channel();
+        sink.deliveries = deliveries;
+        (sink, tx)
+    }
+
+    async fn fold(sink: &mut MqttSink, reports: &[Delivery]) {
+        let (tx, deliveries) = mpsc::unbounded_channel();
+        for d in reports {
+            tx.send(*d).unwrap();
         }
-        let early = await_acks(&mut acks, &mut deliveries, soon()).await;
-        assert!(early.is_err(), "committed on late acks");
-        // Its own acks complete the next attempt.
-        acks.publishing();
-        acks.publishing();
-        for d in [Sent(1), Sent(2), Acked(2), Acked(1)] {
-            tx.send(d).unwrap();
+        drop(tx);
+        let own = std::mem::replace(&mut sink.deliveries, deliveries);
+        while sink.next_delivery().await.is_some() {}
+        sink.deliveries = own;
+    }
+
+    /// Pipelined batches: a message in flight (published, PUBACK not yet in) is not
+    /// published again by the next batch, and each batch completes on its own acks.
+    #[tokio::test]
+    async fn a_copy_in_the_next_batch_is_not_published_while_the_first_is_in_flight() {
+        let (mut sink, _tx) = sink();
+        let (first, result) = sink.start(vec![message("m1", "c1")]).await;
+        result.unwrap();
+        let one = sink.awaiting(&first);
+        assert!(one > 0);
+        let (second, result) = sink
+            .start(vec![message("m1", "c1"), message("m2", "c1")])
+            .await;
+        result.unwrap();
+        assert_eq!(
+            sink.awaiting(&second),
+            one,
+            "the copy of m1 was published again"
+        );
+        // The broker answers the second batch first: it is complete, the first not.
+        let sent: Vec<Delivery> = (1..=2 * one as u16).map(Sent).collect();
+        fold(&mut sink, &sent).await;
+        let acked: Vec<Delivery> = (one as u16 + 1..=2 * one as u16).map(Acked).collect();
+        fold(&mut sink, &acked).await;
+        assert!(sink.acknowledged(&second) && !sink.acknowledged(&first));
+        fold(&mut sink, &(1..=one as u16).map(Acked).collect::<Vec<_>>()).await;
+        assert!(sink.acknowledged(&first));
+        sink.finish(&first);
+        sink.finish(&second);
+        let (third, result) = sink.start(vec![message("m2", "c1")]).await;
+        result.unwrap();
+        assert_eq!(
+            sink.awaiting(&third),
+            0,
+            "a published message went out again"
+        );
+    }
+
+    /// When batches in flight give up, they come back in order, the owners table is
+    /// as before the oldest, and late acks of the abandoned publishes do not
+    /// complete the retries (whose offsets would then be committed on them).
+    #[tokio::test]
+    async fn redone_batches_start_from_the_state_before_the_oldest() {
+        let (mut sink, _tx) = sink();
+        sink.remember(&events::codec::decode(&assignment("a0", "c1", "ana").value).unwrap());
+        let conversation = events::ids::conversation_id("p", "c1");
+        let (first, result) = sink.start(vec![assignment("a1", "c1", "bob")]).await;
+        result.unwrap();
+        let (second, result) = sink
+            .start(vec![assignment("a2", "c1", "cyd"), message("m1", "c1")])
+            .await;
+        result.unwrap();
+        assert_eq!(sink.owners.get("o", &conversation), Some("cyd"));
+        let (a, b) = (sink.awaiting(&first) as u16, sink.awaiting(&second) as u16);
+        fold(&mut sink, &(1..=a).map(Sent).collect::<Vec<_>>()).await;
+        let batches = sink.redo([first, second].into_iter());
+        assert_eq!(sink.owners.get("o", &conversation), Some("ana"));
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 2],
+            "not back in order"
+        );
+        // The retries publish everything again: nothing of theirs counts as seen.
+        let mut retries = Vec::new();
+        for batch in batches {
+            let (retry, result) = sink.start(batch).await;
+            result.unwrap();
+            retries.push(retry);
         }
-        await_acks(&mut acks, &mut deliveries, soon())
-            .await
-            .unwrap();
+        assert_eq!(sink.owners.get("o", &conversation), Some("cyd"));
+        assert_eq!(sink.awaiting(&retries[0]) as u16, a);
+        assert_eq!(sink.awaiting(&retries[1]) as u16, b);
+        // The abandoned publishes go out and are acked late: no retry completes.
+        let stale: Vec<Delivery> = (a + 1..=a + b)
+            .map(Sent)
+            .chain((1..=a + b).map(Acked))
+            .collect();
+        fold(&mut sink, &stale).await;
+        assert!(!sink.acknowledged(&retries[0]) && !sink.acknowledged(&retries[1]));
+        let own: Vec<Delivery> = (1..=a + b)
+            .map(Sent)
+            .chain((1..=a + b).map(Acked))
+            .collect();
+        fold(&mut sink, &own).await;
+        assert!(sink.acknowledged(&retries[0]) && sink.acknowledged(&retries[1]));
     }
 }
