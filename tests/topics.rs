@@ -257,3 +257,69 @@ impl Writer {
             .unwrap();
     }
 }
+
+/// `consume::Batches` (the loops that `select!`: router, notifier, MQTT sink): while
+/// the loop is busy, what arrives gathers into one batch (at most `max_records`),
+/// instead of a queue of small batches each formed in `max_wait_ms` whose records
+/// wait behind one another; and `recv` is cancel-safe, losing nothing when another
+/// branch wins.
+#[tokio::test]
+async fn batches_gather_what_came_while_the_loop_was_busy_and_lose_nothing_to_cancels() {
+    use runtime::consume::{Batches, LoopConfig};
+    let mut config = Config::load(None).unwrap();
+    let (topic, contract) = fresh_topic("test.batches", 1);
+    apply(&config.kafka, &contract, &config.topics)
+        .await
+        .unwrap();
+    config.kafka.client_id = format!("test-batches-{topic}");
+    config.kafka.new_group_start = "earliest".into();
+    let writer = Writer::new(&config, &topic);
+    writer.send(0, "first").await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let loop_config = LoopConfig {
+        max_records: 16,
+        max_wait_ms: 5,
+        ..LoopConfig::default()
+    };
+    let consumer = config.kafka.consumer("reader", &[&topic]).unwrap();
+    let mut batches = Batches::spawn(consumer, loop_config, shutdown.clone());
+    let first = tokio::time::timeout(Duration::from_secs(30), batches.recv())
+        .await
+        .expect("the first record in 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len(), 1);
+
+    // 40 records, 10 ms apart, while the loop does something else.
+    for i in 0..40 {
+        writer.send(0, &format!("r{i}")).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gathered = batches.recv().await.unwrap().unwrap();
+    assert_eq!(
+        gathered.len(),
+        16,
+        "not one full batch of what came meanwhile"
+    );
+    // The rest, with `recv` cancelled again and again by a competing branch.
+    let mut values: Vec<String> = gathered
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while values.len() < 40 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            batch = batches.recv() => {
+                let batch = batch.unwrap().unwrap();
+                assert!(batch.len() <= 16, "a batch of {}", batch.len());
+                values.extend(batch.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()));
+            }
+            _ = tokio::time::sleep(Duration::from_micros(500)) => {}
+        }
+    }
+    let expected: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    assert_eq!(values, expected, "lost, repeated or out of order");
+    shutdown.cancel();
+    assert!(batches.recv().await.is_none(), "a batch after shutdown");
+}

@@ -20,7 +20,6 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -293,52 +292,162 @@ pub async fn run<S: Stage>(
 }
 
 /// Batches fetched by a task of their own, for loops that also `select!` on other
-/// inputs (presence, ticks). [`next_batch`] is not cancel-safe: records it took from
-/// the consumer before a competing branch won would be lost, uncommitted but never
-/// redelivered. [`Batches::recv`] is cancel-safe.
+/// inputs (presence, ticks, PUBACKs). [`next_batch`] is not cancel-safe: records it
+/// took from the consumer before a competing branch won would be lost, uncommitted
+/// but never redelivered. [`Batches::recv`] is cancel-safe.
+///
+/// The task keeps reading while the loop is busy, into one growing batch (up to
+/// `max_records`), and [`Batches::recv`] takes all of it: a loop that was busy gets
+/// everything that came meanwhile in one batch, as [`next_batch`] would give it,
+/// rather than a queue of small batches each formed in `max_wait_ms`, whose records
+/// wait behind one another.
 pub struct Batches {
     consumer: Arc<GroupConsumer>,
-    batches: mpsc::Receiver<anyhow::Result<Vec<Record>>>,
+    pending: Arc<Pending>,
+    config: LoopConfig,
     task: JoinHandle<()>,
+}
+
+/// The batch being filled, between the reading task and [`Batches::recv`].
+#[derive(Default)]
+struct Pending {
+    state: std::sync::Mutex<Filling>,
+    /// A record (or the end) arrived.
+    arrived: tokio::sync::Notify,
+    /// The batch was taken: there is room again.
+    taken: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Filling {
+    records: Vec<Record>,
+    /// When the first of `records` arrived: the batch is handed out `max_wait_ms` later
+    /// at the latest.
+    first_at: Option<tokio::time::Instant>,
+    /// The reading ended: shutdown (`None`) or a fatal consumer error.
+    ended: Option<Option<anyhow::Error>>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Filling> {
+        // Only this module's short, non-panicking sections hold it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Batches {
     pub fn spawn(consumer: GroupConsumer, config: LoopConfig, shutdown: CancellationToken) -> Self {
         let consumer = Arc::new(consumer);
-        // One batch ahead at most: the next is fetched while this one is handled.
-        let (tx, batches) = mpsc::channel(1);
-        let fetcher = consumer.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                match next_batch(&fetcher, &config, &shutdown).await {
-                    Ok(Some(batch)) => {
-                        if tx.send(Ok(batch)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(err) => {
-                        let _ = tx.send(Err(err)).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let pending = Arc::new(Pending::default());
+        let task = tokio::spawn(read_into(
+            consumer.clone(),
+            pending.clone(),
+            config.max_records.max(1),
+            shutdown,
+        ));
         Self {
             consumer,
-            batches,
+            pending,
+            config,
             task,
         }
     }
 
-    /// The next batch; `None` after shutdown.
+    /// The next batch: what has arrived, once it is `max_records` or its first
+    /// record has waited `max_wait_ms`; `None` after shutdown.
     pub async fn recv(&mut self) -> Option<anyhow::Result<Vec<Record>>> {
-        self.batches.recv().await
+        let max_wait = Duration::from_millis(self.config.max_wait_ms);
+        loop {
+            let wake_at = {
+                let mut filling = self.pending.lock();
+                if let Some(ended) = filling.ended.take() {
+                    filling.ended = Some(None); // once ended, stays ended
+                    return ended.map(Err);
+                }
+                match filling.first_at {
+                    Some(first_at)
+                        if filling.records.len() >= self.config.max_records
+                            || tokio::time::Instant::now() >= first_at + max_wait =>
+                    {
+                        let batch = std::mem::take(&mut filling.records);
+                        filling.first_at = None;
+                        drop(filling);
+                        self.pending.taken.notify_one();
+                        let role = self.consumer.context().role();
+                        observe::global()
+                            .metrics
+                            .consumed(role, batch.iter().map(|r| r.topic.as_str()));
+                        return Some(Ok(batch));
+                    }
+                    Some(first_at) => Some(first_at + max_wait),
+                    None => None,
+                }
+            };
+            // A notification sent since the lock was released is kept as a permit.
+            match wake_at {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, self.pending.arrived.notified()).await;
+                }
+                None => self.pending.arrived.notified().await,
+            }
+        }
     }
 
     /// The consumer, to commit and to see the group's assignment.
     pub fn consumer(&self) -> &GroupConsumer {
         &self.consumer
+    }
+}
+
+/// The reading task of [`Batches`]: appends each record to the batch being filled,
+/// waiting while it holds `max_records`.
+async fn read_into(
+    consumer: Arc<GroupConsumer>,
+    pending: Arc<Pending>,
+    max_records: usize,
+    shutdown: CancellationToken,
+) {
+    let role = consumer.context().role();
+    let end = |why: Option<anyhow::Error>| {
+        pending.lock().ended = Some(why);
+        pending.arrived.notify_one();
+    };
+    loop {
+        let full = pending.lock().records.len() >= max_records;
+        if full {
+            tokio::select! {
+                _ = shutdown.cancelled() => return end(None),
+                _ = pending.taken.notified() => continue,
+            }
+        }
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return end(None),
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                let record = Record::from_message(&message);
+                let mut filling = pending.lock();
+                filling
+                    .first_at
+                    .get_or_insert_with(tokio::time::Instant::now);
+                filling.records.push(record);
+                // The receiver waits for a first record, then for `max_wait_ms` or a
+                // full batch: only those wake it.
+                let wake = filling.records.len() == 1 || filling.records.len() >= max_records;
+                drop(filling);
+                if wake {
+                    pending.arrived.notify_one();
+                }
+            }
+            Err(err) => {
+                if let Err(fatal) = transient(role, err) {
+                    return end(Some(fatal));
+                }
+            }
+        }
     }
 }
 
