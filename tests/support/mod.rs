@@ -158,6 +158,20 @@ impl Pipeline {
     /// Like [`Self::start`], with `configure(config, org)` applied before the roles
     /// start (e.g. the router's agents for this org, the Expo simulator's URL).
     pub async fn start_with(name: &str, configure: impl FnOnce(&mut Config, &str)) -> Self {
+        Self::start_recording(name, configure, Session::Clean).await
+    }
+
+    /// Like [`Self::start_with`], its recorder a device with a persistent session, which
+    /// keeps its subscription through the MQTT broker's restart (see [`Session`]).
+    pub async fn start_durable(name: &str, configure: impl FnOnce(&mut Config, &str)) -> Self {
+        Self::start_recording(name, configure, Session::Persistent).await
+    }
+
+    async fn start_recording(
+        name: &str,
+        configure: impl FnOnce(&mut Config, &str),
+        session: Session,
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -190,9 +204,8 @@ impl Pipeline {
         config.sinks.batch.max_wait_ms = 5;
         configure(&mut config, &org);
 
-        let mqtt =
-            MqttRecorder::subscribe(&config, &format!("{}/{org}/#", config.mqtt.topic_prefix))
-                .await;
+        let filter = format!("{}/{org}/#", config.mqtt.topic_prefix);
+        let mqtt = MqttRecorder::subscribe_with(&config, &filter, session).await;
         let mut guard = Guard::new().databases(&config, true);
         guard.spawn(coexist::roles::all(config.clone(), guard.shutdown.clone()));
         let webhook_url = format!("http://{}/webhooks/whatsapp", config.ingest.listen);
@@ -378,8 +391,22 @@ pub struct MqttRecorder {
     received: Arc<Mutex<Vec<(String, String)>>>,
 }
 
+/// How a recorder connects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// Forgotten by the broker when the connection ends.
+    Clean,
+    /// Kept by the broker (and its disk) while the recorder is away: subscription
+    /// and QoS 1 messages survive the broker's restart, as on an agent's device.
+    Persistent,
+}
+
 impl MqttRecorder {
     pub async fn subscribe(config: &Config, filter: &str) -> Self {
+        Self::subscribe_with(config, filter, Session::Clean).await
+    }
+
+    pub async fn subscribe_with(config: &Config, filter: &str, session: Session) -> Self {
         let mqtt = &config.mqtt;
         let mut options = MqttOptions::new(format!("rec-{}", unique()), &mqtt.host, mqtt.port);
         let password = if mqtt.password.is_empty() {
@@ -389,7 +416,8 @@ impl MqttRecorder {
         };
         options
             .set_credentials(&mqtt.username, password)
-            .set_max_packet_size(4 << 20, 4 << 20);
+            .set_max_packet_size(4 << 20, 4 << 20)
+            .set_clean_session(session == Session::Clean);
         let (client, mut event_loop) = AsyncClient::new(options, 100);
         let received = Arc::new(Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
@@ -398,11 +426,18 @@ impl MqttRecorder {
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("queue MQTT subscribe");
+        let filter = filter.to_string();
         tokio::spawn(async move {
-            let _client = client; // keeps the connection's request channel open
             let mut subscribed_tx = Some(subscribed_tx);
             loop {
                 match event_loop.poll().await {
+                    // Reconnected without its session (a broker that lost it): the
+                    // subscription is made again.
+                    Ok(Event::Incoming(Packet::ConnAck(ack)))
+                        if !ack.session_present && subscribed_tx.is_none() =>
+                    {
+                        let _ = client.try_subscribe(&filter, QoS::AtLeastOnce);
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = subscribed_tx.take() {
                             let _ = tx.send(());

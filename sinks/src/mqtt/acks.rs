@@ -33,6 +33,9 @@ pub enum Delivery {
     /// The client (re)connected (`Incoming::ConnAck`). Without a session the client
     /// drops what it still had to send.
     Connected { session_present: bool },
+    /// The connection failed or dropped; the client is reconnecting. What is out
+    /// stays out: with the session, it is sent again after the next `Connected`.
+    Disconnected,
 }
 
 /// The acknowledgement state of every batch with publishes out.
@@ -52,6 +55,9 @@ pub struct Acks {
     /// The client lost its session, or reported what no publish explains: which id
     /// belongs to whom is unknown until the connection is made anew.
     lost: bool,
+    /// Whether the client is connected (a `Connected` since the last `Disconnected`):
+    /// only then is a missing PUBACK the broker's delay.
+    connected: bool,
 }
 
 impl Acks {
@@ -97,11 +103,20 @@ impl Acks {
                     }
                 }
             }
-            Delivery::Connected {
-                session_present: false,
-            } if !self.is_idle() => self.lost = true,
-            Delivery::Connected { .. } => {}
+            Delivery::Connected { session_present } => {
+                if !session_present && !self.is_idle() {
+                    self.lost = true;
+                }
+                self.connected = true;
+            }
+            Delivery::Disconnected => self.connected = false,
         }
+    }
+
+    /// Whether the client is connected: while it is not, nothing can be
+    /// acknowledged, and waiting is no sign of a broker that will not answer.
+    pub fn connected(&self) -> bool {
+        self.connected
     }
 
     /// Whether every publish of `ticket`'s batch was acknowledged (never, once it
@@ -136,6 +151,7 @@ impl Acks {
             live_from: self.next,
             ..Self::default()
         };
+        // A new client reports its own `Connected`.
     }
 
     fn is_idle(&self) -> bool {
@@ -145,7 +161,7 @@ impl Acks {
 
 #[cfg(test)]
 mod tests {
-    use super::Delivery::{Acked, Connected, Sent};
+    use super::Delivery::{Acked, Connected, Disconnected, Sent};
     use super::*;
 
     fn batch(acks: &mut Acks, publishes: usize) -> Ticket {
@@ -208,6 +224,29 @@ mod tests {
         acks.observe(Acked(4));
         acks.observe(Acked(3));
         assert!(acks.complete(retry));
+    }
+
+    #[test]
+    fn connected_between_a_connack_and_a_drop() {
+        let mut acks = Acks::default();
+        assert!(!acks.connected(), "connected before the broker said so");
+        acks.observe(Connected {
+            session_present: false,
+        });
+        assert!(acks.connected());
+        let t = batch(&mut acks, 1);
+        acks.observe(Sent(1));
+        acks.observe(Disconnected);
+        assert!(
+            !acks.connected() && !acks.lost(),
+            "a drop loses nothing yet"
+        );
+        acks.observe(Connected {
+            session_present: true,
+        });
+        acks.observe(Sent(1));
+        acks.observe(Acked(1));
+        assert!(acks.connected() && acks.complete(t));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct MqttSink {
     owners: Owners,
     config: MqttConfig,
     prefix: String,
+    /// When the client last connected: a batch out before then gets its whole
+    /// `ack_timeout_ms` again from here.
+    connected_at: tokio::time::Instant,
 }
 
 impl Drop for MqttSink {
@@ -76,8 +79,6 @@ pub struct InFlight {
     timed: Vec<usize>,
     consumed_ms: i64,
     pub started: tokio::time::Instant,
-    /// When its PUBACKs are overdue and every batch in flight is redone.
-    pub deadline: tokio::time::Instant,
 }
 
 impl MqttSink {
@@ -97,14 +98,35 @@ impl MqttSink {
             owners: Owners::default(),
             config,
             prefix: connection.topic_prefix.clone(),
+            connected_at: tokio::time::Instant::now(),
         }
     }
 
     /// The event loop's next report, folded into the acks; `None` when it stopped.
     pub async fn next_delivery(&mut self) -> Option<()> {
         let delivery = self.deliveries.recv().await?;
-        self.acks.observe(delivery);
+        self.observe(delivery, tokio::time::Instant::now());
         Some(())
+    }
+
+    fn observe(&mut self, delivery: Delivery, now: tokio::time::Instant) {
+        let was_connected = self.acks.connected();
+        self.acks.observe(delivery);
+        if self.acks.connected() && !was_connected {
+            self.connected_at = now;
+        }
+    }
+
+    /// When the batch's PUBACKs are overdue: `ack_timeout_ms` after it started, or
+    /// after the client last connected if that is later; `None` while the client is
+    /// not connected. A broker that is down is waited for, not retried against: the
+    /// client sends what is out again when it is back (same session), and redoing
+    /// the batches meanwhile would only queue copies of them in the client.
+    pub fn deadline(&self, in_flight: &InFlight) -> Option<tokio::time::Instant> {
+        let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        self.acks
+            .connected()
+            .then(|| (in_flight.started + timeout).max(self.connected_at + timeout))
     }
 
     /// Whether every publish of the batch was acknowledged.
@@ -155,6 +177,9 @@ fn connect(
                 Err(err) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(%err, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost; reconnecting");
+                    if tx.send(Delivery::Disconnected).is_err() {
+                        return;
+                    }
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -275,7 +300,6 @@ impl MqttSink {
             timed: Vec::new(),
             consumed_ms: events::clock::now_ms(),
             started,
-            deadline: started + Duration::from_millis(self.config.ack_timeout_ms),
             batch,
         };
         let result = self.publish(&mut f).await;
@@ -365,7 +389,7 @@ impl MqttSink {
 
 #[cfg(test)]
 mod tests {
-    use super::acks::Delivery::{Acked, Sent};
+    use super::acks::Delivery::{Acked, Connected, Disconnected, Sent};
     use super::*;
 
     /// `[sinks.mqtt] max_inflight` reaches the client: with rumqttc's own 100, a
@@ -479,6 +503,36 @@ mod tests {
             0,
             "a published message went out again"
         );
+    }
+
+    /// A broker that is down is waited for: no batch is overdue while the client is
+    /// not connected, and each gets its whole ack timeout again from the reconnect.
+    /// (Redoing them meanwhile queued copies in the client: three of every message
+    /// through a 2 s outage in tests/outage.rs.)
+    #[tokio::test]
+    async fn batches_are_not_overdue_while_the_broker_is_away() {
+        let (mut sink, _tx) = sink();
+        let timeout = Duration::from_millis(sink.config.ack_timeout_ms);
+        let t0 = tokio::time::Instant::now();
+        sink.observe(
+            Connected {
+                session_present: false,
+            },
+            t0,
+        );
+        let (f, result) = sink.start(vec![message("m1", "c1")]).await;
+        result.unwrap();
+        assert_eq!(sink.deadline(&f), Some(f.started + timeout));
+        sink.observe(Disconnected, t0);
+        assert_eq!(sink.deadline(&f), None, "overdue while the broker is away");
+        let back = f.started + Duration::from_secs(60);
+        sink.observe(
+            Connected {
+                session_present: true,
+            },
+            back,
+        );
+        assert_eq!(sink.deadline(&f), Some(back + timeout));
     }
 
     /// When batches in flight give up, they come back in order, the owners table is

@@ -133,7 +133,11 @@ impl Pipeline<'_> {
             } else {
                 in_flight
                     .front()
-                    .filter(|f| f.deadline <= tokio::time::Instant::now())
+                    .filter(|f| {
+                        self.sink
+                            .deadline(f)
+                            .is_some_and(|at| at <= tokio::time::Instant::now())
+                    })
                     .map(|f| {
                         format!(
                             "mqtt broker did not acknowledge {} publishes in time",
@@ -177,7 +181,7 @@ impl Pipeline<'_> {
         want_batch: bool,
     ) -> anyhow::Result<Wake> {
         let room = want_batch && in_flight.len() < self.depth && !self.shutdown.is_cancelled();
-        let deadline = in_flight.front().map(|f| f.deadline);
+        let deadline = in_flight.front().and_then(|f| self.sink.deadline(f));
         Ok(tokio::select! {
             delivery = self.sink.next_delivery() => match delivery {
                 Some(()) => Wake::Delivery,
