@@ -8,7 +8,9 @@ pub struct MqttConfig {
     pub client_id: String,
     /// How many recent event ids are remembered to skip redelivered webhooks.
     pub dedup_capacity: usize,
-    /// How long to wait for the broker's PUBACKs before the batch is retried.
+    /// How long to wait for the broker's PUBACKs, while connected, before every
+    /// batch in flight is redone (a broker that is away is waited for: the client
+    /// sends what is out again when it is back).
     pub ack_timeout_ms: u64,
     /// How long a batch waits to fill once its first record is in. This sink is the
     /// real-time path to devices, so it waits less than the stores' sinks; under load

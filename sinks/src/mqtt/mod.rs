@@ -355,6 +355,8 @@ impl MqttSink {
         let metrics = &runtime::observe::global().metrics;
         metrics.cache_size(ROLE, "recent_ids", self.recent.len());
         metrics.cache_size(ROLE, "conversation_owners", self.owned_conversations());
+        // Bounded by `batches_in_flight` × the batches' `max_records`.
+        metrics.cache_size(ROLE, "in_flight_keys", self.in_flight.len());
         let published_ms = events::clock::now_ms();
         for record in f.timed.iter().filter_map(|&i| f.batch.get(i)) {
             path_timings(record, f.consumed_ms, published_ms);
