@@ -139,6 +139,11 @@ impl MqttSink {
         self.acks.awaiting(in_flight.ticket)
     }
 
+    /// Whether the client is connected to the broker.
+    pub fn connected(&self) -> bool {
+        self.acks.connected()
+    }
+
     /// Whether the session was lost with publishes out: every batch in flight must
     /// be redone.
     pub fn session_lost(&self) -> bool {

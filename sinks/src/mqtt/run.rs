@@ -92,8 +92,9 @@ enum Wake {
 }
 
 impl Pipeline<'_> {
-    /// Until shutdown; at shutdown the batches in flight are waited for (or left
-    /// uncommitted if they give up), so a clean stop redelivers nothing.
+    /// Until shutdown; at shutdown the batches in flight are waited for while the
+    /// broker is there (or left uncommitted if they give up), so a clean stop
+    /// redelivers nothing.
     async fn run(&mut self) -> anyhow::Result<()> {
         tracing::info!(stage = self.name, depth = self.depth, "started");
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -160,7 +161,12 @@ impl Pipeline<'_> {
                 self.start(batch, &mut in_flight, &mut redo).await;
                 continue;
             }
-            if in_flight.is_empty() && (!input_open || self.shutdown.is_cancelled()) {
+            // At shutdown the batches in flight are waited for while the broker can
+            // acknowledge them (at most until they are overdue); with the broker away
+            // they are left uncommitted, for the next owner of their partitions.
+            if (in_flight.is_empty() || !self.sink.connected())
+                && (!input_open || self.shutdown.is_cancelled())
+            {
                 break;
             }
             match self.wake(&in_flight, redo.is_empty() && input_open).await? {
@@ -181,6 +187,7 @@ impl Pipeline<'_> {
         want_batch: bool,
     ) -> anyhow::Result<Wake> {
         let room = want_batch && in_flight.len() < self.depth && !self.shutdown.is_cancelled();
+        let may_stop = in_flight.is_empty() || !self.sink.connected();
         let deadline = in_flight.front().and_then(|f| self.sink.deadline(f));
         Ok(tokio::select! {
             delivery = self.sink.next_delivery() => match delivery {
@@ -193,7 +200,7 @@ impl Pipeline<'_> {
                 Some(batch) => Wake::Batch(batch?), // a fatal consumer error ends the role
                 None => Wake::InputClosed,
             },
-            _ = self.shutdown.cancelled(), if in_flight.is_empty() => Wake::Shutdown,
+            _ = self.shutdown.cancelled(), if may_stop => Wake::Shutdown,
         })
     }
 
