@@ -2,7 +2,8 @@
 //! conversation's topic, and assignments, command outcomes and new messages to the
 //! agents' inboxes (see [`mapping`]), QoS 1; a batch counts as written only when the
 //! broker has acknowledged every publish it made (PUBACK), matched by packet id so a
-//! late ack of an abandoned batch does not count ([`acks`]).
+//! late ack of an abandoned batch does not count ([`acks`]). Several batches are out
+//! at once, committed in order (the loop is in `run.rs`).
 //!
 //! It reads `whatsapp.events`, `conversations.assignments`, `messages.status` and
 //! `messages.outbound.results` in one group. The first two are keyed by
@@ -67,18 +68,18 @@ impl Drop for MqttSink {
 
 /// A batch whose publishes are out, awaiting their PUBACKs; committed once they
 /// are all in and every batch before it was committed.
-pub struct InFlight {
-    pub batch: Vec<Record>,
+struct InFlight {
+    batch: Vec<Record>,
     ticket: Ticket,
     /// The keys it published, remembered in `recent` once acknowledged.
     published: Vec<String>,
     /// How it changed the owners table, reverted if it is redone.
     undo: Vec<Undo>,
-    pub rejects: Vec<Reject>,
+    rejects: Vec<Reject>,
     /// The inbound messages it published, for the real-time path's stage timings.
     timed: Vec<usize>,
     consumed_ms: i64,
-    pub started: tokio::time::Instant,
+    started: tokio::time::Instant,
 }
 
 impl MqttSink {
@@ -103,7 +104,7 @@ impl MqttSink {
     }
 
     /// The event loop's next report, folded into the acks; `None` when it stopped.
-    pub async fn next_delivery(&mut self) -> Option<()> {
+    async fn next_delivery(&mut self) -> Option<()> {
         let delivery = self.deliveries.recv().await?;
         self.observe(delivery, tokio::time::Instant::now());
         Some(())
@@ -122,7 +123,7 @@ impl MqttSink {
     /// not connected. A broker that is down is waited for, not retried against: the
     /// client sends what is out again when it is back (same session), and redoing
     /// the batches meanwhile would only queue copies of them in the client.
-    pub fn deadline(&self, in_flight: &InFlight) -> Option<tokio::time::Instant> {
+    fn deadline(&self, in_flight: &InFlight) -> Option<tokio::time::Instant> {
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
         self.acks
             .connected()
@@ -130,23 +131,23 @@ impl MqttSink {
     }
 
     /// Whether every publish of the batch was acknowledged.
-    pub fn acknowledged(&self, in_flight: &InFlight) -> bool {
+    fn acknowledged(&self, in_flight: &InFlight) -> bool {
         self.acks.complete(in_flight.ticket)
     }
 
     /// How many publishes of the batch still await their PUBACK.
-    pub fn awaiting(&self, in_flight: &InFlight) -> usize {
+    fn awaiting(&self, in_flight: &InFlight) -> usize {
         self.acks.awaiting(in_flight.ticket)
     }
 
     /// Whether the client is connected to the broker.
-    pub fn connected(&self) -> bool {
+    fn connected(&self) -> bool {
         self.acks.connected()
     }
 
     /// Whether the session was lost with publishes out: every batch in flight must
     /// be redone.
-    pub fn session_lost(&self) -> bool {
+    fn session_lost(&self) -> bool {
         self.acks.lost()
     }
 
@@ -295,7 +296,7 @@ impl MqttSink {
     /// Hands every publish of `batch` to the client, QoS 1, and returns it in flight.
     /// With the error, the client took only part of it: the batch (and every one in
     /// flight) must be redone ([`Self::redo`]).
-    pub async fn start(&mut self, batch: Vec<Record>) -> (InFlight, anyhow::Result<()>) {
+    async fn start(&mut self, batch: Vec<Record>) -> (InFlight, anyhow::Result<()>) {
         let started = tokio::time::Instant::now();
         let mut f = InFlight {
             ticket: self.acks.begin(),
@@ -351,7 +352,7 @@ impl MqttSink {
 
     /// The batch's publishes were all acknowledged ([`Self::acknowledged`]): what it
     /// published is remembered, and its changes that waited for an original let go.
-    pub fn finish(&mut self, f: &InFlight) {
+    fn finish(&mut self, f: &InFlight) {
         for id in &f.published {
             self.in_flight.remove(id);
             self.followups.release(id);
@@ -372,10 +373,7 @@ impl MqttSink {
     /// refused a publish): the owners table goes back to before the oldest, newest
     /// undone first, and their batches come back in order, to be started again. A
     /// lost session is connected anew, with nothing outstanding.
-    pub fn redo(
-        &mut self,
-        in_flight: impl DoubleEndedIterator<Item = InFlight>,
-    ) -> Vec<Vec<Record>> {
+    fn redo(&mut self, in_flight: impl DoubleEndedIterator<Item = InFlight>) -> Vec<Vec<Record>> {
         self.acks.abandon();
         let mut batches = Vec::new();
         for f in in_flight.rev() {
