@@ -104,7 +104,7 @@ pub async fn run(
                     let e: WhatsAppEvent = codec::decode(value)?;
                     notifier.handle(NotifierInput::Event(&e), now_ms())
                 };
-                Ok(push.map(|p| (p.agent_id.clone(), p)).into_iter().collect())
+                Ok(push.into_iter().map(|p| (p.agent_id.clone(), p)).collect())
             })
             .await
         }

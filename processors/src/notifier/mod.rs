@@ -3,6 +3,12 @@
 //! MQTT message), never for history imports, at most once per conversation within a
 //! collapse window, and at most `max_per_minute` per agent. Pure: the Kafka loop feeds
 //! it assignments, inbound messages and presence, and produces what it returns.
+//!
+//! Presence is read from its own topic, by a follower that waits the long fetch wait,
+//! so the news that an agent's last device went offline can reach the notifier after
+//! a message that came later. "Online" is judged as of when the message came: what
+//! was withheld because a device looked online is kept for [`LATE_PRESENCE_MS`], and
+//! an offline that turns out to be older than it releases it.
 
 pub mod stage;
 
@@ -56,6 +62,8 @@ pub struct Notifier {
     last_push: HashMap<String, i64>,
     /// `org:agent` → times of recent pushes (for the per-minute limit).
     recent: HashMap<String, VecDeque<i64>>,
+    /// `org:agent` → pushes withheld because a device was online, oldest first.
+    withheld: HashMap<String, VecDeque<Draft>>,
     /// `last_push` and `recent` are pruned of what no longer decides anything when
     /// they reach this size (then twice what is left), so they stay bounded by the
     /// pushes of the last collapse window, not by every conversation ever pushed.
@@ -64,6 +72,28 @@ pub struct Notifier {
 
 /// The smallest size at which the push books are pruned.
 const PRUNE_FROM: usize = 1024;
+
+/// How late the news of a device going offline may reach the notifier and still
+/// release what was withheld meanwhile. The presence follower waits at most the
+/// background fetch wait (1 s by default) for a record; this covers that many times.
+pub const LATE_PRESENCE_MS: i64 = 10_000;
+
+/// Withheld pushes kept per agent (the oldest go first): one per conversation is all
+/// a release can push within the collapse window.
+const MAX_WITHHELD_PER_AGENT: usize = 32;
+
+/// A push about to be decided: what it says and when its cause happened (when
+/// ingest received the message; when the router assigned the conversation).
+#[derive(Debug, Clone)]
+struct Draft {
+    org: String,
+    agent: String,
+    conversation_id: String,
+    cause: String,
+    title: String,
+    body: String,
+    happened_at_ms: i64,
+}
 
 impl Notifier {
     pub fn new(config: NotifierConfig) -> Self {
@@ -86,106 +116,124 @@ impl Notifier {
         };
     }
 
-    /// Feeds one input at `now_ms`; returns the push to send, if any.
-    pub fn handle(&mut self, input: NotifierInput<'_>, now_ms: i64) -> Option<PushNotification> {
+    /// Feeds one input at `now_ms`; returns the pushes to send (at most one, except
+    /// when a late offline releases what was withheld).
+    pub fn handle(&mut self, input: NotifierInput<'_>, now_ms: i64) -> Vec<PushNotification> {
         match input {
-            NotifierInput::Presence(p) => {
-                let devices = self
-                    .online
-                    .entry(format!("{}:{}", p.org, p.agent_id))
-                    .or_default();
-                match p.state {
-                    PresenceState::Offline => {
-                        let removed = devices.remove(&p.device_id);
-                        if devices.is_empty() {
-                            self.online.remove(&format!("{}:{}", p.org, p.agent_id));
-                        }
-                        removed
-                    }
-                    // Bounded: a device beyond the cap is not tracked (at worst,
-                    // one push too many).
-                    _ if devices.len() >= events::inbox::MAX_DEVICES_PER_AGENT => false,
-                    _ => devices.insert(p.device_id.clone()),
-                };
-                None
-            }
-            NotifierInput::Assignment(a) => {
-                let key = format!("{}:{}", a.org, a.conversation_id);
-                let agent = match (&a.rejected, a.state, &a.assignee) {
-                    (Some(_), _, _) => return None, // a refused command changes nothing
-                    (None, ConversationState::Assigned, Some(agent)) => agent.clone(),
-                    _ => {
-                        self.owners.remove(&key);
-                        return None;
-                    }
-                };
-                let newly = self.owners.insert(key, agent.clone()).as_ref() != Some(&agent);
-                if !newly {
-                    return None;
+            NotifierInput::Presence(p) => self.presence(p, now_ms),
+            NotifierInput::Assignment(a) => self.assignment(a, now_ms).into_iter().collect(),
+            NotifierInput::Event(e) => self.event(e, now_ms).into_iter().collect(),
+        }
+    }
+
+    fn presence(&mut self, p: &PresenceEvent, now_ms: i64) -> Vec<PushNotification> {
+        let agent_key = format!("{}:{}", p.org, p.agent_id);
+        let devices = self.online.entry(agent_key.clone()).or_default();
+        match p.state {
+            PresenceState::Offline => {
+                devices.remove(&p.device_id);
+                if !devices.is_empty() {
+                    return Vec::new();
                 }
-                let body = "A conversation was assigned to you".to_string();
-                self.push(
-                    &a.org,
-                    &agent,
-                    &a.conversation_id,
-                    &a.id,
-                    "New conversation",
-                    body,
-                    now_ms,
-                )
+                self.online.remove(&agent_key);
+                // Whatever came after the last device went offline would have been
+                // pushed, had this been known in time.
+                let withheld = self.withheld.remove(&agent_key).unwrap_or_default();
+                withheld
+                    .into_iter()
+                    .filter(|d| {
+                        d.happened_at_ms > p.at_ms && now_ms - d.happened_at_ms <= LATE_PRESENCE_MS
+                    })
+                    .filter_map(|d| self.push(d, now_ms))
+                    .collect()
             }
-            NotifierInput::Event(e) => {
-                // Only the customer writing is news: not history, echoes, our own
-                // sends, edits, revokes or reactions (`events::semantics`).
-                let m = semantics::customer_wrote(e)?;
-                let agent = self
-                    .owners
-                    .get(&format!("{}:{}", e.org, m.conversation_id))?
-                    .clone();
-                let title = m
-                    .contact_name
-                    .clone()
-                    .unwrap_or_else(|| format!("+{}", m.contact_wa_id));
-                let body = m
-                    .preview
-                    .clone()
-                    .unwrap_or_else(|| format!("New {} message", m.message_type));
-                self.push(
-                    &e.org,
-                    &agent,
-                    &m.conversation_id,
-                    &e.id,
-                    &title,
-                    body,
-                    now_ms,
-                )
+            // Bounded: a device beyond the cap is not tracked (at worst, one push
+            // too many).
+            _ if devices.len() >= events::inbox::MAX_DEVICES_PER_AGENT => Vec::new(),
+            _ => {
+                devices.insert(p.device_id.clone());
+                Vec::new()
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        org: &str,
-        agent: &str,
-        conversation_id: &str,
-        cause: &str,
-        title: &str,
-        body: String,
-        now_ms: i64,
-    ) -> Option<PushNotification> {
-        let agent_key = format!("{org}:{agent}");
+    fn assignment(&mut self, a: &AssignmentEvent, now_ms: i64) -> Option<PushNotification> {
+        let key = format!("{}:{}", a.org, a.conversation_id);
+        let agent = match (&a.rejected, a.state, &a.assignee) {
+            (Some(_), _, _) => return None, // a refused command changes nothing
+            (None, ConversationState::Assigned, Some(agent)) => agent.clone(),
+            _ => {
+                self.owners.remove(&key);
+                return None;
+            }
+        };
+        let newly = self.owners.insert(key, agent.clone()).as_ref() != Some(&agent);
+        if !newly {
+            return None;
+        }
+        let draft = Draft {
+            org: a.org.clone(),
+            agent,
+            conversation_id: a.conversation_id.clone(),
+            cause: a.id.clone(),
+            title: "New conversation".into(),
+            body: "A conversation was assigned to you".into(),
+            happened_at_ms: a.at_ms,
+        };
+        self.push(draft, now_ms)
+    }
+
+    fn event(&mut self, e: &WhatsAppEvent, now_ms: i64) -> Option<PushNotification> {
+        // Only the customer writing is news: not history, echoes, our own sends,
+        // edits, revokes or reactions (`events::semantics`).
+        let m = semantics::customer_wrote(e)?;
+        let agent = self
+            .owners
+            .get(&format!("{}:{}", e.org, m.conversation_id))?
+            .clone();
+        let title = m
+            .contact_name
+            .clone()
+            .unwrap_or_else(|| format!("+{}", m.contact_wa_id));
+        let body = m
+            .preview
+            .clone()
+            .unwrap_or_else(|| format!("New {} message", m.message_type));
+        let draft = Draft {
+            org: e.org.clone(),
+            agent,
+            conversation_id: m.conversation_id.clone(),
+            cause: e.id.clone(),
+            title,
+            body,
+            happened_at_ms: e.received_at_ms,
+        };
+        self.push(draft, now_ms)
+    }
+
+    fn push(&mut self, d: Draft, now_ms: i64) -> Option<PushNotification> {
+        if d.agent == events::inbox::BUSINESS_APP {
+            return None;
+        }
+        let agent_key = format!("{}:{}", d.org, d.agent);
         if self
             .online
             .get(&agent_key)
             .is_some_and(|devices| !devices.is_empty())
         {
-            return None; // an online device already has it over MQTT
-        }
-        if agent == events::inbox::BUSINESS_APP {
+            // An online device already has it over MQTT, unless the news that it
+            // went offline before this is still on its way.
+            let withheld = self.withheld.entry(agent_key).or_default();
+            while withheld.front().is_some_and(|w| {
+                now_ms - w.happened_at_ms > LATE_PRESENCE_MS
+                    || withheld.len() >= MAX_WITHHELD_PER_AGENT
+            }) {
+                withheld.pop_front();
+            }
+            withheld.push_back(d);
             return None;
         }
-        let collapse_key = format!("{agent_key}:{conversation_id}");
+        let collapse_key = format!("{agent_key}:{}", d.conversation_id);
         if self
             .last_push
             .get(&collapse_key)
@@ -202,16 +250,18 @@ impl Notifier {
         }
         recent.push_back(now_ms);
         self.last_push.insert(collapse_key, now_ms);
-        if self.last_push.len() + self.recent.len() >= self.prune_at.max(PRUNE_FROM) {
+        if self.last_push.len() + self.recent.len() + self.withheld.len()
+            >= self.prune_at.max(PRUNE_FROM)
+        {
             self.prune(now_ms);
         }
         Some(PushNotification {
-            id: format!("{cause}:{agent}"),
-            org: org.to_string(),
-            agent_id: agent.to_string(),
-            title: title.to_string(),
-            body,
-            conversation_id: conversation_id.to_string(),
+            id: format!("{}:{}", d.cause, d.agent),
+            org: d.org,
+            agent_id: d.agent,
+            title: d.title,
+            body: d.body,
+            conversation_id: d.conversation_id,
             at_ms: now_ms,
         })
     }
@@ -229,12 +279,17 @@ impl Notifier {
             }
             !times.is_empty()
         });
-        self.prune_at = 2 * (self.last_push.len() + self.recent.len());
+        self.withheld.retain(|_, withheld| {
+            withheld.retain(|w| now_ms - w.happened_at_ms <= LATE_PRESENCE_MS);
+            !withheld.is_empty()
+        });
+        self.prune_at = 2 * (self.last_push.len() + self.recent.len() + self.withheld.len());
     }
 
     /// How many entries the push books hold (the bound the pruning keeps).
     pub fn booked(&self) -> usize {
-        self.last_push.len() + self.recent.len() + self.online.len()
+        let withheld: usize = self.withheld.values().map(VecDeque::len).sum();
+        self.last_push.len() + self.recent.len() + self.online.len() + withheld
     }
 }
 
@@ -269,6 +324,13 @@ mod tests {
             .event()
     }
 
+    /// `handle` where at most one push may come out.
+    fn handle1(n: &mut Notifier, input: NotifierInput<'_>, now: i64) -> Option<PushNotification> {
+        let mut pushes = n.handle(input, now);
+        assert!(pushes.len() <= 1, "{pushes:?}");
+        pushes.pop()
+    }
+
     fn presence(agent: &str, device: &str, state: PresenceState) -> PresenceEvent {
         PresenceEvent {
             org: "acme".into(),
@@ -283,24 +345,23 @@ mod tests {
     #[test]
     fn pushes_only_agents_with_no_online_device() {
         let mut n = Notifier::new(NotifierConfig::default());
-        n.handle(
+        handle1(
+            &mut n,
             NotifierInput::Presence(&presence("ann", "phone", PresenceState::Online)),
             0,
         );
-        assert!(
-            n.handle(NotifierInput::Assignment(&assign("c1", "ann")), 0)
-                .is_none()
-        );
-        n.handle(
+        assert!(handle1(&mut n, NotifierInput::Assignment(&assign("c1", "ann")), 0).is_none());
+        handle1(
+            &mut n,
             NotifierInput::Presence(&presence("ann", "phone", PresenceState::Offline)),
             1,
         );
-        let push = n
-            .handle(
-                NotifierInput::Event(&message("m1", "c1", Origin::Customer)),
-                2,
-            )
-            .unwrap();
+        let push = handle1(
+            &mut n,
+            NotifierInput::Event(&message("m1", "c1", Origin::Customer)),
+            2,
+        )
+        .unwrap();
         assert_eq!(
             (
                 push.agent_id.as_str(),
@@ -312,15 +373,88 @@ mod tests {
         assert_eq!(push.id, "m1:ann");
     }
 
+    /// The agent's phone went offline at 100, but the notifier hears of it only after
+    /// the customer wrote at 50 (while online), 150 and 160: the offline releases a
+    /// push for 150 (160 is collapsed into it), none for 50 and none for the
+    /// assignment at 10.
+    #[test]
+    fn an_offline_heard_late_releases_what_came_after_it() {
+        let mut n = Notifier::new(NotifierConfig::default());
+        let at = |mut p: PresenceEvent, ms| {
+            p.at_ms = ms;
+            p
+        };
+        let written = |id, ms| {
+            let mut e = message(id, "c1", Origin::Customer);
+            e.received_at_ms = ms;
+            e
+        };
+        let online = at(presence("ann", "phone", PresenceState::Online), 0);
+        assert!(n.handle(NotifierInput::Presence(&online), 0).is_empty());
+        let mut assigned = assign("c1", "ann");
+        assigned.at_ms = 10;
+        for input in [
+            NotifierInput::Assignment(&assigned),
+            NotifierInput::Event(&written("m50", 50)),
+            NotifierInput::Event(&written("m150", 150)),
+            NotifierInput::Event(&written("m160", 160)),
+        ] {
+            assert!(n.handle(input, 200).is_empty(), "withheld: online");
+        }
+        let offline = at(presence("ann", "phone", PresenceState::Offline), 100);
+        let released = n.handle(NotifierInput::Presence(&offline), 300);
+        let ids: Vec<&str> = released.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["m150:ann"]);
+        // Released once: another offline (a second device) releases nothing more.
+        let tablet = at(presence("ann", "tablet", PresenceState::Offline), 90);
+        assert!(n.handle(NotifierInput::Presence(&tablet), 310).is_empty());
+    }
+
+    /// While another device stays online, or once the news is older than
+    /// `LATE_PRESENCE_MS`, nothing is released; and what is withheld stays bounded.
+    #[test]
+    fn withheld_pushes_are_released_only_by_the_last_device_and_only_while_recent() {
+        let mut n = Notifier::new(NotifierConfig::default());
+        let device = |d: &str, state, ms| {
+            let mut p = presence("ann", d, state);
+            p.at_ms = ms;
+            p
+        };
+        n.remember(&assign("c1", "ann"));
+        for d in ["phone", "tablet"] {
+            n.handle(
+                NotifierInput::Presence(&device(d, PresenceState::Online, 0)),
+                0,
+            );
+        }
+        for i in 0..100i64 {
+            let mut e = message(&format!("m{i}"), "c1", Origin::Customer);
+            e.received_at_ms = 1_000 + i;
+            assert!(n.handle(NotifierInput::Event(&e), 1_000 + i).is_empty());
+        }
+        assert!(n.booked() <= 3 + MAX_WITHHELD_PER_AGENT, "{}", n.booked());
+        let phone_off = device("phone", PresenceState::Offline, 500);
+        assert!(
+            n.handle(NotifierInput::Presence(&phone_off), 1_200)
+                .is_empty(),
+            "the tablet is still online"
+        );
+        let tablet_off = device("tablet", PresenceState::Offline, 500);
+        let too_late = 1_100 + LATE_PRESENCE_MS;
+        assert!(
+            n.handle(NotifierInput::Presence(&tablet_off), too_late)
+                .is_empty(),
+            "heard too late to matter"
+        );
+    }
+
     #[test]
     fn collapses_per_conversation_and_never_pushes_history() {
         let mut n = Notifier::new(NotifierConfig::default());
+        assert!(handle1(&mut n, NotifierInput::Assignment(&assign("c1", "ann")), 0).is_some());
         assert!(
-            n.handle(NotifierInput::Assignment(&assign("c1", "ann")), 0)
-                .is_some()
-        );
-        assert!(
-            n.handle(
+            handle1(
+                &mut n,
                 NotifierInput::Event(&message("m1", "c1", Origin::Customer)),
                 10
             )
@@ -328,14 +462,16 @@ mod tests {
             "collapsed"
         );
         assert!(
-            n.handle(
+            handle1(
+                &mut n,
                 NotifierInput::Event(&message("m2", "c1", Origin::History)),
                 70_000
             )
             .is_none()
         );
         assert!(
-            n.handle(
+            handle1(
+                &mut n,
                 NotifierInput::Event(&message("m3", "c1", Origin::Customer)),
                 70_000
             )
@@ -355,7 +491,8 @@ mod tests {
         }
         // Known owner: the next customer message pushes at once.
         assert!(
-            n.handle(
+            handle1(
+                &mut n,
                 NotifierInput::Event(&message("m1", "c3", Origin::Customer)),
                 0
             )
@@ -371,7 +508,7 @@ mod tests {
         // agents: without pruning, 43,200 collapse marks.
         for i in 0..43_200i64 {
             let a = assign(&format!("c{i}"), &format!("agent{}", i % 50));
-            pushed += n.handle(NotifierInput::Assignment(&a), i * 1000).is_some() as usize;
+            pushed += handle1(&mut n, NotifierInput::Assignment(&a), i * 1000).is_some() as usize;
             n.remember(&AssignmentEvent {
                 state: ConversationState::Resolved,
                 assignee: None,
@@ -391,7 +528,8 @@ mod tests {
         });
         let pushed: Vec<bool> = (0..4)
             .map(|i| {
-                n.handle(
+                handle1(
+                    &mut n,
                     NotifierInput::Assignment(&assign(&format!("c{i}"), "ann")),
                     i,
                 )
@@ -400,8 +538,12 @@ mod tests {
             .collect();
         assert_eq!(pushed, vec![true, true, false, false]);
         assert!(
-            n.handle(NotifierInput::Assignment(&assign("c9", "ann")), 60_001)
-                .is_some()
+            handle1(
+                &mut n,
+                NotifierInput::Assignment(&assign("c9", "ann")),
+                60_001
+            )
+            .is_some()
         );
     }
 
@@ -442,29 +584,43 @@ mod tests {
             let mut online: HashMap<usize, HashSet<usize>> = HashMap::new();
             for (t, step) in steps.iter().enumerate() {
                 let now = t as i64 * 1_000;
-                let push = match step {
+                let pushes: Vec<PushNotification> = match step {
                     Step::Presence(a, d, on) => {
                         let state = if *on { PresenceState::Online } else { PresenceState::Offline };
                         if *on { online.entry(*a).or_default().insert(*d); } else { online.entry(*a).or_default().remove(d); }
-                        n.handle(NotifierInput::Presence(&presence(&format!("agent{a}"), &format!("d{d}"), state)), now)
+                        let mut p = presence(&format!("agent{a}"), &format!("d{d}"), state);
+                        p.at_ms = now;
+                        n.handle(NotifierInput::Presence(&p), now)
                     }
-                    Step::Assign(c, a) => n.handle(NotifierInput::Assignment(&assign(&format!("c{c}"), &format!("agent{a}"))), now),
+                    Step::Assign(c, a) => {
+                        let mut a = assign(&format!("c{c}"), &format!("agent{a}"));
+                        a.at_ms = now;
+                        n.handle(NotifierInput::Assignment(&a), now)
+                    }
                     Step::Message(c, history) => {
                         let origin = if *history { Origin::History } else { Origin::Customer };
-                        let pushed = n.handle(NotifierInput::Event(&message(&format!("m{t}"), &format!("c{c}"), origin)), now);
-                        prop_assert!(!(*history && pushed.is_some()), "pushed a history item");
+                        let mut event = message(&format!("m{t}"), &format!("c{c}"), origin);
+                        event.received_at_ms = now;
+                        let pushed = n.handle(NotifierInput::Event(&event), now);
+                        prop_assert!(!(*history && !pushed.is_empty()), "pushed a history item");
                         pushed
                     }
                     Step::Other(c, k) => {
                         let samples = events::semantics::samples::not_customer_writing("acme", "1", &format!("x{c}"), 1);
                         let mut event = samples[k % samples.len()].clone();
                         retarget(&mut event, &format!("c{c}"));
+                        event.received_at_ms = now;
                         let pushed = n.handle(NotifierInput::Event(&event), now);
-                        prop_assert!(pushed.is_none(), "pushed {:?}", event.body);
+                        prop_assert!(pushed.is_empty(), "pushed {:?}", event.body);
                         pushed
                     }
                 };
-                if let Some(push) = push {
+                // In order, an offline releases nothing: what was withheld came
+                // while a device was online.
+                if matches!(step, Step::Presence(..)) {
+                    prop_assert!(pushes.is_empty(), "released {pushes:?}");
+                }
+                for push in pushes {
                     let agent: usize = push.agent_id.trim_start_matches("agent").parse().unwrap();
                     prop_assert!(online.get(&agent).is_none_or(HashSet::is_empty), "pushed an online agent");
                 }

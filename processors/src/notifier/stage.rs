@@ -59,7 +59,12 @@ pub async fn run(ctx: &RoleContext, config: &NotifierConfig) -> anyhow::Result<(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(event) = presence.recv() => {
-                notifier.handle(NotifierInput::Presence(&event), now_ms());
+                // An offline that arrives after messages that came later releases
+                // the pushes withheld for them (nothing to commit: the table is
+                // followed, not consumed in the group).
+                let released = notifier.handle(NotifierInput::Presence(&event), now_ms());
+                let keyed = released.iter().map(|p| (p.agent_id.as_str(), p));
+                if !publisher.send_all_until_ok(topics::NOTIFICATIONS_PUSH, keyed, &shutdown).await { break }
             }
             batch_result = batches.recv() => {
                 let Some(records) = batch_result.transpose()? else { break };
@@ -91,7 +96,7 @@ pub async fn run(ctx: &RoleContext, config: &NotifierConfig) -> anyhow::Result<(
 fn push_for(
     notifier: &mut Notifier,
     record: &Record,
-) -> Result<Option<events::delivery::PushNotification>, String> {
+) -> Result<Vec<events::delivery::PushNotification>, String> {
     let now = now_ms();
     match record.topic.as_str() {
         topics::CONVERSATION_ASSIGNMENTS => record
