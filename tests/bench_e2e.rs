@@ -60,6 +60,16 @@ fn the_e2e_bench_receives_every_message_exactly_once_and_writes_its_result() {
         idle["broker_pid"].as_u64().is_some(),
         "the local broker is found: {idle}"
     );
+    // Under load: every process of the pipeline, the broker, the bench and the
+    // machine did some work, and no process more than the machine.
+    let busy = &report["busy"];
+    let machine = busy["machine_cpu_pct"].as_f64().expect("machine CPU");
+    for who in ["coexist_cpu_pct", "broker_cpu_pct", "bench_cpu_pct"] {
+        let pct = busy[who]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{who} in {busy}"));
+        assert!(pct > 0.0 && pct <= machine + 1.0, "{who}: {busy}");
+    }
     assert!(report["rss_kib_at_rest"].as_u64().is_some_and(|k| k > 1024));
     assert!(report["rss_kib_after"].as_u64().is_some_and(|k| k > 1024));
     let stages = report["stages"].as_array().expect("stages");

@@ -103,6 +103,20 @@ pub struct Idle {
     pub coexist_cpu_pct: Option<f64>,
 }
 
+/// CPU while the pipeline phase ran (sending, then draining), in % of one core:
+/// where two cores went when latency grew.
+#[derive(Debug, Clone, Serialize)]
+pub struct Busy {
+    pub seconds: f64,
+    pub broker_cpu_pct: Option<f64>,
+    /// Every process of the pipeline together.
+    pub coexist_cpu_pct: Option<f64>,
+    /// The bench itself (its HTTP client, MQTT subscriber and timers).
+    pub bench_cpu_pct: Option<f64>,
+    /// Everything on the machine (the stores, Mosquitto, the rest) together.
+    pub machine_cpu_pct: Option<f64>,
+}
+
 /// coexist's latency over the baseline's, both warmed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ratios {
@@ -214,6 +228,8 @@ pub struct Report {
     pub keeps_up: bool,
     /// CPU at rest before the run (none with `--attach` or `--idle-seconds 0`).
     pub idle: Option<Idle>,
+    /// CPU during the pipeline phase (none with `--attach`).
+    pub busy: Option<Busy>,
     /// Resident memory of the pipeline's processes together, at rest before the run
     /// and right after it (none with `--attach`).
     pub rss_kib_at_rest: Option<u64>,
@@ -354,6 +370,7 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
     let bodies = Arc::new(bodies);
     let schedule = Schedule::new(args.rate);
     let bar = progress("webhook → mqtt", count, &arrivals);
+    let meter = target.as_ref().map(|t| t.cpu_meter(&config));
     let sent = open_loop(count, &schedule, |i| {
         let (webhooks, bodies) = (webhooks.clone(), bodies.clone());
         async move { webhooks.post(bodies[i].1.clone()).await }
@@ -361,6 +378,7 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
     .await;
     drain(&arrivals, sent.accepted, args.drain_seconds).await;
     bar.finish();
+    let busy = meter.map(PipelineMeter::stop);
     let load_after = load_average();
     subscriber.abort();
     let e2e = phase(&schedule, count, &sent, &arrivals);
@@ -407,6 +425,7 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
         baseline,
         keeps_up,
         idle,
+        busy,
         rss_kib_at_rest,
         rss_kib_after,
         stages,
@@ -414,6 +433,46 @@ pub async fn run(config: Config, args: E2eArgs) -> anyhow::Result<(Report, PathB
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok((report, out))
+}
+
+/// The process listening on the broker's first address, if it is on this machine.
+fn broker_pid(config: &Config) -> Option<u32> {
+    config
+        .kafka
+        .brokers
+        .split(',')
+        .next()
+        .and_then(|b| b.rsplit(':').next()?.parse().ok())
+        .and_then(host::listener_pid)
+}
+
+/// [`host::CpuMeter`] over the pipeline's children, then the bench, then the broker.
+struct PipelineMeter {
+    children: usize,
+    broker: bool,
+    meter: host::CpuMeter,
+    started: std::time::Instant,
+}
+
+impl PipelineMeter {
+    fn stop(self) -> Busy {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let (mut cpu, machine_cpu_pct) = self.meter.stop();
+        let broker_cpu_pct = if self.broker {
+            cpu.pop().flatten()
+        } else {
+            None
+        };
+        let bench_cpu_pct = cpu.pop().flatten();
+        cpu.truncate(self.children);
+        Busy {
+            seconds,
+            broker_cpu_pct,
+            coexist_cpu_pct: cpu.into_iter().sum(),
+            bench_cpu_pct,
+            machine_cpu_pct,
+        }
+    }
 }
 
 /// The configuration of the pipeline the bench starts: this run's groups, client ids,
@@ -965,13 +1024,7 @@ impl Target {
     /// The CPU of the children and of the broker (if it listens on this machine)
     /// over `seconds`, nothing being sent.
     async fn idle(&self, config: &Config, seconds: f64) -> Idle {
-        let broker_pid = config
-            .kafka
-            .brokers
-            .split(',')
-            .next()
-            .and_then(|b| b.rsplit(':').next()?.parse().ok())
-            .and_then(host::listener_pid);
+        let broker_pid = broker_pid(config);
         let mut pids = self.pids();
         pids.extend(broker_pid);
         let bar = ProgressBar::new_spinner()
@@ -985,6 +1038,22 @@ impl Target {
             broker_pid,
             broker_cpu_pct,
             coexist_cpu_pct: cpu.into_iter().sum(),
+        }
+    }
+
+    /// Starts measuring the CPU of the children, the broker, the bench and the
+    /// machine.
+    fn cpu_meter(&self, config: &Config) -> PipelineMeter {
+        let children = self.pids();
+        let broker = broker_pid(config);
+        let mut pids = children.clone();
+        pids.push(std::process::id());
+        pids.extend(broker);
+        PipelineMeter {
+            children: children.len(),
+            broker: broker.is_some(),
+            meter: host::CpuMeter::start(&pids),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -1149,6 +1218,18 @@ pub fn render(report: &Report, path: &Path) -> String {
             pct(idle.broker_cpu_pct),
             idle.broker_pid.map_or("?".to_string(), |p| p.to_string()),
             pct(idle.coexist_cpu_pct),
+        ));
+    }
+    if let Some(busy) = &report.busy {
+        let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.0}%"));
+        out.push_str(&format!(
+            "under load ({:.0} s of sending and draining, % of a core): broker {}, coexist {}, this bench {}, the whole machine {} of {}%\n",
+            busy.seconds,
+            pct(busy.broker_cpu_pct),
+            pct(busy.coexist_cpu_pct),
+            pct(busy.bench_cpu_pct),
+            pct(busy.machine_cpu_pct),
+            report.cores * 100,
         ));
     }
     if let (Some(rest), Some(after)) = (report.rss_kib_at_rest, report.rss_kib_after) {

@@ -39,17 +39,86 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// CPU of each of `pids` over `window`, in % of one core (`None` for a process
 /// that could not be read).
 pub async fn cpu_percent(pids: &[u32], window: Duration) -> Vec<Option<f64>> {
-    let before: Vec<Option<u64>> = pids.iter().map(|p| cpu_ticks(*p)).collect();
-    let started = std::time::Instant::now();
+    let meter = CpuMeter::start(pids);
     tokio::time::sleep(window).await;
-    let seconds = started.elapsed().as_secs_f64();
-    pids.iter()
-        .zip(before)
-        .map(|(pid, before)| {
-            let after = cpu_ticks(*pid)?;
-            Some((after.checked_sub(before?)? as f64 / TICKS_PER_S) / seconds * 100.0)
-        })
-        .collect()
+    meter.stop().0
+}
+
+/// CPU time of some processes and of the whole machine from one moment on: what a
+/// run cost each of them, read when it ends.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    before: Vec<Option<u64>>,
+    machine_before: Option<MachineTicks>,
+    started: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            before: pids.iter().map(|p| cpu_ticks(*p)).collect(),
+            machine_before: machine_ticks(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Each process's CPU since the start, in % of one core (`None` where it could
+    /// not be read), and the whole machine's, in % of one core too (200% is two
+    /// cores fully busy).
+    pub fn stop(self) -> (Vec<Option<f64>>, Option<f64>) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let per_process = self
+            .pids
+            .iter()
+            .zip(self.before)
+            .map(|(pid, before)| {
+                let after = cpu_ticks(*pid)?;
+                Some((after.checked_sub(before?)? as f64 / TICKS_PER_S) / seconds * 100.0)
+            })
+            .collect();
+        let machine = self
+            .machine_before
+            .zip(machine_ticks())
+            .and_then(|(before, after)| machine_busy_pct(before, after, seconds));
+        (per_process, machine)
+    }
+}
+
+/// Busy and idle clock ticks of every core together (the `cpu` line of `/proc/stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineTicks {
+    pub busy: u64,
+    pub idle: u64,
+}
+
+fn machine_ticks() -> Option<MachineTicks> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The first line of `/proc/stat`: `cpu user nice system idle iowait irq softirq
+/// steal ...`. Idle and iowait are idle; the rest (up to steal) is busy.
+pub fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = fields[..] else {
+        return None;
+    };
+    Some(MachineTicks {
+        busy: user + nice + system + irq + softirq + steal,
+        idle: idle + iowait,
+    })
+}
+
+/// The machine's busy time between two readings, in % of one core.
+pub fn machine_busy_pct(before: MachineTicks, after: MachineTicks, seconds: f64) -> Option<f64> {
+    let busy = after.busy.checked_sub(before.busy)?;
+    (seconds > 0.0).then(|| busy as f64 / TICKS_PER_S / seconds * 100.0)
 }
 
 /// The process listening on TCP `port` on this machine (the local broker), found
@@ -222,6 +291,32 @@ mod tests {
         let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 30 0";
         assert_eq!(parse_cpu_ticks(stat), Some(1290));
         assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn machine_ticks_count_iowait_as_idle_and_steal_as_busy() {
+        let before = "cpu  100 5 50 1000 20 3 2 10 0 0\ncpu0 50 2 25 500 10 1 1 5 0 0\n";
+        let after = "cpu  300 5 150 1100 40 3 2 10 0 0\n";
+        let (b, a) = (
+            parse_machine_ticks(before).unwrap(),
+            parse_machine_ticks(after).unwrap(),
+        );
+        assert_eq!(
+            b,
+            MachineTicks {
+                busy: 170,
+                idle: 1020
+            }
+        );
+        assert_eq!(a.busy - b.busy, 300);
+        // 300 ticks in 2 s: 1.5 cores busy.
+        assert_eq!(machine_busy_pct(b, a, 2.0), Some(150.0));
+        assert_eq!(
+            machine_busy_pct(a, b, 2.0),
+            None,
+            "a counter that went back"
+        );
+        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None);
     }
 
     #[test]
