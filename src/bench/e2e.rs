@@ -448,23 +448,19 @@ fn broker_pid(config: &Config) -> Option<u32> {
 
 /// [`host::CpuMeter`] over the pipeline's children, then the bench, then the broker.
 struct PipelineMeter {
-    children: usize,
     broker: bool,
     meter: host::CpuMeter,
-    started: std::time::Instant,
 }
 
 impl PipelineMeter {
     fn stop(self) -> Busy {
-        let seconds = self.started.elapsed().as_secs_f64();
-        let (mut cpu, machine_cpu_pct) = self.meter.stop();
+        let (mut cpu, machine_cpu_pct, seconds) = self.meter.stop();
         let broker_cpu_pct = if self.broker {
             cpu.pop().flatten()
         } else {
             None
         };
         let bench_cpu_pct = cpu.pop().flatten();
-        cpu.truncate(self.children);
         Busy {
             seconds,
             broker_cpu_pct,
@@ -1044,16 +1040,13 @@ impl Target {
     /// Starts measuring the CPU of the children, the broker, the bench and the
     /// machine.
     fn cpu_meter(&self, config: &Config) -> PipelineMeter {
-        let children = self.pids();
         let broker = broker_pid(config);
-        let mut pids = children.clone();
+        let mut pids = self.pids();
         pids.push(std::process::id());
         pids.extend(broker);
         PipelineMeter {
-            children: children.len(),
             broker: broker.is_some(),
             meter: host::CpuMeter::start(&pids),
-            started: std::time::Instant::now(),
         }
     }
 

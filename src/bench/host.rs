@@ -64,9 +64,9 @@ impl CpuMeter {
     }
 
     /// Each process's CPU since the start, in % of one core (`None` where it could
-    /// not be read), and the whole machine's, in % of one core too (200% is two
-    /// cores fully busy).
-    pub fn stop(self) -> (Vec<Option<f64>>, Option<f64>) {
+    /// not be read), the whole machine's, in % of one core too (200% is two cores
+    /// fully busy), and the seconds measured.
+    pub fn stop(self) -> (Vec<Option<f64>>, Option<f64>, f64) {
         let seconds = self.started.elapsed().as_secs_f64();
         let per_process = self
             .pids
@@ -81,7 +81,7 @@ impl CpuMeter {
             .machine_before
             .zip(machine_ticks())
             .and_then(|(before, after)| machine_busy_pct(before, after, seconds));
-        (per_process, machine)
+        (per_process, machine, seconds)
     }
 }
 
