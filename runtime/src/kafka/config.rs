@@ -24,12 +24,12 @@ pub struct KafkaConfig {
     /// How long a produce may take before it counts as failed.
     pub message_timeout_ms: u32,
     /// How long a producer gathers records before it sends them (librdkafka's
-    /// `linger.ms`). One producer serves every role of a process, and its broker
-    /// thread scans every partition it writes to each time a batch is due: at 5 ms
-    /// and 1,000 webhooks/s that thread alone took a quarter of a core in
-    /// `coexist all`, and the broker answered the many small requests late. At 30
-    /// the same bench ran at half the CPU with p50/p99 about 50/120 ms instead of
-    /// 90/450; a lone message pays ~15 ms more at p50 (README, Benchmarks).
+    /// `linger.ms`). One producer serves every role of a process; at 5 ms and
+    /// 1,000 webhooks/s its broker thread alone took a quarter of a core in
+    /// `coexist all` (many small produce requests), and the broker answered them
+    /// late. At 30 the same bench ran at half the CPU, e2e p50 43–55 ms and p99
+    /// 92–217 instead of 86–101 and 404–499; a lone message pays ~15 ms more at
+    /// p50 (README, Benchmarks).
     pub linger_ms: u32,
     /// Longest a consumer on the real-time path (the roles in `realtime_roles`)
     /// waits at the broker for data (librdkafka's `fetch.wait.max.ms`). Kafka
