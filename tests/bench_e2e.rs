@@ -52,6 +52,18 @@ fn the_e2e_bench_receives_every_message_exactly_once_and_writes_its_result() {
         let (p50, p99) = (latency["p50_ms"].as_f64(), latency["p99_ms"].as_f64());
         assert!(p50.is_some_and(|p50| p50 > 0.0) && p50 <= p99, "{latency}");
     }
+    // One p99 per second of the schedule (40 a second for 2 s), none above the max.
+    let by_second = report["e2e"]["p99_by_second_ms"]
+        .as_array()
+        .expect("p99 by second");
+    let max = report["e2e"]["latency"]["max_ms"].as_f64().unwrap();
+    assert_eq!(by_second.len(), 2, "{by_second:?}");
+    assert!(
+        by_second
+            .iter()
+            .all(|ms| ms.as_f64().is_some_and(|ms| ms > 0.0 && ms <= max)),
+        "{by_second:?} against max {max}"
+    );
     assert_eq!(report["params"]["rate"], 40.0);
     // What a later commit is compared on: CPU at rest, memory, the stage breakdown.
     let idle = &report["idle"];

@@ -183,6 +183,9 @@ pub struct Phase {
     pub ack: Summary,
     /// How far behind its schedule the sender itself fell (the bench's own limit).
     pub max_send_lag_ms: f64,
+    /// The p99 of each second of the schedule, in order: a p99 made by one stall
+    /// shows as one second far above the others, a busy machine as all of them.
+    pub p99_by_second_ms: Vec<f64>,
 }
 
 impl Phase {
@@ -613,6 +616,7 @@ fn phase(schedule: &Schedule, count: usize, sent: &Sent, arrivals: &Arrivals) ->
             .collect()
     };
     let quarter = count.div_ceil(4);
+    let per_second = (schedule.rate.round() as usize).max(1);
     let last = at.iter().flatten().max().copied();
     let received = arrivals.received();
     Phase {
@@ -634,6 +638,10 @@ fn phase(schedule: &Schedule, count: usize, sent: &Sent, arrivals: &Arrivals) ->
         }),
         ack: Summary::of(&sent.ack_ms),
         max_send_lag_ms: sent.max_lag_ms,
+        p99_by_second_ms: (0..count)
+            .step_by(per_second)
+            .map(|first| Summary::of(&latency_of(first..(first + per_second).min(count))).p99_ms)
+            .collect(),
     }
 }
 
@@ -1191,6 +1199,14 @@ pub fn render(report: &Report, path: &Path) -> String {
     out.push_str(&format!(
         "p99 first quarter {:.2} ms, last quarter {:.2} ms; drained {:.0} ms after the last send; {} duplicate(s)\n",
         e.first_quarter.p99_ms, e.last_quarter.p99_ms, e.drain_ms, e.duplicates
+    ));
+    out.push_str(&format!(
+        "p99 by second of the schedule: {}\n",
+        e.p99_by_second_ms
+            .iter()
+            .map(|ms| format!("{ms:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     if !report.stages.is_empty() {
         out.push_str(
