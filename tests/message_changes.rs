@@ -154,6 +154,29 @@ impl Store {
         }
     }
 
+    /// Writes `events`, one record per batch.
+    async fn write_events(&mut self, events: &[WhatsAppEvent]) {
+        for event in events {
+            let record = Record {
+                topic: events::topics::WHATSAPP_EVENTS.into(),
+                value: events::codec::encode(event).unwrap(),
+                ..Default::default()
+            };
+            let rejects = self.sink.handle(&[record]).await.unwrap();
+            assert!(rejects.is_empty(), "{rejects:?}");
+        }
+    }
+
+    /// The one conversation of `org`.
+    async fn conversation(&self, org: &str) -> Document {
+        self.db
+            .collection::<Document>("conversations")
+            .find_one(doc! { "org": org })
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    }
+
     async fn message(&self, org: &str) -> Document {
         self.db
             .collection::<Document>("messages")
@@ -357,5 +380,43 @@ async fn contact_changes_apply_in_the_business_apps_order_and_a_remove_creates_n
             "{order:?}"
         );
         assert!(contact.get_bool("in_business_app").unwrap());
+    }
+}
+
+/// The conversation shows its newest message whatever order its messages are written
+/// in (the first one written sets it; an older one never replaces it), and of two
+/// with the same time, the one written last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_shows_its_newest_message_in_any_order() {
+    let mut store = Store::new().await;
+    let at = 1_700_000_000;
+    let sent = |org: &str, wamid: &str| {
+        let offset = match wamid {
+            "newest" => 10,
+            "middle" => 5,
+            _ => 0,
+        };
+        events::event::MessageEvent::builder(org, "111", "222", wamid)
+            .sent_at(at + offset)
+            .preview(wamid)
+            .event()
+    };
+    for order in permutations(&["oldest", "middle", "newest"]) {
+        let org = format!("o{}", unique());
+        let events: Vec<_> = order.iter().map(|w| sent(&org, w)).collect();
+        store.write_events(&events).await;
+        let conversation = store.conversation(&org).await;
+        let last = conversation.get_document("last_message").unwrap();
+        assert_eq!(last.get_str("id").unwrap(), "newest", "{order:?}");
+        assert_eq!(last.get_str("preview").unwrap(), "newest", "{order:?}");
+    }
+    for order in permutations(&["first", "second"]) {
+        let org = format!("o{}", unique());
+        let events: Vec<_> = order.iter().map(|w| sent(&org, w)).collect();
+        store.write_events(&events).await;
+        let last_written = order[1];
+        let conversation = store.conversation(&org).await;
+        let last = conversation.get_document("last_message").unwrap();
+        assert_eq!(last.get_str("id").unwrap(), last_written, "{order:?}");
     }
 }
