@@ -420,3 +420,48 @@ async fn the_conversation_shows_its_newest_message_in_any_order() {
         assert_eq!(last.get_str("id").unwrap(), last_written, "{order:?}");
     }
 }
+
+/// A conversation's owner is the assignment latest by `(at_ms, offset)`, whatever
+/// order the assignments are written in (a redelivered older one, two in the same
+/// millisecond).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_is_the_latest_assignment_by_time_then_offset_in_any_order() {
+    use events::inbox::{AssignmentEvent, ConversationState};
+    let mut store = Store::new().await;
+    // (assignee, at_ms, offset): bo is latest (same time as ana, later offset).
+    let assignments = [("ana", 5_000, 1), ("bo", 5_000, 2), ("cy", 4_000, 3)];
+    for order in permutations(&["ana", "bo", "cy"]) {
+        let org = format!("o{}", unique());
+        for name in &order {
+            let (assignee, at_ms, offset) = assignments.iter().find(|a| a.0 == *name).unwrap();
+            let event = AssignmentEvent {
+                id: format!("{assignee}-{offset}"),
+                org: org.clone(),
+                phone_number_id: "111".into(),
+                conversation_id: "111-222".into(),
+                state: ConversationState::Assigned,
+                assignee: Some(assignee.to_string()),
+                command_id: None,
+                issued_by: None,
+                rejected: None,
+                note: None,
+                at_ms: *at_ms,
+            };
+            let record = Record {
+                topic: events::topics::CONVERSATION_ASSIGNMENTS.into(),
+                offset: *offset,
+                value: serde_json::to_vec(&event).unwrap(),
+                ..Default::default()
+            };
+            let rejects = store.sink.handle(&[record]).await.unwrap();
+            assert!(rejects.is_empty(), "{order:?}: {rejects:?}");
+        }
+        let conversation = store.conversation(&org).await;
+        assert_eq!(
+            conversation.get_str("assignee").unwrap(),
+            "bo",
+            "{order:?}: {conversation}"
+        );
+        assert_eq!(conversation.get_i64("assignment_offset").unwrap(), 2);
+    }
+}

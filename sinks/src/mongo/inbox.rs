@@ -24,7 +24,7 @@ use store::inbox::{
 };
 use store::{key, to_bson};
 
-use super::mapping::Upsert;
+use super::mapping::{Upsert, absent_or_below};
 
 /// The statements for one record of a topic other than `whatsapp.events`.
 pub fn plan_record(record: &Record, source: usize) -> Result<Vec<Upsert>, String> {
@@ -83,29 +83,41 @@ fn assignment(a: &AssignmentEvent, offset: i64) -> Vec<Statement> {
             ConversationState::Assigned => a.assignee.clone().map_or(Bson::Null, Bson::String),
             _ => Bson::Null,
         };
-        let filter = doc! {
-            Conversation::KEY: key(&a.org, &a.conversation_id),
-            "$or": [
-                { Conversation::ASSIGNMENT_AT_MS: { "$exists": false } },
-                { Conversation::ASSIGNMENT_AT_MS: { "$lt": a.at_ms } },
-                { Conversation::ASSIGNMENT_AT_MS: a.at_ms, Conversation::ASSIGNMENT_OFFSET: { "$lt": offset } },
-            ],
-        };
         let mut on_insert = conversation_on_insert(&a.org, &a.phone_number_id, &a.conversation_id);
         on_insert.insert(Conversation::CREATED_AT, DateTime::from_millis(a.at_ms));
+        let update = doc! {
+            "$set": {
+                Conversation::STATE: to_bson(&a.state),
+                Conversation::ASSIGNEE: assignee,
+                Conversation::ASSIGNMENT_AT_MS: a.at_ms,
+                Conversation::ASSIGNMENT_OFFSET: offset,
+            },
+            "$setOnInsert": on_insert,
+        };
+        // Applied over an older `(at_ms, offset)` only: two statements, as no clause
+        // on one field says it and a top-level `$or` makes the local MongoDB scan the
+        // collection (see `mapping::absent_or_below`). The first applies over none
+        // or an older time (and creates the conversation), the second over the same
+        // time and an earlier offset. Not matched means a newer assignment is there:
+        // the insert collides, already superseded.
+        let conversation = key(&a.org, &a.conversation_id);
         out.push((
             CONVERSATIONS.name,
-            filter,
             doc! {
-                "$set": {
-                    Conversation::STATE: to_bson(&a.state),
-                    Conversation::ASSIGNEE: assignee,
-                    Conversation::ASSIGNMENT_AT_MS: a.at_ms,
-                    Conversation::ASSIGNMENT_OFFSET: offset,
-                },
-                "$setOnInsert": on_insert,
+                Conversation::KEY: &conversation,
+                Conversation::ASSIGNMENT_AT_MS: absent_or_below(a.at_ms),
             },
-            // Not matched because a newer assignment is there: already superseded.
+            update.clone(),
+            true,
+        ));
+        out.push((
+            CONVERSATIONS.name,
+            doc! {
+                Conversation::KEY: &conversation,
+                Conversation::ASSIGNMENT_AT_MS: a.at_ms,
+                Conversation::ASSIGNMENT_OFFSET: { "$lt": offset },
+            },
+            update,
             true,
         ));
     }
@@ -336,19 +348,30 @@ pub(super) mod tests {
     fn an_assignment_sets_owner_only_over_older_ones() {
         let a = assignment_event(ConversationState::Assigned, Some("ana"));
         let plan = assignment(&a, 7);
-        assert_eq!(plan.len(), 1);
-        let (collection, filter, update, collision_done) = &plan[0];
-        assert_eq!(*collection, CONVERSATIONS.name);
-        assert!(*collision_done);
-        assert_eq!(filter.get_str("_id").unwrap(), "acme:111-222");
-        let set = update.get_document("$set").unwrap();
-        assert_eq!(set.get_str("assignee").unwrap(), "ana");
-        assert_eq!(set.get_str("state").unwrap(), "assigned");
-        let on_insert = update.get_document("$setOnInsert").unwrap();
-        assert_eq!(on_insert.get_str("contact_wa_id").unwrap(), "222");
-        let or = filter.get_array("$or").unwrap();
-        let same_time = or[2].as_document().unwrap();
-        assert_eq!(same_time.get_i64("assignment_at_ms").unwrap(), 5_000);
+        assert_eq!(
+            plan.len(),
+            2,
+            "over an older time, then over an earlier offset"
+        );
+        for (collection, filter, update, collision_done) in &plan {
+            assert_eq!(*collection, CONVERSATIONS.name);
+            assert!(*collision_done);
+            assert_eq!(filter.get_str("_id").unwrap(), "acme:111-222");
+            let set = update.get_document("$set").unwrap();
+            assert_eq!(set.get_str("assignee").unwrap(), "ana");
+            assert_eq!(set.get_str("state").unwrap(), "assigned");
+            let on_insert = update.get_document("$setOnInsert").unwrap();
+            assert_eq!(on_insert.get_str("contact_wa_id").unwrap(), "222");
+        }
+        assert_eq!(
+            plan[0].1.get_document("assignment_at_ms").unwrap(),
+            &doc! { "$not": { "$gte": 5_000_i64 } }
+        );
+        assert_eq!(plan[1].1.get_i64("assignment_at_ms").unwrap(), 5_000);
+        assert_eq!(
+            plan[1].1.get_document("assignment_offset").unwrap(),
+            &doc! { "$lt": 7_i64 }
+        );
     }
 
     #[test]
