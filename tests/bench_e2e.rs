@@ -82,6 +82,17 @@ fn the_e2e_bench_receives_every_message_exactly_once_and_writes_its_result() {
             .unwrap_or_else(|| panic!("{who} in {busy}"));
         assert!(pct > 0.0 && pct <= machine + 1.0, "{who}: {busy}");
     }
+    // The local stores are found by their ports and measured; MongoDB wrote every
+    // message.
+    let stores = busy["stores_cpu_pct"].as_object().expect("stores");
+    for store in ["mongodb", "clickhouse", "mqtt"] {
+        let pct = stores
+            .get(store)
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(|| panic!("{store} in {busy}"));
+        assert!(pct >= 0.0 && pct <= machine + 1.0, "{store}: {busy}");
+    }
+    assert!(stores["mongodb"].as_f64() > Some(0.0), "{busy}");
     assert!(report["rss_kib_at_rest"].as_u64().is_some_and(|k| k > 1024));
     assert!(report["rss_kib_after"].as_u64().is_some_and(|k| k > 1024));
     let stages = report["stages"].as_array().expect("stages");

@@ -15,7 +15,7 @@
 //!   number until each has come back over MQTT: every partition the run uses is then
 //!   assigned and flowing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,6 +115,10 @@ pub struct Busy {
     pub bench_cpu_pct: Option<f64>,
     /// Everything on the machine (the stores, Mosquitto, the rest) together.
     pub machine_cpu_pct: Option<f64>,
+    /// The stores that listen on this machine (`mongodb`, `clickhouse`, `mqtt`, by
+    /// the ports the config names): on two cores their work under load is the
+    /// pipeline's competition for CPU.
+    pub stores_cpu_pct: BTreeMap<String, f64>,
 }
 
 /// coexist's latency over the baseline's, both warmed.
@@ -449,15 +453,50 @@ fn broker_pid(config: &Config) -> Option<u32> {
         .and_then(host::listener_pid)
 }
 
-/// [`host::CpuMeter`] over the pipeline's children, then the bench, then the broker.
+/// The local processes listening on the stores' ports the config names, by store.
+fn store_pids(config: &Config) -> Vec<(&'static str, u32)> {
+    let ports = [
+        ("mongodb", port_of(config.sinks.mongo.uri.expose(), 27017)),
+        ("clickhouse", port_of(&config.sinks.clickhouse.url, 8123)),
+        ("mqtt", Some(config.mqtt.port)),
+    ];
+    ports
+        .into_iter()
+        .filter_map(|(store, port)| Some((store, host::listener_pid(port?)?)))
+        .collect()
+}
+
+/// The port of a URL's (first) host: `mongodb://user:pw@host:27017,other/db?x=1`
+/// names 27017; `default` when it names none.
+fn port_of(url: &str, default: u16) -> Option<u16> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let first = host.split(',').next()?;
+    match first.rsplit_once(':') {
+        Some((_, port)) if !first.ends_with(']') => port.parse().ok(),
+        _ => Some(default),
+    }
+}
+
+/// [`host::CpuMeter`] over the pipeline's children, then the bench, then the broker,
+/// then the stores.
 struct PipelineMeter {
     broker: bool,
+    stores: Vec<&'static str>,
     meter: host::CpuMeter,
 }
 
 impl PipelineMeter {
     fn stop(self) -> Busy {
         let (mut cpu, machine_cpu_pct, seconds) = self.meter.stop();
+        let stores = cpu.split_off(cpu.len().saturating_sub(self.stores.len()));
+        let stores_cpu_pct = self
+            .stores
+            .iter()
+            .zip(stores)
+            .filter_map(|(store, pct)| Some((store.to_string(), pct?)))
+            .collect();
         let broker_cpu_pct = if self.broker {
             cpu.pop().flatten()
         } else {
@@ -470,6 +509,7 @@ impl PipelineMeter {
             coexist_cpu_pct: cpu.into_iter().sum(),
             bench_cpu_pct,
             machine_cpu_pct,
+            stores_cpu_pct,
         }
     }
 }
@@ -1049,11 +1089,14 @@ impl Target {
     /// machine.
     fn cpu_meter(&self, config: &Config) -> PipelineMeter {
         let broker = broker_pid(config);
+        let stores = store_pids(config);
         let mut pids = self.pids();
         pids.push(std::process::id());
         pids.extend(broker);
+        pids.extend(stores.iter().map(|(_, pid)| *pid));
         PipelineMeter {
             broker: broker.is_some(),
+            stores: stores.iter().map(|(store, _)| *store).collect(),
             meter: host::CpuMeter::start(&pids),
         }
     }
@@ -1240,6 +1283,17 @@ pub fn render(report: &Report, path: &Path) -> String {
             pct(busy.machine_cpu_pct),
             report.cores * 100,
         ));
+        if !busy.stores_cpu_pct.is_empty() {
+            let stores: Vec<String> = busy
+                .stores_cpu_pct
+                .iter()
+                .map(|(store, pct)| format!("{store} {pct:.0}%"))
+                .collect();
+            out.push_str(&format!(
+                "  of which the local stores: {}\n",
+                stores.join(", ")
+            ));
+        }
     }
     if let (Some(rest), Some(after)) = (report.rss_kib_at_rest, report.rss_kib_after) {
         out.push_str(&format!(
@@ -1316,5 +1370,25 @@ mod tests {
         for role in ALL_ROLES {
             assert!(role_args(role).is_ok(), "{role}");
         }
+    }
+
+    #[test]
+    fn a_stores_port_is_read_from_its_url() {
+        assert_eq!(port_of("mongodb://127.0.0.1:27017", 1), Some(27017));
+        assert_eq!(
+            port_of(
+                "mongodb://user:p%40ss@db1:27018,db2:27019/coexist?tls=true",
+                1
+            ),
+            Some(27018)
+        );
+        assert_eq!(
+            port_of("mongodb://db.example.com/coexist", 27017),
+            Some(27017)
+        );
+        assert_eq!(port_of("http://127.0.0.1:8123", 8123), Some(8123));
+        assert_eq!(port_of("http://[::1]:8124/", 8123), Some(8124));
+        assert_eq!(port_of("http://[::1]", 8123), Some(8123));
+        assert_eq!(port_of("http://clickhouse:notaport", 8123), None);
     }
 }
