@@ -465,3 +465,63 @@ async fn the_owner_is_the_latest_assignment_by_time_then_offset_in_any_order() {
         assert_eq!(conversation.get_i64("assignment_offset").unwrap(), 2);
     }
 }
+
+/// A message older than the conversation's preview still moves the conversation's
+/// times: a customer's message written after a newer echo from the Business app
+/// leaves the echo as the preview and still opens the customer's window
+/// (`last_inbound_at`), in either order, in one batch or in two. (The sink writes a
+/// message's conversation and its preview as one statement; where the preview is
+/// newer that statement collides, and the conversation's own update runs alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_message_still_moves_the_conversations_times_in_any_order() {
+    use events::event::{MessageEvent, Origin};
+    let mut store = Store::new().await;
+    let at = 1_700_000_000;
+    let message = |org: &str, wamid: &str| {
+        let (origin, sent_at) = match wamid {
+            "echo" => (Origin::BusinessApp, at + 10),
+            _ => (Origin::Customer, at),
+        };
+        MessageEvent::builder(org, "111", "222", wamid)
+            .origin(origin)
+            .sent_at(sent_at)
+            .preview(wamid)
+            .event()
+    };
+    let seconds = |s: i64| Bson::DateTime(mongodb::bson::DateTime::from_millis(s * 1000));
+    for one_batch in [false, true] {
+        for order in permutations(&["customer", "echo"]) {
+            let org = format!("o{}", unique());
+            let events: Vec<_> = order.iter().map(|w| message(&org, w)).collect();
+            if one_batch {
+                let records: Vec<Record> = events
+                    .iter()
+                    .map(|e| Record {
+                        topic: events::topics::WHATSAPP_EVENTS.into(),
+                        value: events::codec::encode(e).unwrap(),
+                        ..Default::default()
+                    })
+                    .collect();
+                let rejects = store.sink.handle(&records).await.unwrap();
+                assert!(rejects.is_empty(), "{rejects:?}");
+            } else {
+                store.write_events(&events).await;
+            }
+            let conversation = store.conversation(&org).await;
+            let context = format!("{order:?}, one batch: {one_batch}: {conversation}");
+            let last = conversation.get_document("last_message").unwrap();
+            assert_eq!(last.get_str("id").unwrap(), "echo", "{context}");
+            assert_eq!(
+                conversation.get("last_inbound_at"),
+                Some(&seconds(at)),
+                "{context}"
+            );
+            assert_eq!(
+                conversation.get("last_message_at"),
+                Some(&seconds(at + 10)),
+                "{context}"
+            );
+            assert_eq!(conversation.get_str("state").unwrap(), "open", "{context}");
+        }
+    }
+}

@@ -38,6 +38,7 @@ pub fn plan<'a>(changes: impl IntoIterator<Item = (usize, &'a DirectoryChange)>)
                 collision_means_done: false,
                 upsert: true,
                 source,
+                on_collision: None,
             })
         };
         let org = c.org.as_str();

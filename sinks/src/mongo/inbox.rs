@@ -54,6 +54,7 @@ pub fn plan_record(record: &Record, source: usize) -> Result<Vec<Upsert>, String
                 collision_means_done,
                 upsert: true,
                 source,
+                on_collision: None,
             },
         )
         .collect())

@@ -117,43 +117,64 @@ async fn execute(db: &Database, plan: Vec<Upsert>) -> anyhow::Result<Vec<Reject>
             .push(upsert);
     }
     let mut rejects = Vec::new();
-    for (collection, statements) in by_collection {
-        let updates: Vec<Document> = statements
-            .iter()
-            .map(|u| doc! { "q": u.filter.clone(), "u": u.update.clone(), "upsert": u.upsert })
-            .collect();
-        // Unordered: one refused statement must not hold back the others.
-        let reply = db
-            .run_command(doc! { "update": collection, "updates": updates, "ordered": false })
-            .await?;
-        for error in reply
-            .get_array("writeErrors")
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let Some(error) = error.as_document() else {
-                continue;
-            };
-            let index = error.get("index").and_then(as_index).unwrap_or(usize::MAX);
-            let code = error.get("code").and_then(Bson::as_i32).unwrap_or_default();
-            let Some(statement) = statements.get(index) else {
-                continue;
-            };
-            if code == DUPLICATE_KEY {
-                if statement.collision_means_done {
-                    continue;
-                }
-                // Two upserts raced on one _id: the retry finds the document.
-                anyhow::bail!("duplicate key on {collection} upsert; retrying");
-            }
-            let message = error.get_str("errmsg").unwrap_or("write refused");
-            rejects.push(Reject {
-                index: statement.source,
-                reason: format!("mongo {collection}: {code} {message}"),
-            });
+    for (collection, mut statements) in by_collection {
+        // A statement that collided may leave a rest to write (`on_collision`): one
+        // more command with those, after the others.
+        while !statements.is_empty() {
+            statements = run_update(db, collection, statements, &mut rejects).await?;
         }
     }
     Ok(rejects)
+}
+
+/// One unordered `update` command; returns what the statements that collided leave
+/// to write.
+async fn run_update(
+    db: &Database,
+    collection: &str,
+    statements: Vec<Upsert>,
+    rejects: &mut Vec<Reject>,
+) -> anyhow::Result<Vec<Upsert>> {
+    let updates: Vec<Document> = statements
+        .iter()
+        .map(|u| doc! { "q": u.filter.clone(), "u": u.update.clone(), "upsert": u.upsert })
+        .collect();
+    // Unordered: one refused statement must not hold back the others.
+    let reply = db
+        .run_command(doc! { "update": collection, "updates": updates, "ordered": false })
+        .await?;
+    let mut rest = Vec::new();
+    for error in reply
+        .get_array("writeErrors")
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let Some(error) = error.as_document() else {
+            continue;
+        };
+        let index = error.get("index").and_then(as_index).unwrap_or(usize::MAX);
+        let code = error.get("code").and_then(Bson::as_i32).unwrap_or_default();
+        let Some(statement) = statements.get(index) else {
+            continue;
+        };
+        if code == DUPLICATE_KEY {
+            if let Some(then) = &statement.on_collision {
+                rest.push(then.as_ref().clone());
+                continue;
+            }
+            if statement.collision_means_done {
+                continue;
+            }
+            // Two upserts raced on one _id: the retry finds the document.
+            anyhow::bail!("duplicate key on {collection} upsert; retrying");
+        }
+        let message = error.get_str("errmsg").unwrap_or("write refused");
+        rejects.push(Reject {
+            index: statement.source,
+            reason: format!("mongo {collection}: {code} {message}"),
+        });
+    }
+    Ok(rest)
 }
 
 fn as_index(value: &Bson) -> Option<usize> {
@@ -196,6 +217,9 @@ mod contract_tests {
             let events =
                 events::normalize(&webhook, 1, &events::OrgDirectory::new("acme", [])).events;
             for u in mapping::plan(events.iter().enumerate()) {
+                if let Some(rest) = u.on_collision {
+                    out.push((rest.collection, rest.filter, rest.update));
+                }
                 out.push((u.collection, u.filter, u.update));
             }
         }
