@@ -485,6 +485,22 @@ async fn a_secret_speaks_only_for_its_own_numbers() {
     stack.credentials = ("token-b".into(), secret_b.clone());
     let b = stack.org_with(&format!("b-{id}"), &format!("62{id}")).await;
     let short = &id[id.len() - 5..];
+    // Ingest learns B's number from its own directory follower, which can be behind
+    // the sink `org_with` waited for; until then a body naming the number is an
+    // unknown number's (answered 200, kept and dead-lettered for a replay that checks
+    // its signature again), not a forgery. B's own secret opens a body only once
+    // ingest knows the number: wait for that first.
+    let probe = customer_message(
+        &b.phone_number_id,
+        &format!("1650{short}00"),
+        &format!("wamid.probe{id}"),
+    );
+    wait_for(
+        "ingest to know B's number",
+        Duration::from_secs(60),
+        || async { post_signed(&stack, &probe, &secret_b).await == 200 },
+    )
+    .await;
     // Org A's secret on a body naming org B's number: refused, nothing written.
     let forged = customer_message(
         &b.phone_number_id,
