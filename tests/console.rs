@@ -757,12 +757,27 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
     w.net.restore();
     for wamid in &during {
         let css = format!("li[data-wamid='{wamid}']");
-        until(
-            "a message sent during the cut",
-            Duration::from_secs(30),
-            || async { present(&ann, &css).await >= 1 },
-        )
-        .await;
+        let start = Instant::now();
+        while present(&ann, &css).await < 1 {
+            if start.elapsed() > Duration::from_secs(30) {
+                // Whether the sink wrote it tells a store that fell behind from a
+                // console that did not read it again.
+                let stored = w
+                    .stack
+                    .mongo
+                    .collection::<mongodb::bson::Document>("messages")
+                    .find_one(mongodb::bson::doc! { "_id": format!("{}:{wamid}", w.org.org) })
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+                panic!(
+                    "{wamid}, sent during the cut, not shown within 30 s (in MongoDB: {stored}); {}",
+                    page_state(&ann).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for wamid in &during {
