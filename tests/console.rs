@@ -194,6 +194,16 @@ where
     }
 }
 
+/// Whether the MongoDB sink has written message `wamid` of the world's org.
+async fn message_stored(w: &World, wamid: &str) -> bool {
+    w.stack
+        .mongo
+        .collection::<mongodb::bson::Document>("messages")
+        .find_one(mongodb::bson::doc! { "_id": format!("{}:{wamid}", w.org.org) })
+        .await
+        .is_ok_and(|found| found.is_some())
+}
+
 /// What the console shows and knows, for a failure message.
 async fn page_state(c: &Client) -> String {
     let state = c
@@ -757,27 +767,20 @@ async fn agents_work_the_shared_inbox_in_real_browsers() {
     w.net.restore();
     for wamid in &during {
         let css = format!("li[data-wamid='{wamid}']");
-        let start = Instant::now();
-        while present(&ann, &css).await < 1 {
-            if start.elapsed() > Duration::from_secs(30) {
-                // Whether the sink wrote it tells a store that fell behind from a
-                // console that did not read it again.
-                let stored = w
-                    .stack
-                    .mongo
-                    .collection::<mongodb::bson::Document>("messages")
-                    .find_one(mongodb::bson::doc! { "_id": format!("{}:{wamid}", w.org.org) })
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some();
-                panic!(
-                    "{wamid}, sent during the cut, not shown within 30 s (in MongoDB: {stored}); {}",
-                    page_state(&ann).await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // The store first, then the page: a failure says which of the two missed it.
+        until(
+            "a message sent during the cut, in MongoDB",
+            Duration::from_secs(30),
+            || async { message_stored(&w, wamid).await },
+        )
+        .await;
+        until_on(
+            Some(&ann),
+            "a message sent during the cut, shown",
+            Duration::from_secs(30),
+            || async { present(&ann, &css).await >= 1 },
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     for wamid in &during {

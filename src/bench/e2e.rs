@@ -456,8 +456,8 @@ fn broker_pid(config: &Config) -> Option<u32> {
 /// The local processes listening on the stores' ports the config names, by store.
 fn store_pids(config: &Config) -> Vec<(&'static str, u32)> {
     let ports = [
-        ("mongodb", port_of(config.sinks.mongo.uri.expose(), 27017)),
-        ("clickhouse", port_of(&config.sinks.clickhouse.url, 8123)),
+        ("mongodb", mongodb_port(config.sinks.mongo.uri.expose())),
+        ("clickhouse", clickhouse_port(&config.sinks.clickhouse.url)),
         ("mqtt", Some(config.mqtt.port)),
     ];
     ports
@@ -466,17 +466,21 @@ fn store_pids(config: &Config) -> Vec<(&'static str, u32)> {
         .collect()
 }
 
-/// The port of a URL's (first) host: `mongodb://user:pw@host:27017,other/db?x=1`
-/// names 27017; `default` when it names none.
-fn port_of(url: &str, default: u16) -> Option<u16> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let first = host.split(',').next()?;
-    match first.rsplit_once(':') {
-        Some((_, port)) if !first.ends_with(']') => port.parse().ok(),
-        _ => Some(default),
+/// The port of the first host of a MongoDB connection string, as the driver reads it.
+fn mongodb_port(uri: &str) -> Option<u16> {
+    use mongodb::options::{ConnectionString, HostInfo, ServerAddress};
+    match ConnectionString::parse(uri).ok()?.host_info {
+        HostInfo::HostIdentifiers(hosts) => match hosts.first()? {
+            ServerAddress::Tcp { port, .. } => Some(port.unwrap_or(27017)),
+            _ => None,
+        },
+        _ => None,
     }
+}
+
+/// The port of ClickHouse's HTTP URL (8123 when it names none).
+fn clickhouse_port(url: &str) -> Option<u16> {
+    Some(reqwest::Url::parse(url).ok()?.port().unwrap_or(8123))
 }
 
 /// [`host::CpuMeter`] over the pipeline's children, then the bench, then the broker,
@@ -1374,21 +1378,18 @@ mod tests {
 
     #[test]
     fn a_stores_port_is_read_from_its_url() {
-        assert_eq!(port_of("mongodb://127.0.0.1:27017", 1), Some(27017));
+        assert_eq!(mongodb_port("mongodb://127.0.0.1:27017"), Some(27017));
         assert_eq!(
-            port_of(
-                "mongodb://user:p%40ss@db1:27018,db2:27019/coexist?tls=true",
-                1
-            ),
+            mongodb_port("mongodb://user:p%40ss@db1:27018,db2:27019/coexist?tls=true"),
             Some(27018)
         );
         assert_eq!(
-            port_of("mongodb://db.example.com/coexist", 27017),
+            mongodb_port("mongodb://db.example.com/coexist"),
             Some(27017)
         );
-        assert_eq!(port_of("http://127.0.0.1:8123", 8123), Some(8123));
-        assert_eq!(port_of("http://[::1]:8124/", 8123), Some(8124));
-        assert_eq!(port_of("http://[::1]", 8123), Some(8123));
-        assert_eq!(port_of("http://clickhouse:notaport", 8123), None);
+        assert_eq!(clickhouse_port("http://127.0.0.1:8123"), Some(8123));
+        assert_eq!(clickhouse_port("http://[::1]:8124/"), Some(8124));
+        assert_eq!(clickhouse_port("http://[::1]"), Some(8123));
+        assert_eq!(clickhouse_port("http://clickhouse:notaport"), None);
     }
 }
