@@ -105,6 +105,13 @@ async fn the_broker_refuses_values_that_break_the_schema() {
     );
     let valid = r#"{"id":"schema-test","org":"o","phone_number_id":"1","received_at_ms":0,"kind":"unhandled","field":"test","raw":{}}"#;
     send(valid).await.expect("a valid event is accepted");
+    // The broker now serves the topic's schema from its cache (`scripts/stack` sets
+    // `--schema-registry-cache-expiry`): it must still refuse.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        send(r#"{"id":"x","org":"o"}"#).await.is_err(),
+        "a value missing required fields was accepted once the schema was cached"
+    );
 }
 
 /// `kafka.new_group_start` as a time: a new group reads what was produced from then
