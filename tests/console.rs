@@ -121,10 +121,13 @@ async fn visible(c: &Client, css: &str) -> bool {
     }
 }
 
-/// Whether a command failed because the page re-rendered the element between
-/// finding and using it (the inbox redraws as the feed brings news): find it again.
-fn is_stale(error: &fantoccini::error::CmdError) -> bool {
-    error.to_string().contains("stale element")
+/// Whether a command failed only for the moment: the page re-rendered the element
+/// between finding and using it (the inbox redraws as the feed brings news), or does
+/// not show it yet (after a load, `#app` stays hidden until the console has restored
+/// its session). Find it again.
+fn is_transient(error: &fantoccini::error::CmdError) -> bool {
+    let error = error.to_string();
+    error.contains("stale element") || error.contains("element not interactable")
 }
 
 async fn fill(c: &Client, css: &str, text: &str) {
@@ -138,7 +141,7 @@ async fn fill(c: &Client, css: &str, text: &str) {
         .await
         {
             Ok(()) => return,
-            Err(error) if is_stale(&error) && start.elapsed() < Duration::from_secs(30) => {
+            Err(error) if is_transient(&error) && start.elapsed() < Duration::from_secs(30) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(error) => panic!("fill {css}: {error}"),
@@ -151,7 +154,7 @@ async fn click(c: &Client, css: &str) {
     loop {
         match wait_css(c, css, "a control to click").await.click().await {
             Ok(_) => return,
-            Err(error) if is_stale(&error) && start.elapsed() < Duration::from_secs(30) => {
+            Err(error) if is_transient(&error) && start.elapsed() < Duration::from_secs(30) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(error) => panic!("click {css}: {error}"),
