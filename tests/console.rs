@@ -201,8 +201,8 @@ where
 async fn message_stored(w: &World, wamid: &str) -> bool {
     w.stack
         .mongo
-        .collection::<mongodb::bson::Document>("messages")
-        .find_one(mongodb::bson::doc! { "_id": format!("{}:{wamid}", w.org.org) })
+        .collection::<mongodb::bson::Document>(store::inbox::MESSAGES.name)
+        .find_one(mongodb::bson::doc! { "_id": store::key(&w.org.org, wamid) })
         .await
         .is_ok_and(|found| found.is_some())
 }
